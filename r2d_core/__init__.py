@@ -1,0 +1,33 @@
+"""repo2docker-service core: framework-agnostic build manager, builders, registry client and checks."""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    R2DError,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    UnknownRef,
+    UpstreamError,
+    http_status,
+)
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "R2DError",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownRef",
+    "UpstreamError",
+    "__version__",
+    "http_status",
+]
