@@ -1,0 +1,209 @@
+"""The Docker engine, through aiodocker, with every failure translated into the core's errors.
+
+Only what the service needs: images and containers carrying our labels, logs, archives. An engine
+that is down gives :class:`~r2d_core.errors.Unavailable`; the next call simply tries again, so the
+service recovers when the engine comes back, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+from traitlets import Float, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .errors import Conflict, NotFound, R2DError, Unavailable, UpstreamError
+from .models import LABEL_PREFIX
+
+__all__ = ["DockerEngine", "docker_errors", "tar_files"]
+
+
+@contextlib.contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """Translate aiodocker/aiohttp failures while doing ``what`` into :class:`R2DError`."""
+    try:
+        yield
+    except R2DError:
+        raise
+    except DockerError as e:
+        if e.status == 404:
+            raise NotFound(f"{what}: not found ({e.message})") from None
+        if e.status == 409:
+            raise Conflict(f"{what}: {e.message}") from None
+        if e.status == 900:  # aiodocker's "cannot connect"
+            raise Unavailable(f"Docker engine unreachable while trying to {what}: {e.message}") from None
+        raise UpstreamError(f"Docker engine refused to {what}: [{e.status}] {e.message}") from None
+    except (OSError, asyncio.TimeoutError) as e:
+        raise Unavailable(f"Docker engine unreachable while trying to {what}: {e!r}") from None
+    except Exception as e:
+        # aiohttp's client errors (server disconnected mid-stream, ...) are not OSErrors
+        if type(e).__module__.startswith("aiohttp"):
+            raise Unavailable(f"Docker engine connection failed while trying to {what}: {e!r}") from None
+        raise
+
+
+def tar_files(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A tar archive of ``{path: (content, mode)}`` for ``put_archive``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(content)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+class DockerEngine(LoggingConfigurable):
+    """Connection to the Docker engine that runs builds and stores images."""
+
+    host = Unicode(
+        config=True,
+        help="""Docker engine URL, e.g. ``unix:///var/run/docker.sock`` (the default) or
+        ``tcp://127.0.0.1:2375``. Defaults to the ``DOCKER_HOST`` environment variable.""",
+    )
+
+    @default("host")
+    def _default_host(self) -> str:
+        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    timeout = Float(
+        30.0,
+        config=True,
+        help="Timeout in seconds for ordinary Docker API calls (default 30; streams have none).",
+    )
+
+    _client: aiodocker.Docker | None = None
+
+    @property
+    def socket_path(self) -> str | None:
+        """The unix socket path of :attr:`host`, if it is one (to mount into build containers)."""
+        return self.host[len("unix://") :] if self.host.startswith("unix://") else None
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            import aiohttp
+
+            self._client = aiodocker.Docker(
+                url=self.host,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def ping(self) -> None:
+        with docker_errors("ping"):
+            await asyncio.wait_for(self._ping(), self.timeout)
+
+    async def _ping(self) -> None:
+        async with self.client._query("_ping") as response:
+            await response.read()
+
+    # ---- images -----------------------------------------------------------------------------
+    async def list_images(self) -> list[dict[str, Any]]:
+        """Images carrying our owner label (one entry per image id, with all its tags)."""
+        with docker_errors("list images"):
+            return await asyncio.wait_for(
+                self.client.images.list(filters={"label": [f"{LABEL_PREFIX}owner"]}), self.timeout
+            )
+
+    async def inspect_image(self, reference: str) -> dict[str, Any] | None:
+        """The image's inspect document, or None when there is no such image."""
+        try:
+            with docker_errors(f"inspect image {reference}"):
+                return await asyncio.wait_for(self.client.images.inspect(reference), self.timeout)
+        except NotFound:
+            return None
+
+    async def remove_image(self, reference: str) -> None:
+        """Remove one tag (and the image, if that was its last tag)."""
+        with docker_errors(f"remove image {reference}"):
+            await asyncio.wait_for(self.client.images.delete(reference, noprune=False), self.timeout)
+
+    # ---- containers -------------------------------------------------------------------------
+    async def list_build_containers(self) -> list[dict[str, Any]]:
+        with docker_errors("list build containers"):
+            containers = await asyncio.wait_for(
+                self.client.containers.list(
+                    all=True, filters={"label": [f"{LABEL_PREFIX}build-id"]}
+                ),
+                self.timeout,
+            )
+            return [c._container for c in containers]
+
+    async def inspect_container(self, container_id: str) -> dict[str, Any]:
+        with docker_errors(f"inspect container {container_id[:12]}"):
+            container = self.client.containers.container(container_id)
+            return await asyncio.wait_for(container.show(), self.timeout)
+
+    async def create_container(self, config: dict[str, Any], name: str | None = None) -> str:
+        with docker_errors("create a build container"):
+            container = await asyncio.wait_for(
+                self.client.containers.create(config, name=name), self.timeout
+            )
+            return container.id
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        with docker_errors("copy files into the build container"):
+            await self.client.containers.container(container_id).put_archive(path, data)
+
+    async def start_container(self, container_id: str) -> None:
+        with docker_errors("start the build container"):
+            await asyncio.wait_for(self.client.containers.container(container_id).start(), self.timeout)
+
+    async def wait_container(self, container_id: str) -> int:
+        with docker_errors("wait for the build container"):
+            result = await self.client.containers.container(container_id).wait(timeout=None)
+            return int(result.get("StatusCode", -1))
+
+    async def kill_container(self, container_id: str) -> None:
+        try:
+            with docker_errors("kill the build container"):
+                await asyncio.wait_for(
+                    self.client.containers.container(container_id).kill(), self.timeout
+                )
+        except (NotFound, Conflict):
+            pass  # gone already, or not running: both mean "stopped"
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            with docker_errors("remove the build container"):
+                await asyncio.wait_for(
+                    self.client.containers.container(container_id).delete(force=True), self.timeout
+                )
+        except (NotFound, Conflict):
+            pass  # already gone, or removal already in progress
+
+    async def container_output(self, container_id: str, follow: bool = True) -> AsyncIterator[str]:
+        """The container's output (stdout and stderr), split into lines, from the start."""
+        container = self.client.containers.container(container_id)
+        pending = ""
+        with docker_errors("read build logs"):
+            if follow:
+                stream = container.log(stdout=True, stderr=True, follow=True)
+                async for chunk in stream:
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        yield line
+            else:
+                chunks = await container.log(stdout=True, stderr=True, follow=False)
+                pending = "".join(chunks)
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    yield line
+        if pending:
+            yield pending

@@ -1,0 +1,264 @@
+"""Data model of builds and images, and the pure translations to and from Docker labels."""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .logs import LogBuffer
+
+__all__ = [
+    "ACTIVE_STATES",
+    "DONE_STATES",
+    "LABEL_PREFIX",
+    "Build",
+    "BuildState",
+    "Credentials",
+    "ImageGroup",
+    "ImageVersion",
+    "SubmitResult",
+    "build_labels",
+    "iso",
+    "new_build_id",
+    "parse_labels",
+]
+
+#: every label repo2docker-service sets starts with this
+LABEL_PREFIX = "repo2docker-service."
+
+
+class BuildState(str, enum.Enum):
+    QUEUED = "queued"
+    FETCHING = "fetching"
+    BUILDING = "building"
+    PUSHING = "pushing"
+    BUILT = "built"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ACTIVE_STATES = frozenset(
+    {BuildState.QUEUED, BuildState.FETCHING, BuildState.BUILDING, BuildState.PUSHING}
+)
+DONE_STATES = frozenset({BuildState.BUILT, BuildState.FAILED, BuildState.CANCELLED})
+
+
+def iso(timestamp: float | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``, as JavaScript's ``Date`` parses it."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        # Docker gives nanoseconds ("2026-11-26T07:00:00.123456789Z"); Python takes microseconds.
+        value = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def new_build_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Credentials for a private git repository. Never logged: ``repr`` hides the password."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass
+class Build:
+    """One build, from queued to done."""
+
+    id: str
+    owner: str
+    name: str
+    repo: str
+    ref: str
+    sha: str
+    image: str
+    push: bool = False
+    requested_by: str = ""
+    state: BuildState = BuildState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    failed_step: str | None = None
+    push_error: str | None = None
+    exit_code: int | None = None
+    #: set when a build was recovered from a build container after a restart
+    recovered: bool = False
+    log: LogBuffer = field(default_factory=LogBuffer, repr=False)
+    credentials: Credentials | None = field(default=None, repr=False)
+    cancel_requested: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE_STATES
+
+    @property
+    def repository(self) -> str:
+        return self.image.rsplit(":", 1)[0]
+
+    def to_dict(self, *, queue_position: int | None = None, last_lines: int = 20) -> dict[str, Any]:
+        failed = self.state == BuildState.FAILED
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "display_name": self.name,
+            "repo": self.repo,
+            "ref": self.ref,
+            "sha": self.sha,
+            "image": self.image,
+            "state": self.state.value,
+            "done": self.done,
+            "push": self.push,
+            "push_error": self.push_error,
+            "created": iso(self.created),
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "queue_position": queue_position,
+            "error": self.error,
+            "failed_step": self.failed_step,
+            "last_lines": self.log.tail(last_lines) if failed else [],
+            "log_lines": self.log.total,
+            "requested_by": self.requested_by,
+            "recovered": self.recovered,
+        }
+
+
+@dataclass
+class SubmitResult:
+    """What :meth:`BuildManager.submit` did: queued a build, joined one, or skipped."""
+
+    build: Build | None = None
+    image: ImageGroup | None = None
+    joined: bool = False
+
+    @property
+    def skipped(self) -> bool:
+        return self.build is None
+
+
+@dataclass
+class ImageVersion:
+    """One built commit of an image: one tag, local and/or in the registry."""
+
+    reference: str
+    owner: str
+    name: str
+    repo: str
+    ref: str
+    sha: str
+    created: float | None
+    size: int | None
+    build_id: str | None = None
+    local: bool = False
+    pushed: bool = False
+    image_id: str | None = None
+    digest: str | None = None
+
+    @property
+    def repository(self) -> str:
+        return self.reference.rsplit(":", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.reference.rsplit(":", 1)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "image": self.reference,
+            "ref": self.ref,
+            "sha": self.sha,
+            "created": iso(self.created),
+            "size": self.size,
+            "local": self.local,
+            "pushed": self.pushed,
+            "build_id": self.build_id,
+        }
+
+
+@dataclass
+class ImageGroup:
+    """All built versions of one (owner, name): one image repository."""
+
+    owner: str
+    name: str
+    repository: str
+    versions: list[ImageVersion]
+
+    @property
+    def newest(self) -> ImageVersion:
+        return self.versions[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        newest = self.newest
+        return {
+            "owner": self.owner,
+            "name": self.name,
+            "display_name": self.name,
+            "repository": self.repository,
+            "image": newest.reference,
+            "repo": newest.repo,
+            "ref": newest.ref,
+            "sha": newest.sha,
+            "created": iso(newest.created),
+            "size": newest.size,
+            "local": any(v.local for v in self.versions),
+            "pushed": any(v.pushed for v in self.versions),
+            "versions": [v.to_dict() for v in self.versions],
+        }
+
+
+_LABEL_FIELDS = ("owner", "name", "repo", "ref", "sha", "build-id", "requested-by", "image", "push")
+
+
+def build_labels(build: Build, kind: str) -> dict[str, str]:
+    """Labels for the image (``kind="image"``) or the build container (``kind="build"``)."""
+    labels = {
+        "owner": build.owner,
+        "name": build.name,
+        "repo": build.repo,
+        "ref": build.ref,
+        "sha": build.sha,
+        "build-id": build.id,
+        "requested-by": build.requested_by,
+        "created": iso(build.created) or "",
+    }
+    if kind == "build":
+        labels["image"] = build.image
+        labels["push"] = "1" if build.push else "0"
+    return {f"{LABEL_PREFIX}{key}": value for key, value in labels.items()}
+
+
+def parse_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    """Our fields from a Docker label dict, or None if the object is not ours (no owner/sha)."""
+    if not labels:
+        return None
+    fields = {
+        key[len(LABEL_PREFIX) :]: value
+        for key, value in labels.items()
+        if key.startswith(LABEL_PREFIX)
+    }
+    if not fields.get("owner") or not fields.get("sha") or not fields.get("name"):
+        return None
+    return fields
