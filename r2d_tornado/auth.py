@@ -1,0 +1,52 @@
+"""The standalone service's identity: JupyterHub OAuth for browsers, Hub API tokens for clients.
+
+A thin tornado base for the shared handlers of :mod:`r2d_tornado.handlers` (as jupyterhub's
+``HubOAuthenticated`` is a thin mixin over the framework-agnostic ``HubOAuth``).
+"""
+
+from __future__ import annotations
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from r2d_core.errors import Forbidden
+
+from .handlers import Identity
+
+__all__ = ["ServiceAuthBase"]
+
+
+class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):
+    """Identity from the Hub: ``Authorization: token``/``bearer`` first, then the OAuth cookie.
+
+    ``HubOAuth`` checks the XSRF token of cookie-authenticated writes while identifying the user
+    (a failed check means "not logged in" for that request); token-authenticated calls need none.
+    """
+
+    @property
+    def hub_auth(self):  # type: ignore[override]
+        return self.settings["hub_auth"]
+
+    async def r2d_identify(self) -> Identity | None:
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            return None
+        access = self.hub_auth.access_scopes
+        if access and not self.hub_auth.check_scopes(access, model):
+            raise Forbidden(
+                f"you may not use this service: you need the scope {' or '.join(sorted(access))}; "
+                "ask a Hub admin",
+                scope=sorted(access)[0],
+            )
+        return Identity(
+            name=model["name"],
+            kind=model.get("kind", "user"),
+            scopes=frozenset(model.get("scopes") or ()),
+        )
+
+    def r2d_login_url(self) -> str:
+        return self.get_login_url()
+
+    def r2d_xsrf_token(self) -> str:
+        token = self.xsrf_token
+        return token.decode() if isinstance(token, bytes) else token

@@ -1,0 +1,554 @@
+"""The HTTP API, the event-stream logs and the UI page, written once for both adapters.
+
+Each handler here is a *logic mixin*. An adapter turns them into tornado handlers with
+:func:`make_handlers`, putting its own base class behind them; that base supplies only
+
+* ``async r2d_identify() -> Identity | None`` — who is calling, with the scopes JupyterHub resolved;
+* ``r2d_login_url() -> str`` — where a logged-out browser goes;
+* ``r2d_xsrf_token() -> str`` — the token the UI sends back on writes (checked by the adapter).
+
+Everything else (routes, JSON shapes, error mapping, permissions, SSE) lives here, so the standalone
+service (:mod:`r2d_tornado.app`) and the TLJH plugin (:mod:`r2d_tljh`) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import template, web
+from tornado.iostream import StreamClosedError
+
+from r2d_core import __version__
+from r2d_core.errors import (
+    InvalidRequest,
+    R2DError,
+    Unauthorized,
+    Unavailable,
+    http_status,
+)
+from r2d_core.manager import BuildManager
+from r2d_core.models import Build, BuildState, Credentials, ImageGroup
+from r2d_core.scopes import ACTIONS, Authorizer, Permissions, parse_permissions, scope_for
+from r2d_core.validation import NAME_PATTERN, REF_PATTERN
+
+__all__ = ["Identity", "R2DContext", "make_handlers"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATIC_DIR = os.path.join(HERE, "static")
+TEMPLATE_DIR = os.path.join(HERE, "templates")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling, as JupyterHub told the adapter."""
+
+    name: str
+    kind: str  # "user" or "service"
+    scopes: frozenset[str]
+
+
+@dataclass
+class R2DContext:
+    """What every handler needs, shared by reference through the tornado settings."""
+
+    manager: BuildManager
+    authorizer: Authorizer
+    base_url: str  # the URL prefix the handlers live under, ending in "/"
+    hub_url: str = "/hub/"
+    logout_url: str = "/hub/logout"
+    keepalive_interval: float = 15.0
+    builder_kind: str = ""
+
+    def registry_info(self) -> dict[str, Any]:
+        registry = self.manager.registry
+        configured = bool(registry is not None and getattr(registry, "configured", False))
+        return {"configured": configured, "url": getattr(registry, "url", None) if configured else None}
+
+
+def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Run an API method with the caller identified, mapping :class:`R2DError` to its status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: R2DHandler, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await self.r2d_authenticate()
+            return await method(self, *args, **kwargs)
+        except R2DError as e:
+            self.r2d_send_error(e)
+
+    return wrapper
+
+
+class R2DHandler(web.RequestHandler):
+    """Shared logic of every handler (a mixin placed before the adapter's base class)."""
+
+    identity: Identity
+    permissions: Permissions
+
+    # -- adapter hooks (overridden by the adapter's base class) --
+    async def r2d_identify(self) -> Identity | None:
+        raise NotImplementedError
+
+    def r2d_login_url(self) -> str:
+        raise NotImplementedError
+
+    def r2d_xsrf_token(self) -> str:
+        return ""
+
+    # -- shared --
+    def initialize(self, r2d: R2DContext, **kwargs: Any) -> None:
+        self._r2d = r2d
+        super().initialize(**kwargs)
+
+    @property
+    def ctx(self) -> R2DContext:
+        return self._r2d
+
+    @property
+    def manager(self) -> BuildManager:
+        return self.ctx.manager
+
+    async def r2d_authenticate(self) -> None:
+        identity = await self.r2d_identify()
+        if identity is None:
+            raise Unauthorized(
+                "log in to JupyterHub, or send 'Authorization: token <API token>'",
+            )
+        self.identity = identity
+        self.permissions = parse_permissions(identity.scopes, identity.name, identity.kind)
+
+    def r2d_send_error(self, error: R2DError) -> None:
+        status = http_status(error)
+        if isinstance(error, Unavailable):
+            self.log.warning("%s %s: %s", self.request.method, self.request.path, error)
+        if self._finished:
+            return
+        if self._headers_written:
+            # mid-stream (SSE): nothing sensible can be sent any more
+            self.finish()
+            return
+        self.clear()
+        self.set_status(status)
+        if isinstance(error, Unauthorized):
+            self.set_header("WWW-Authenticate", 'token realm="JupyterHub"')
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after:
+            self.set_header("Retry-After", str(int(retry_after)))
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(error.to_dict()))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # errors tornado raises itself (404 route, 405 method, 500 bug): JSON, no traceback
+        reason = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
+            message = exc_info[1].log_message % exc_info[1].args if exc_info[1].args else exc_info[1].log_message
+        else:
+            message = reason
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": "http_error", "message": message}))
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def body_json(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise InvalidRequest("the request body must be JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return data
+
+    async def can(self, action: str, owner: str) -> bool:
+        return await self.ctx.authorizer.allowed(self.permissions, action, owner)
+
+    async def require(self, action: str, owner: str, hide: bool = False) -> None:
+        await self.ctx.authorizer.check(self.permissions, action, owner, hide=hide)
+
+    async def readable_owners(self, requested: str | None = None) -> frozenset[str] | None:
+        owners = await self.ctx.authorizer.owners(self.permissions, "read")
+        if requested is not None:
+            if owners is not None and requested not in owners:
+                return frozenset()
+            return frozenset({requested})
+        return owners
+
+    async def build_json(self, build: Build) -> dict[str, Any]:
+        data = build.to_dict(
+            queue_position=self.manager.queue_position(build), last_lines=self.manager.last_lines
+        )
+        data["can_cancel"] = not build.done and await self.can("build", build.owner)
+        data["logs_url"] = f"{self.ctx.base_url}api/builds/{build.id}/logs"
+        data["url"] = f"{self.ctx.base_url}api/builds/{build.id}"
+        return data
+
+    async def image_json(self, group: ImageGroup) -> dict[str, Any]:
+        data = group.to_dict()
+        data["can_build"] = await self.can("build", group.owner)
+        data["can_delete"] = await self.can("delete", group.owner)
+        return data
+
+
+# ---- API ---------------------------------------------------------------------------------------
+class InfoHandler(R2DHandler):
+    @r2d_api
+    async def get(self) -> None:
+        manager = self.manager
+        self.write_json(
+            {
+                "version": __version__,
+                "builder": manager.builder.kind,
+                "registry": self.ctx.registry_info(),
+                "limits": {
+                    "max_concurrent_builds": manager.max_concurrent_builds,
+                    "max_builds_per_owner": manager.max_builds_per_owner,
+                    "max_queued_builds": manager.max_queued_builds,
+                },
+                "user": {"name": self.identity.name, "kind": self.identity.kind},
+                "permissions": self.permissions.to_dict(),
+                "scopes": {action: scope_for(action) for action in ACTIONS},
+                "rules": {
+                    "name_pattern": NAME_PATTERN,
+                    "ref_pattern": REF_PATTERN,
+                    "allowed_repo_patterns": list(manager.allowed_repo_patterns),
+                },
+                "docker": manager.ready,
+            }
+        )
+
+
+class ImagesHandler(R2DHandler):
+    @r2d_api
+    async def get(self) -> None:
+        if not self.permissions.grant("read").any:
+            await self.require("read", self.identity.name)
+        owners = await self.readable_owners(self.get_argument("owner", None))
+        groups = await self.manager.list_images(owners)
+        images = [await self.image_json(g) for g in groups]
+        self.write_json({"images": images, "warnings": getattr(self.manager, "image_warnings", [])})
+
+
+class ImageHandler(R2DHandler):
+    @r2d_api
+    async def get(self, owner: str, name: str) -> None:
+        await self.require("read", owner, hide=True)
+        self.write_json(await self.image_json(await self.manager.get_image(owner, name)))
+
+    @r2d_api
+    async def delete(self, owner: str, name: str) -> None:
+        await self.require("delete", owner, hide=True)
+        result = await self.manager.delete_image(owner, name, self.get_argument("tag", None))
+        self.write_json(result)
+
+
+class BuildsHandler(R2DHandler):
+    @r2d_api
+    async def get(self) -> None:
+        if not self.permissions.grant("read").any:
+            await self.require("read", self.identity.name)
+        owners = await self.readable_owners(self.get_argument("owner", None))
+        states = self.get_arguments("state") or None
+        if states:
+            valid = {s.value for s in BuildState}
+            bad = [s for s in states if s not in valid]
+            if bad:
+                raise InvalidRequest(f"unknown state {bad[0]!r}; use one of {', '.join(sorted(valid))}", field="state")
+        builds = self.manager.list_builds(owners, states)
+        self.write_json({"builds": [await self.build_json(b) for b in builds]})
+
+    @r2d_api
+    async def post(self) -> None:
+        body = self.body_json()
+        owner = body.get("owner") or (self.identity.name if self.identity.kind == "user" else None)
+        if not owner:
+            raise InvalidRequest("a service must say which owner it builds for ('owner')", field="owner")
+        if not isinstance(owner, str):
+            raise InvalidRequest("owner must be a string", field="owner")
+        await self.require("build", owner)
+        credentials = None
+        raw_credentials = body.get("credentials")
+        if raw_credentials:
+            if not isinstance(raw_credentials, dict) or not isinstance(raw_credentials.get("username", ""), str) or not isinstance(raw_credentials.get("password"), str):
+                raise InvalidRequest("credentials must be {'username': str, 'password': str}", field="credentials")
+            credentials = Credentials(raw_credentials.get("username") or "git", raw_credentials["password"])
+        for flag in ("push", "force"):
+            if not isinstance(body.get(flag, False), bool):
+                raise InvalidRequest(f"{flag} must be true or false", field=flag)
+        for text in ("repo", "ref", "name"):
+            if body.get(text) is not None and not isinstance(body.get(text), str):
+                raise InvalidRequest(f"{text} must be a string", field=text)
+        try:
+            result = await self.manager.submit(
+                repo=body.get("repo", ""),
+                ref=body.get("ref") or "HEAD",
+                name=body.get("name") or None,
+                owner=owner,
+                requested_by=self.identity.name,
+                push=body.get("push", False),
+                force=body.get("force", False),
+                credentials=credentials,
+            )
+        except InvalidRequest as e:
+            if "field" not in e.details:
+                e.details["field"] = _guess_field(str(e))
+            raise
+        if result.skipped:
+            assert result.image is not None
+            self.write_json(
+                {
+                    "skipped": True,
+                    "reason": "an image for this commit already exists (send force to rebuild)",
+                    "image": await self.image_json(result.image),
+                }
+            )
+            return
+        assert result.build is not None
+        data = await self.build_json(result.build)
+        data["joined"] = result.joined
+        self.set_header("Location", data["url"])
+        self.write_json(data, status=202)
+
+
+def _guess_field(message: str) -> str:
+    for field in ("repo", "ref", "name", "owner", "push", "credentials"):
+        if message.startswith(field) or f" {field} " in message[:20]:
+            return field
+    return "repo"
+
+
+class BuildHandler(R2DHandler):
+    async def _build(self, build_id: str) -> Build:
+        build = self.manager.get_build(build_id)
+        await self.require("read", build.owner, hide=True)
+        return build
+
+    @r2d_api
+    async def get(self, build_id: str) -> None:
+        self.write_json(await self.build_json(await self._build(build_id)))
+
+    @r2d_api
+    async def delete(self, build_id: str) -> None:
+        build = await self._build(build_id)
+        await self.require("build", build.owner)
+        build = await self.manager.cancel(build_id, by=self.identity.name)
+        self.write_json(await self.build_json(build))
+
+
+class BuildLogsHandler(R2DHandler):
+    """``text/event-stream`` of a build's log: replay, live, resumable, and a final ``done``."""
+
+    _closed = False
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+
+    @r2d_api
+    async def get(self, build_id: str) -> None:
+        build = self.manager.get_build(build_id)
+        await self.require("read", build.owner, hide=True)
+        since = self._since()
+        if self.get_argument("format", "") == "text":
+            await self._text(build, since, self.get_argument("follow", "1") != "0")
+        else:
+            await self._events(build, since)
+
+    def _since(self) -> int:
+        last = self.request.headers.get("Last-Event-ID")
+        try:
+            if last is not None and last.strip():
+                return int(last) + 1
+            return max(0, int(self.get_argument("since", "0")))
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID and since must be line numbers") from None
+
+    async def _send(self, chunk: str) -> bool:
+        if self._closed:
+            return False
+        self.write(chunk)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self._closed = True
+            return False
+        return True
+
+    async def _events(self, build: Build, cursor: int) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # no proxy buffering (nginx)
+        log = build.log
+        sent_state: str | None = None
+        while not self._closed:
+            parts = []
+            for line in log.lines(cursor):
+                data = json.dumps({"phase": line.phase, "message": line.message})
+                parts.append(f"id: {line.n}\nevent: log\ndata: {data}\n\n")
+                cursor = line.n + 1
+            state = build.state.value
+            finished = log.closed and cursor >= log.total
+            if state != sent_state and not finished:
+                parts.append(f"event: state\ndata: {json.dumps(await self.build_json(build))}\n\n")
+                sent_state = state
+            if finished:
+                parts.append(f"event: done\ndata: {json.dumps(await self.build_json(build))}\n\n")
+                await self._send("".join(parts))
+                break
+            if parts and not await self._send("".join(parts)):
+                break
+            try:
+                await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
+            except asyncio.TimeoutError:
+                if not await self._send(": keepalive\n\n"):
+                    break
+        if not self._finished:
+            self.finish()
+
+    async def _text(self, build: Build, cursor: int, follow: bool) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        log = build.log
+        while not self._closed:
+            lines = log.lines(cursor)
+            if lines:
+                cursor = lines[-1].n + 1
+                if not await self._send("".join(line.message + "\n" for line in lines)):
+                    break
+            if not follow or (log.closed and cursor >= log.total):
+                break
+            await log.wait_for_change()
+        if not self._finished:
+            self.finish()
+
+
+class HealthHandler(R2DHandler):
+    """Unauthenticated, and says nothing about users: for load balancers and the Hub."""
+
+    async def get(self) -> None:
+        health = await self.manager.health()
+        registry = self.ctx.registry_info()
+        self.write_json(
+            {"ok": health["ok"], "docker": health["docker"], "registry": True if registry["configured"] else None},
+            status=200 if health["ok"] else 503,
+        )
+
+
+class MetricsHandler(R2DHandler):
+    @r2d_api
+    async def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+
+class OpenAPIHandler(R2DHandler):
+    @r2d_api
+    async def get(self) -> None:
+        from .openapi import openapi_document
+
+        self.write_json(openapi_document(self.ctx.base_url))
+
+
+class PageHandler(R2DHandler):
+    """The single page of the UI; the browser app does the rest through the API."""
+
+    _loader: template.Loader | None = None
+
+    async def get(self, path: str = "") -> None:
+        try:
+            await self.r2d_authenticate()
+        except Unauthorized:
+            self.redirect(self.r2d_login_url())
+            return
+        except R2DError as e:
+            self.r2d_send_error(e)
+            return
+        base = self.ctx.base_url
+        config = {
+            "base_url": base,
+            "hub_url": self.ctx.hub_url,
+            "logout_url": self.ctx.logout_url,
+            "user": self.identity.name,
+            "xsrf_token": self.r2d_xsrf_token(),
+            "version": __version__,
+        }
+        if PageHandler._loader is None:
+            PageHandler._loader = template.Loader(TEMPLATE_DIR, autoescape="xhtml_escape")
+        html = PageHandler._loader.load("page.html").generate(
+            base_url=base,
+            static_url=lambda p: static_url(base, p),
+            xsrf_token=config["xsrf_token"],
+            user=self.identity.name,
+            hub_url=self.ctx.hub_url,
+            logout_url=self.ctx.logout_url,
+            page_config=json.dumps(config).replace("</", "<\\/"),
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(html)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_hash(path: str, mtime: float) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def static_url(base_url: str, path: str) -> str:
+    """Versioned URL of a static file, so browsers cache it until it changes."""
+    full = os.path.join(STATIC_DIR, path)
+    try:
+        version = _file_hash(full, os.path.getmtime(full))
+    except OSError:
+        version = __version__
+    return f"{base_url}static/{path}?v={version}"
+
+
+class StaticHandler(web.StaticFileHandler):
+    """UI assets (no user data: served without authentication, cached by version)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        if self.get_argument("v", None):
+            self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+
+
+# ---- routing -----------------------------------------------------------------------------------
+_ROUTES: list[tuple[str, type[R2DHandler]]] = [
+    (r"api/?", InfoHandler),
+    (r"api/openapi\.json", OpenAPIHandler),
+    (r"api/images/?", ImagesHandler),
+    (r"api/images/([^/]+)/([^/]+)/?", ImageHandler),
+    (r"api/builds/?", BuildsHandler),
+    (r"api/builds/([0-9a-f]+)/?", BuildHandler),
+    (r"api/builds/([0-9a-f]+)/logs/?", BuildLogsHandler),
+    (r"health/?", HealthHandler),
+    (r"metrics/?", MetricsHandler),
+    (r"", PageHandler),
+]
+
+
+def make_handlers(prefix: str, base: type, context: R2DContext) -> list[tuple[str, type, dict[str, Any]]]:
+    """Tornado URL specs for every route under ``prefix``, each handler built on ``base``.
+
+    The context travels in the handler's ``initialize`` keyword (so the Hub's own settings, in the
+    TLJH adapter, need no new key).
+    """
+    import re
+
+    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    specs: list[tuple[str, type, dict[str, Any]]] = []
+    for pattern, logic in _ROUTES:
+        cls = type(logic.__name__, (logic, base), {"__module__": base.__module__})
+        specs.append((re.escape(prefix) + pattern + "$" if pattern else re.escape(prefix) + "?$", cls, {"r2d": context}))
+    specs.append((re.escape(prefix) + r"static/(.*)$", StaticHandler, {"path": STATIC_DIR}))
+    return specs
