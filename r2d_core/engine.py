@@ -39,14 +39,18 @@ def docker_errors(what: str) -> Iterator[None]:
         if e.status == 409:
             raise Conflict(f"{what}: {e.message}") from None
         if e.status == 900:  # aiodocker's "cannot connect"
-            raise Unavailable(f"Docker engine unreachable while trying to {what}: {e.message}") from None
+            raise Unavailable(
+                f"Docker engine unreachable while trying to {what}: {e.message}"
+            ) from None
         raise UpstreamError(f"Docker engine refused to {what}: [{e.status}] {e.message}") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise Unavailable(f"Docker engine unreachable while trying to {what}: {e!r}") from None
     except Exception as e:
         # aiohttp's client errors (server disconnected mid-stream, ...) are not OSErrors
         if type(e).__module__.startswith("aiohttp"):
-            raise Unavailable(f"Docker engine connection failed while trying to {what}: {e!r}") from None
+            raise Unavailable(
+                f"Docker engine connection failed while trying to {what}: {e!r}"
+            ) from None
         raise
 
 
@@ -131,7 +135,9 @@ class DockerEngine(LoggingConfigurable):
     async def remove_image(self, reference: str) -> None:
         """Remove one tag (and the image, if that was its last tag)."""
         with docker_errors(f"remove image {reference}"):
-            await asyncio.wait_for(self.client.images.delete(reference, noprune=False), self.timeout)
+            await asyncio.wait_for(
+                self.client.images.delete(reference, noprune=False), self.timeout
+            )
 
     # ---- containers -------------------------------------------------------------------------
     async def list_build_containers(self) -> list[dict[str, Any]]:
@@ -162,7 +168,9 @@ class DockerEngine(LoggingConfigurable):
 
     async def start_container(self, container_id: str) -> None:
         with docker_errors("start the build container"):
-            await asyncio.wait_for(self.client.containers.container(container_id).start(), self.timeout)
+            await asyncio.wait_for(
+                self.client.containers.container(container_id).start(), self.timeout
+            )
 
     async def wait_container(self, container_id: str) -> int:
         with docker_errors("wait for the build container"):

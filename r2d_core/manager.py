@@ -59,7 +59,9 @@ __all__ = ["BuildManager"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
-_PUSH_RE = re.compile(r"^#\d+ (pushing layers|pushing manifest|pushing [a-z0-9])|^Pushing image", re.I)
+_PUSH_RE = re.compile(
+    r"^#\d+ (pushing layers|pushing manifest|pushing [a-z0-9])|^Pushing image", re.I
+)
 _PHASES = {
     "fetching": BuildState.FETCHING,
     "building": BuildState.BUILDING,
@@ -143,7 +145,9 @@ class BuildManager(LoggingConfigurable):
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise TraitError(f"allowed_repo_patterns: {pattern!r} is not a regex ({e})") from None
+                raise TraitError(
+                    f"allowed_repo_patterns: {pattern!r} is not a regex ({e})"
+                ) from None
         return proposal["value"]
 
     max_concurrent_builds = Int(
@@ -169,7 +173,9 @@ class BuildManager(LoggingConfigurable):
         from traitlets import TraitError
 
         if proposal["value"] < 1:
-            raise TraitError(f"{proposal['trait'].name} must be at least 1, not {proposal['value']}")
+            raise TraitError(
+                f"{proposal['trait'].name} must be at least 1, not {proposal['value']}"
+            )
         return proposal["value"]
 
     max_queued_builds = Int(
@@ -177,14 +183,22 @@ class BuildManager(LoggingConfigurable):
     )
     max_log_lines = Int(20000, config=True, help="Log lines kept per build (default 20000).")
     build_history = Int(
-        200, config=True, help="Finished builds remembered (and their containers kept); default 200."
+        200,
+        config=True,
+        help="Finished builds remembered (and their containers kept); default 200.",
     )
-    ref_timeout = Float(30.0, config=True, help="Seconds for resolving a ref with git (default 30).")
+    ref_timeout = Float(
+        30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
+    )
     image_cache_ttl = Float(
-        5.0, config=True, help="Seconds the in-memory image index is trusted before a refresh (default 5)."
+        5.0,
+        config=True,
+        help="Seconds the in-memory image index is trusted before a refresh (default 5).",
     )
     reconnect_interval = Float(
-        5.0, config=True, help="Seconds between tries to reach a Docker engine that is down (default 5)."
+        5.0,
+        config=True,
+        help="Seconds between tries to reach a Docker engine that is down (default 5).",
     )
     last_lines = Int(20, config=True, help="Log lines shown with a failed build (default 20).")
 
@@ -229,7 +243,11 @@ class BuildManager(LoggingConfigurable):
         try:
             await self._sync()
         except Unavailable as e:
-            self.log.warning("Docker engine unavailable at start (%s); retrying every %gs", e, self.reconnect_interval)
+            self.log.warning(
+                "Docker engine unavailable at start (%s); retrying every %gs",
+                e,
+                self.reconnect_interval,
+            )
             self._mark_unavailable(e)
 
     async def stop(self) -> None:
@@ -240,7 +258,9 @@ class BuildManager(LoggingConfigurable):
         for build in list(self._queue):
             self._finish_cancelled(build, "the service stopped")
         if self.builder.kind == "local":
-            await asyncio.gather(*(p.cancel() for p in self._processes.values()), return_exceptions=True)
+            await asyncio.gather(
+                *(p.cancel() for p in self._processes.values()), return_exceptions=True
+            )
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
@@ -319,7 +339,12 @@ class BuildManager(LoggingConfigurable):
     def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
         """The image reference a build of ``owner``'s ``name`` at ``sha`` produces."""
         return image_reference(
-            self.image_name_template, prefix=self.image_prefix, owner=owner, name=name, sha=sha, ref=ref
+            self.image_name_template,
+            prefix=self.image_prefix,
+            owner=owner,
+            name=name,
+            sha=sha,
+            ref=ref,
         )
 
     async def submit(
@@ -408,7 +433,8 @@ class BuildManager(LoggingConfigurable):
         return sum(
             1
             for build_id in self._running
-            if not self._builds[build_id].done and (owner is None or self._builds[build_id].owner == owner)
+            if not self._builds[build_id].done
+            and (owner is None or self._builds[build_id].owner == owner)
         )
 
     def _schedule(self) -> None:
@@ -489,7 +515,12 @@ class BuildManager(LoggingConfigurable):
             if not (build.state == BuildState.PUSHING and state == BuildState.BUILDING):
                 build.state = state
         for line in message.split("\n") if message else [""]:
-            build.log.append(phase if phase in ("fetching", "building", "pushing", "failed") else build.state.value, line)
+            build.log.append(
+                phase
+                if phase in ("fetching", "building", "pushing", "failed")
+                else build.state.value,
+                line,
+            )
 
     async def _complete(self, build: Build, exit_code: int | None, error: str | None) -> None:
         if build.cancel_requested:
@@ -555,7 +586,9 @@ class BuildManager(LoggingConfigurable):
         self._processes.pop(build.id, None)
         self._running.pop(build.id, None)
         build.credentials = None  # not needed any more: drop the secret from memory
-        self.log.info("Build %s %s%s", build.id, build.state.value, f": {build.error}" if build.error else "")
+        self.log.info(
+            "Build %s %s%s", build.id, build.state.value, f": {build.error}" if build.error else ""
+        )
         self._trim_history()
         self._schedule()
 
@@ -582,7 +615,8 @@ class BuildManager(LoggingConfigurable):
         builds = [
             b
             for b in self._builds.values()
-            if (owner_set is None or b.owner in owner_set) and (state_set is None or b.state in state_set)
+            if (owner_set is None or b.owner in owner_set)
+            and (state_set is None or b.state in state_set)
         ]
         builds.sort(key=lambda b: b.created, reverse=True)
         return builds
@@ -626,7 +660,9 @@ class BuildManager(LoggingConfigurable):
                     # Only the name our template gives these labels counts: an image labelled as
                     # alice's but tagged elsewhere (by hand, or with an older template) is ignored.
                     try:
-                        expected = self.image_for(fields["owner"], fields["name"], fields["sha"], fields.get("ref", ""))
+                        expected = self.image_for(
+                            fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
+                        )
                     except InvalidRequest:
                         continue
                     if tag != expected:
@@ -638,7 +674,8 @@ class BuildManager(LoggingConfigurable):
                         repo=fields.get("repo", ""),
                         ref=fields.get("ref", ""),
                         sha=fields["sha"],
-                        created=parse_time(fields.get("created")) or float(summary.get("Created") or 0),
+                        created=parse_time(fields.get("created"))
+                        or float(summary.get("Created") or 0),
                         size=summary.get("Size"),
                         build_id=fields.get("build-id"),
                         local=True,
@@ -674,7 +711,9 @@ class BuildManager(LoggingConfigurable):
         await self._refresh_images()
         return self._group(owner, name)
 
-    async def delete_image(self, owner: str, name: str, tag: str | None = None) -> dict[str, list[Any]]:
+    async def delete_image(
+        self, owner: str, name: str, tag: str | None = None
+    ) -> dict[str, list[Any]]:
         """Delete all versions of an image, or the one with ``tag``; report what failed."""
         await self._refresh_images(force=True)
         group = self._group(owner, name)
@@ -702,4 +741,8 @@ class BuildManager(LoggingConfigurable):
         except Unavailable as e:
             self._mark_unavailable(e)
             docker_ok = False
-        return {"ok": docker_ok, "docker": docker_ok, "error": None if docker_ok else self._last_error}
+        return {
+            "ok": docker_ok,
+            "docker": docker_ok,
+            "error": None if docker_ok else self._last_error,
+        }

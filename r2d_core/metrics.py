@@ -6,9 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["BUILDS", "BUILDS_IN_PROGRESS", "BUILD_DURATION", "QUEUE_LENGTH", "SUBMISSIONS"]
 
-BUILDS = Counter(
-    "r2d_builds_total", "Finished builds by outcome", ["outcome"]
-)
+BUILDS = Counter("r2d_builds_total", "Finished builds by outcome", ["outcome"])
 SUBMISSIONS = Counter(
     "r2d_build_requests_total", "Build requests by result (queued, joined, skipped)", ["result"]
 )

@@ -37,8 +37,16 @@ def git_env(url: str, credentials: Credentials | None = None) -> dict[str, str]:
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
         "LC_ALL": "C",
     }
-    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-                 "GIT_SSL_CAINFO", "SSL_CERT_FILE"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "GIT_SSL_CAINFO",
+        "SSL_CERT_FILE",
+    ):
         if name in os.environ:
             env[name] = os.environ[name]
     if credentials is not None:
@@ -88,13 +96,20 @@ def pick_sha(refs: dict[str, str], ref: str) -> str | None:
     return None
 
 
-async def _run_git(args: list[str], env: dict[str, str], timeout: float, what: str, cwd: str | None = None) -> str:
+async def _run_git(
+    args: list[str], env: dict[str, str], timeout: float, what: str, cwd: str | None = None
+) -> str:
     git = shutil.which("git")
     if git is None:
         raise Unavailable("git is not installed on the service's machine")
     proc = await asyncio.create_subprocess_exec(
-        git, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd,
+        git,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -135,12 +150,17 @@ async def resolve_ref(
         try:
             await _run_git(
                 ["clone", "--bare", "--filter=blob:none", "--quiet", "--", url, tmp],
-                env, timeout, f"git clone {url}",
+                env,
+                timeout,
+                f"git clone {url}",
             )
             try:
                 out = await _run_git(
                     ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-                    env, timeout, "git rev-parse", cwd=tmp,
+                    env,
+                    timeout,
+                    "git rev-parse",
+                    cwd=tmp,
                 )
             except InvalidRequest:
                 out = ""

@@ -187,9 +187,13 @@ class HubGroups(LoggingConfigurable):
             self._client = httpx.AsyncClient(timeout=self.timeout)
         url = f"{self.hub_api_url.rstrip('/')}/groups/{httpx.URL(path=group).raw_path.decode()}"
         try:
-            response = await self._client.get(url, headers={"Authorization": f"token {self.api_token}"})
+            response = await self._client.get(
+                url, headers={"Authorization": f"token {self.api_token}"}
+            )
         except httpx.HTTPError as e:
-            raise Unavailable(f"JupyterHub API unreachable while resolving group {group!r}: {e!r}") from None
+            raise Unavailable(
+                f"JupyterHub API unreachable while resolving group {group!r}: {e!r}"
+            ) from None
         if response.status_code == 404:
             return frozenset()
         if response.status_code == 403:
@@ -227,7 +231,9 @@ class Authorizer:
         owners = await self.owners(permissions, action)
         return owners is None or owner in owners
 
-    async def check(self, permissions: Permissions, action: str, owner: str, hide: bool = False) -> None:
+    async def check(
+        self, permissions: Permissions, action: str, owner: str, hide: bool = False
+    ) -> None:
         """Raise :class:`Forbidden` naming the missing scope (or :class:`NotFound` if ``hide``
         and the caller may not even read ``owner``'s namespace)."""
         if await self.allowed(permissions, action, owner):

@@ -45,7 +45,9 @@ class GenerateHubConfig(Application):
 
     name = "r2d-service generate-hub-config"
     description = "Print the jupyterhub_config.py snippet: service, custom scopes, roles, groups."
-    mode = Unicode("managed", config=True, help="'managed' (the Hub starts the service) or 'external'.")
+    mode = Unicode(
+        "managed", config=True, help="'managed' (the Hub starts the service) or 'external'."
+    )
     service_name = Unicode("repo2docker", config=True, help="The service's name in the Hub.")
     url = Unicode("http://127.0.0.1:8585", config=True, help="Where the service listens.")
     singleuser = Bool(False, config=True, help="Also let single-user servers call the API.")
@@ -54,10 +56,19 @@ class GenerateHubConfig(Application):
         "name": "GenerateHubConfig.service_name",
         "url": "GenerateHubConfig.url",
     }
-    flags = {"singleuser": ({"GenerateHubConfig": {"singleuser": True}}, "Add single-user server scopes.")}
+    flags = {
+        "singleuser": (
+            {"GenerateHubConfig": {"singleuser": True}},
+            "Add single-user server scopes.",
+        )
+    }
 
     def start(self) -> None:
-        print(hub_config_snippet(name=self.service_name, mode=self.mode, url=self.url, singleuser=self.singleuser))
+        print(
+            hub_config_snippet(
+                name=self.service_name, mode=self.mode, url=self.url, singleuser=self.singleuser
+            )
+        )
 
 
 class R2DService(Application):
@@ -179,12 +190,19 @@ class R2DService(Application):
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
-        level = self.log.info if status < 400 else self.log.warning if status < 500 else self.log.error
+        level = (
+            self.log.info if status < 400 else self.log.warning if status < 500 else self.log.error
+        )
         if handler.request.path.rstrip("/").endswith(("health", "metrics")) and status < 400:
             level = self.log.debug
         # the URI never carries credentials (tokens go in headers), so it is safe to log
-        level("%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
-              1000 * handler.request.request_time())
+        level(
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.uri,
+            1000 * handler.request.request_time(),
+        )
 
     async def start_async(self) -> None:
         stop = asyncio.Event()
@@ -196,7 +214,11 @@ class R2DService(Application):
         server.listen(self.port, self.ip)
         self.log.info(
             "repo2docker-service %s at http://%s:%d%s (builder: %s)",
-            __version__, self.ip, self.port, self.base_url, self.manager.builder.kind,
+            __version__,
+            self.ip,
+            self.port,
+            self.base_url,
+            self.manager.builder.kind,
         )
         await stop.wait()
         self.log.info("Stopping")

@@ -70,7 +70,10 @@ class R2DContext:
     def registry_info(self) -> dict[str, Any]:
         registry = self.manager.registry
         configured = bool(registry is not None and getattr(registry, "configured", False))
-        return {"configured": configured, "url": getattr(registry, "url", None) if configured else None}
+        return {
+            "configured": configured,
+            "url": getattr(registry, "url", None) if configured else None,
+        }
 
 
 def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -93,15 +96,8 @@ class R2DHandler(web.RequestHandler):
     identity: Identity
     permissions: Permissions
 
-    # -- adapter hooks (overridden by the adapter's base class) --
-    async def r2d_identify(self) -> Identity | None:
-        raise NotImplementedError
-
-    def r2d_login_url(self) -> str:
-        raise NotImplementedError
-
-    def r2d_xsrf_token(self) -> str:
-        return ""
+    # The adapter's base class provides r2d_identify(), r2d_login_url() and r2d_xsrf_token()
+    # (see the module docstring). They are not defined here: this mixin comes first in the MRO.
 
     # -- shared --
     def initialize(self, r2d: R2DContext, **kwargs: Any) -> None:
@@ -150,7 +146,11 @@ class R2DHandler(web.RequestHandler):
         reason = self._reason
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
-            message = exc_info[1].log_message % exc_info[1].args if exc_info[1].args else exc_info[1].log_message
+            message = (
+                exc_info[1].log_message % exc_info[1].args
+                if exc_info[1].args
+                else exc_info[1].log_message
+            )
         else:
             message = reason
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -264,7 +264,10 @@ class BuildsHandler(R2DHandler):
             valid = {s.value for s in BuildState}
             bad = [s for s in states if s not in valid]
             if bad:
-                raise InvalidRequest(f"unknown state {bad[0]!r}; use one of {', '.join(sorted(valid))}", field="state")
+                raise InvalidRequest(
+                    f"unknown state {bad[0]!r}; use one of {', '.join(sorted(valid))}",
+                    field="state",
+                )
         builds = self.manager.list_builds(owners, states)
         self.write_json({"builds": [await self.build_json(b) for b in builds]})
 
@@ -273,16 +276,26 @@ class BuildsHandler(R2DHandler):
         body = self.body_json()
         owner = body.get("owner") or (self.identity.name if self.identity.kind == "user" else None)
         if not owner:
-            raise InvalidRequest("a service must say which owner it builds for ('owner')", field="owner")
+            raise InvalidRequest(
+                "a service must say which owner it builds for ('owner')", field="owner"
+            )
         if not isinstance(owner, str):
             raise InvalidRequest("owner must be a string", field="owner")
         await self.require("build", owner)
         credentials = None
         raw_credentials = body.get("credentials")
         if raw_credentials:
-            if not isinstance(raw_credentials, dict) or not isinstance(raw_credentials.get("username", ""), str) or not isinstance(raw_credentials.get("password"), str):
-                raise InvalidRequest("credentials must be {'username': str, 'password': str}", field="credentials")
-            credentials = Credentials(raw_credentials.get("username") or "git", raw_credentials["password"])
+            if (
+                not isinstance(raw_credentials, dict)
+                or not isinstance(raw_credentials.get("username", ""), str)
+                or not isinstance(raw_credentials.get("password"), str)
+            ):
+                raise InvalidRequest(
+                    "credentials must be {'username': str, 'password': str}", field="credentials"
+                )
+            credentials = Credentials(
+                raw_credentials.get("username") or "git", raw_credentials["password"]
+            )
         for flag in ("push", "force"):
             if not isinstance(body.get(flag, False), bool):
                 raise InvalidRequest(f"{flag} must be true or false", field=flag)
@@ -439,7 +452,11 @@ class HealthHandler(R2DHandler):
         health = await self.manager.health()
         registry = self.ctx.registry_info()
         self.write_json(
-            {"ok": health["ok"], "docker": health["docker"], "registry": True if registry["configured"] else None},
+            {
+                "ok": health["ok"],
+                "docker": health["docker"],
+                "registry": True if registry["configured"] else None,
+            },
             status=200 if health["ok"] else 503,
         )
 
@@ -462,8 +479,6 @@ class OpenAPIHandler(R2DHandler):
 class PageHandler(R2DHandler):
     """The single page of the UI; the browser app does the rest through the API."""
 
-    _loader: template.Loader | None = None
-
     async def get(self, path: str = "") -> None:
         try:
             await self.r2d_authenticate()
@@ -482,9 +497,17 @@ class PageHandler(R2DHandler):
             "xsrf_token": self.r2d_xsrf_token(),
             "version": __version__,
         }
-        if PageHandler._loader is None:
-            PageHandler._loader = template.Loader(TEMPLATE_DIR, autoescape="xhtml_escape")
-        html = PageHandler._loader.load("page.html").generate(
+        page = _page_template()
+        if page is None:
+            # a source checkout whose UI was never built: say how to fix it instead of a 500
+            self.set_status(503)
+            self.finish(
+                "<!doctype html><title>repo2docker-service</title><p>The web UI is not built. "
+                "Reinstall the package (<code>pip install .</code> runs the npm build). The API works "
+                f"at <a href='{base}api/'>{base}api/</a>.</p>"
+            )
+            return
+        html = page.generate(
             base_url=base,
             static_url=lambda p: static_url(base, p),
             xsrf_token=config["xsrf_token"],
@@ -496,6 +519,17 @@ class PageHandler(R2DHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(html)
+
+
+_loader = template.Loader(TEMPLATE_DIR, autoescape="xhtml_escape")
+
+
+def _page_template() -> template.Template | None:
+    """The page template (tornado's loader caches it), or None when the UI was never built."""
+    try:
+        return _loader.load("page.html")
+    except FileNotFoundError:
+        return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -537,7 +571,9 @@ _ROUTES: list[tuple[str, type[R2DHandler]]] = [
 ]
 
 
-def make_handlers(prefix: str, base: type, context: R2DContext) -> list[tuple[str, type, dict[str, Any]]]:
+def make_handlers(
+    prefix: str, base: type, context: R2DContext
+) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado URL specs for every route under ``prefix``, each handler built on ``base``.
 
     The context travels in the handler's ``initialize`` keyword (so the Hub's own settings, in the
@@ -549,6 +585,12 @@ def make_handlers(prefix: str, base: type, context: R2DContext) -> list[tuple[st
     specs: list[tuple[str, type, dict[str, Any]]] = []
     for pattern, logic in _ROUTES:
         cls = type(logic.__name__, (logic, base), {"__module__": base.__module__})
-        specs.append((re.escape(prefix) + pattern + "$" if pattern else re.escape(prefix) + "?$", cls, {"r2d": context}))
+        specs.append(
+            (
+                re.escape(prefix) + pattern + "$" if pattern else re.escape(prefix) + "?$",
+                cls,
+                {"r2d": context},
+            )
+        )
     specs.append((re.escape(prefix) + r"static/(.*)$", StaticHandler, {"path": STATIC_DIR}))
     return specs
