@@ -390,7 +390,8 @@ class BuildManager(LoggingConfigurable):
                     "build over it (remove it from the Docker engine first)"
                 )
             if not force:
-                await self._refresh_images(force=True)
+                # the index is fresh enough unless it does not know this image yet
+                await self._refresh_images(force=image not in self._images)
                 metrics.SUBMISSIONS.labels("skipped").inc()
                 return SubmitResult(image=self._group(owner, name))
 
