@@ -1,0 +1,133 @@
+"""Shared set-up of the service tests: a real Hub with the service, users, roles, groups.
+
+Used by both adapters' behaviour suites (the standalone service and the TLJH plugin)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.harness import REPO2DOCKER_IMAGE, repo2docker_config
+from tests.harness.hub import Hub, HubConfig, login, xsrf_headers
+
+SERVICE = "r2d"
+ACCESS = f"access:services!service={SERVICE}"
+READ, BUILD, DELETE = (f"custom:repo2docker:{a}" for a in ("read", "build", "delete"))
+
+#: who is who in the authorization matrix
+ROLES: list[dict[str, Any]] = [
+    # own namespace: build and delete (build implies read)
+    {
+        "name": "r2d-own",
+        "users": ["alice", "bob", "frank"],
+        "scopes": [ACCESS, f"{BUILD}!user", f"{DELETE}!user"],
+    },
+    # read everything, change nothing
+    {"name": "r2d-viewer", "users": ["carol"], "scopes": [ACCESS, READ]},
+    # everything everywhere
+    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE]},
+    # build for the members of group "team" (frank)
+    {"name": "r2d-team-builder", "users": ["erin"], "scopes": [ACCESS, f"{BUILD}!group=team"]},
+    # may open the service, holds no repo2docker scope
+    {"name": "r2d-access-only", "users": ["gina"], "scopes": [ACCESS]},
+    # dave exists but may not even access the service
+    {"name": "r2d-nothing", "users": ["dave"], "scopes": ["self"]},
+]
+GROUPS = {"team": {"users": ["frank"]}}
+LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
+USERS = ["alice", "bob", "carol", "admin1", "erin", "frank", "gina", "dave"]
+
+
+def service_config(git_patterns: list[str] | None = None, builder: str = "local") -> str:
+    return "\n".join(
+        [
+            f"c.BuildManager.allowed_repo_patterns = {git_patterns or LOOPBACK_GIT!r}",
+            f"c.Builder.repo2docker_config = {repo2docker_config(network='none')!r}",
+            f"c.DockerBuilder.image = {REPO2DOCKER_IMAGE!r}",
+            "c.DockerBuilder.network_mode = 'host'",
+            f"c.BuildManager.builder_class = {'r2d_core.builders.DockerBuilder' if builder == 'docker' else 'r2d_core.builders.LocalProcessBuilder'!r}",
+            "c.BuildManager.max_concurrent_builds = 4",
+            "c.BuildManager.max_builds_per_owner = 2",
+            "c.R2DService.permissions_ttl = 2",
+            "c.R2DService.keepalive_interval = 1",
+        ]
+    )
+
+
+def make_hub(docker_host: str, **overrides: Any) -> Hub:
+    config = HubConfig(
+        service_name=SERVICE,
+        service_env={"DOCKER_HOST": docker_host},
+        service_config=service_config(),
+        roles=ROLES,
+        groups=GROUPS,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return Hub(config)
+
+
+@dataclass
+class Caller:
+    """One way of calling the API: a logged-in browser session, a token, or nobody."""
+
+    name: str
+    client: httpx.AsyncClient
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+
+class Callers:
+    """Lazily logged-in browser sessions and tokens for every user of :data:`USERS`."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._cookie: dict[str, Caller] = {}
+        self._token: dict[str, Caller] = {}
+        self._lock = asyncio.Lock()
+
+    async def cookie(self, user: str) -> Caller:
+        async with self._lock:
+            if user not in self._cookie:
+                client = await login(self.hub, user)
+                client.base_url = httpx.URL(self.hub.service_url)
+                self._cookie[user] = Caller(user, client, xsrf_headers(client, self.hub))
+            return self._cookie[user]
+
+    async def token(self, user: str) -> Caller:
+        async with self._lock:
+            if user not in self._token:
+                token = await asyncio.to_thread(self.hub.token_for, user)
+                client = httpx.AsyncClient(base_url=self.hub.service_url, timeout=30)
+                self._token[user] = Caller(user, client, {"Authorization": f"token {token}"})
+            return self._token[user]
+
+    def anonymous(self) -> Caller:
+        return Caller("anonymous", httpx.AsyncClient(base_url=self.hub.service_url, timeout=30))
+
+    async def aclose(self) -> None:
+        for caller in [*self._cookie.values(), *self._token.values()]:
+            await caller.client.aclose()
+
+
+async def wait_build(caller: Caller, build_id: str, timeout: float = 120) -> dict[str, Any]:
+    """Follow the event stream to its ``done`` event and return the final build."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with caller.client.stream(
+                "GET", f"api/builds/{build_id}/logs", headers=caller.headers, timeout=timeout
+            ) as response:
+                assert response.status_code == 200, await response.aread()
+                event = None
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "done":
+                        return json.loads(line[6:])

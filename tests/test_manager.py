@@ -1,0 +1,352 @@
+"""BuildManager against a real private dockerd and a real git daemon, through both builders."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from traitlets.config import Config
+
+from r2d_core.builders import DockerBuilder, LocalProcessBuilder
+from r2d_core.engine import DockerEngine
+from r2d_core.errors import Conflict, InvalidRequest, NotFound, Unavailable, UnknownRef
+from r2d_core.manager import BuildManager
+from r2d_core.models import BuildState, parse_labels
+from tests.harness import FAIL_LINES, HELLO_LINES, REPO2DOCKER_IMAGE, repo2docker_config
+
+pytestmark = [pytest.mark.docker]
+
+LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
+
+
+def make_config(docker_host: str, builder: str, **manager: object) -> Config:
+    c = Config()
+    c.DockerEngine.host = docker_host
+    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.reconnect_interval = 0.2
+    c.BuildManager.builder_class = DockerBuilder if builder == "docker" else LocalProcessBuilder
+    for key, value in manager.items():
+        setattr(c.BuildManager, key, value)
+    c.Builder.repo2docker_config = repo2docker_config(network="none")
+    c.DockerBuilder.image = REPO2DOCKER_IMAGE
+    c.DockerBuilder.network_mode = (
+        "host"  # the build container fetches from the loopback git daemon
+    )
+    return c
+
+
+@pytest.fixture
+async def make_manager(docker_host, local_images, git_server):
+    managers: list[BuildManager] = []
+
+    async def factory(
+        builder: str = "local", start: bool = True, **manager: object
+    ) -> BuildManager:
+        m = BuildManager(config=make_config(docker_host, builder, **manager))
+        if start:
+            await m.start()
+        managers.append(m)
+        return m
+
+    yield factory
+    for m in managers:
+        for build in m.list_builds():
+            if not build.done:
+                try:
+                    await m.cancel(build.id, wait=10)
+                except Exception:
+                    pass
+        await m.stop()
+
+
+async def wait_done(build, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async for _line in build.log.follow():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"build {build.id} still {build.state}")
+    assert build.done, build.state
+
+
+async def wait_for_line(build, text: str, timeout: float = 60) -> None:
+    async def look() -> None:
+        async for line in build.log.follow():
+            if text in line.message:
+                return
+        raise AssertionError(f"{text!r} never appeared; state {build.state}, error {build.error}")
+
+    await asyncio.wait_for(look(), timeout)
+
+
+def messages(build) -> list[str]:
+    return [line.message for line in build.log.lines()]
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_build_labels_and_list(make_manager, git_server, builder, docker_host):
+    m = await make_manager(builder)
+    owner = f"alice-{builder}"
+    result = await m.submit(repo=git_server.url("hello"), ref="main", owner=owner, name="hello")
+    build = result.build
+    assert build is not None and not result.skipped
+    assert build.sha == git_server.repos["hello"].branches["main"]
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, (build.error, messages(build)[-10:])
+    lines = [m for m in messages(build) if "r2d-line" in m]
+    assert len(lines) == HELLO_LINES
+    phases = {line.phase for line in build.log.lines()}
+    assert {"fetching", "building"} <= phases
+
+    engine = DockerEngine(host=docker_host)
+    try:
+        info = await engine.inspect_image(build.image)
+    finally:
+        await engine.close()
+    fields = parse_labels(info["Config"]["Labels"])
+    assert (
+        fields["owner"] == owner and fields["sha"] == build.sha and fields["build-id"] == build.id
+    )
+    assert fields["repo"] == git_server.url("hello") and fields["ref"] == "main"
+
+    groups = await m.list_images([owner])
+    assert [(g.owner, g.name) for g in groups] == [(owner, "hello")]
+    assert groups[0].versions[0].reference == build.image
+    assert groups[0].versions[0].local and groups[0].versions[0].size
+
+
+async def test_skip_force_and_join(make_manager, git_server):
+    m = await make_manager()
+    repo = git_server.url("hello")
+    first = await m.submit(repo=repo, ref="v1", owner="sam", name="hello")
+    joined = await m.submit(
+        repo=repo, ref=git_server.repos["hello"].tags["v1"], owner="sam", name="hello"
+    )
+    assert joined.joined and joined.build is first.build  # one build, both answered
+    await wait_done(first.build)
+    assert first.build.state == BuildState.BUILT
+
+    again = await m.submit(repo=repo, ref="v1", owner="sam", name="hello")
+    assert again.skipped and again.image.newest.sha == first.build.sha
+    assert len(m.list_builds(["sam"])) == 1  # no container, no build started
+
+    forced = await m.submit(repo=repo, ref="v1", owner="sam", name="hello", force=True)
+    assert forced.build is not None and forced.build is not first.build
+    await wait_done(forced.build)
+    assert forced.build.state == BuildState.BUILT
+
+
+async def test_annotated_tag_and_branch_resolve_to_commits(make_manager, git_server):
+    m = await make_manager()
+    repo = git_server.repos["hello"]
+    r = await m.submit(repo=git_server.url("hello"), ref="v2", owner="tag-user", name="hello")
+    assert r.build.sha == repo.tags["v2"]
+    r2 = await m.submit(repo=git_server.url("hello"), ref="dev", owner="tag-user", name="hello-dev")
+    assert r2.build.sha == repo.branches["dev"]
+    await wait_done(r.build)
+    await wait_done(r2.build)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"repo": "/etc"}, InvalidRequest),
+        ({"repo": "file:///etc"}, InvalidRequest),
+        ({"repo": "ext::sh -c id"}, InvalidRequest),
+        ({"repo": "-oProxyCommand=id"}, InvalidRequest),
+        ({"repo": "https://example.org/not-allowed"}, InvalidRequest),
+        ({"ref": "--upload-pack=id"}, InvalidRequest),
+        ({"ref": "no-such-branch"}, UnknownRef),
+        ({"name": "bad name!"}, InvalidRequest),
+        ({"owner": "a/b"}, InvalidRequest),
+        ({"push": True}, InvalidRequest),  # no registry configured
+    ],
+)
+async def test_bad_inputs_rejected_before_anything_runs(make_manager, git_server, kwargs, error):
+    m = await make_manager()
+    args = {
+        "repo": git_server.url("hello"),
+        "ref": "main",
+        "owner": "mallory",
+        "name": "x",
+        **kwargs,
+    }
+    with pytest.raises(error):
+        await m.submit(**args)
+    assert m.list_builds() == []
+
+
+async def test_failing_build_reports_last_lines(make_manager, git_server):
+    m = await make_manager()
+    build = (
+        await m.submit(repo=git_server.url("fails"), ref="HEAD", owner="fay", name="fails")
+    ).build
+    await wait_done(build)
+    assert build.state == BuildState.FAILED
+    data = build.to_dict(last_lines=20)
+    assert any(f"r2d-fail {FAIL_LINES}" in line for line in data["last_lines"])
+    assert data["failed_step"] and "RUN" in data["failed_step"]
+    assert data["error"]
+    assert await m.list_images(["fay"]) == []
+
+
+async def test_requirements_repo_fails_offline_without_pulling(make_manager, git_server):
+    m = await make_manager()
+    build = (await m.submit(repo=git_server.url("requirements"), owner="ray", name="reqs")).build
+    await wait_done(build, timeout=180)
+    assert build.state == BuildState.FAILED
+    text = "\n".join(messages(build))
+    assert "pull access denied" not in text and "docker.io" not in build.error
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_cancel_running(make_manager, git_server, builder, docker_host):
+    m = await make_manager(builder)
+    build = (
+        await m.submit(repo=git_server.url("slow"), owner=f"carl-{builder}", name="slow")
+    ).build
+    await wait_for_line(build, "r2d-slow 2")
+    cancelled = await m.cancel(build.id, by="carl")
+    assert cancelled.state == BuildState.CANCELLED
+    assert build.log.closed
+    assert await m.list_images([f"carl-{builder}"]) == []
+    with pytest.raises(Conflict):
+        await m.cancel(build.id)
+    if builder == "docker":
+        engine = DockerEngine(host=docker_host)
+        try:
+            containers = await engine.list_build_containers()
+        finally:
+            await engine.close()
+        assert build.id not in {c["Labels"].get("repo2docker-service.build-id") for c in containers}
+
+
+async def test_cancel_queued_never_starts(make_manager, git_server):
+    m = await make_manager(max_concurrent_builds=1)
+    running = (await m.submit(repo=git_server.url("slow"), owner="q1", name="slow")).build
+    queued = (await m.submit(repo=git_server.url("hello"), owner="q2", name="hello")).build
+    assert queued.state == BuildState.QUEUED and m.queue_position(queued) == 0
+    await m.cancel(queued.id)
+    assert queued.state == BuildState.CANCELLED and queued.started is None
+    await m.cancel(running.id)
+
+
+async def test_limits_with_ten_queued_builds(make_manager, git_server):
+    m = await make_manager(max_concurrent_builds=2, max_builds_per_owner=1)
+    owners = ["o1", "o2", "o3"]
+    builds = []
+    for i in range(10):
+        r = await m.submit(
+            repo=git_server.url("hello"), ref="main", owner=owners[i % 3], name=f"limit{i}"
+        )
+        builds.append(r.build)
+    assert sum(b.state == BuildState.QUEUED for b in builds) >= 8
+    await asyncio.gather(*(wait_done(b, timeout=300) for b in builds))
+    assert all(b.state == BuildState.BUILT for b in builds), [(b.state, b.error) for b in builds]
+
+    def max_overlap(items) -> int:
+        events = sorted([(b.started, 1) for b in items] + [(b.finished, -1) for b in items])
+        level = peak = 0
+        for _, delta in events:
+            level += delta
+            peak = max(peak, level)
+        return peak
+
+    assert max_overlap(builds) == 2  # the global limit was reached and never exceeded
+    for owner in owners:
+        assert max_overlap([b for b in builds if b.owner == owner]) == 1
+
+
+async def test_delete_image(make_manager, git_server, docker_host):
+    m = await make_manager()
+    build = (
+        await m.submit(repo=git_server.url("hello"), ref="v1", owner="dora", name="hello")
+    ).build
+    await wait_done(build)
+    with pytest.raises(NotFound):
+        await m.delete_image("dora", "hello", tag="0" * 40)
+    result = await m.delete_image("dora", "hello")
+    assert result == {"deleted": [build.image], "errors": []}
+    assert await m.list_images(["dora"]) == []
+    engine = DockerEngine(host=docker_host)
+    try:
+        assert await engine.inspect_image(build.image) is None
+    finally:
+        await engine.close()
+    with pytest.raises(NotFound):
+        await m.delete_image("dora", "hello")
+
+
+async def test_refuses_to_build_over_another_owners_image(make_manager, git_server, docker_host):
+    m = await make_manager()
+    victim = (
+        await m.submit(repo=git_server.url("hello"), ref="v1", owner="victim", name="hello")
+    ).build
+    await wait_done(victim)
+    sha = git_server.repos["hello"].tags["v1"]
+    target = m.image_for("eve", "hello", sha)
+    engine = DockerEngine(host=docker_host)
+    try:
+        # someone with engine access tags victim's image with the name eve's build would get
+        await engine.client.images.tag(victim.image, target.rsplit(":", 1)[0], tag=sha)
+        with pytest.raises(Conflict, match="did not build"):
+            await m.submit(
+                repo=git_server.url("hello"), ref="v1", owner="eve", name="hello", force=True
+            )
+        # and the mis-tagged image is not listed as eve's
+        assert await m.list_images(["eve"]) == []
+    finally:
+        await engine.remove_image(target)
+        await engine.close()
+
+
+async def test_restart_finds_images_and_running_docker_build(make_manager, git_server):
+    first = await make_manager("docker")
+    built = (
+        await first.submit(repo=git_server.url("hello"), ref="v1", owner="rita", name="hello")
+    ).build
+    await wait_done(built)
+    running = (await first.submit(repo=git_server.url("slow"), owner="rita", name="slow")).build
+    await wait_for_line(running, "r2d-slow 3")
+    before = [line.message for line in running.log.lines()]
+    await first.stop()  # the service goes away; the build container keeps running
+
+    second = await make_manager("docker")
+    images = await second.list_images(["rita"])
+    assert [g.name for g in images] == ["hello"]
+    again = second.get_build(running.id)
+    assert again.recovered and not again.done and again.sha == running.sha
+    await wait_for_line(again, "r2d-slow 5")
+    replayed = [line.message for line in again.log.lines()]
+    assert replayed[: len(before)] == before  # the whole log, read again from Docker
+    old = second.get_build(built.id)  # finished builds come back from their containers too
+    assert old.state == BuildState.BUILT
+    # a second request for the running build joins it instead of starting another
+    joined = await second.submit(repo=git_server.url("slow"), owner="rita", name="slow")
+    assert joined.joined and joined.build is again
+    await second.cancel(again.id)
+    assert again.state == BuildState.CANCELLED
+
+
+async def test_engine_down_then_back_without_restart(git_server, local_images, tmp_path):
+    from tests.harness import Dockerd
+
+    dockerd = Dockerd()
+    c = make_config(dockerd.host, "local")
+    m = BuildManager(config=c)
+    await m.start()  # the engine is not running: start still succeeds
+    assert not m.ready
+    with pytest.raises(Unavailable):
+        await m.submit(repo=git_server.url("hello"), owner="uma", name="hello")
+    with pytest.raises(Unavailable):
+        await m.list_images()
+    dockerd.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not m.ready and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a property
+            await asyncio.sleep(0.1)
+        assert m.ready
+        assert await m.list_images() == []
+        assert (await m.health())["docker"]
+    finally:
+        await m.stop()
+        dockerd.stop()

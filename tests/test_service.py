@@ -1,0 +1,396 @@
+"""The standalone service behind a real JupyterHub 6 + proxy: API, authorization, SSE, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.service_support import SERVICE, Callers, make_hub, wait_build
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+
+@pytest.fixture(scope="session")
+def hub(docker_host, local_images, git_server):
+    hub = make_hub(docker_host)
+    try:
+        hub.start()
+        hub.wait_for_service()
+    except Exception as e:
+        hub.cleanup()
+        pytest.fail(f"JupyterHub with the service did not start: {e}")
+    yield hub
+    hub.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def callers(hub):
+    callers = Callers(hub)
+    yield callers
+    await callers.aclose()
+
+
+@pytest.fixture(scope="session")
+async def seeded(hub, callers, git_server):
+    """bob has image 'bobimg', frank has 'frankimg' (built for him by erin through her group)."""
+    bob = await callers.token("bob")
+    r = await bob.request(
+        "POST", "api/builds", json={"repo": git_server.url("hello"), "ref": "v1", "name": "bobimg"}
+    )
+    assert r.status_code in (200, 202), r.text
+    erin = await callers.token("erin")
+    r2 = await erin.request(
+        "POST",
+        "api/builds",
+        json={"repo": git_server.url("hello"), "ref": "v1", "name": "frankimg", "owner": "frank"},
+    )
+    assert r2.status_code in (200, 202), r2.text
+    builds = {}
+    for caller, response in ((bob, r), (erin, r2)):
+        if response.status_code == 202:
+            done = await wait_build(caller, response.json()["id"])
+            assert done["state"] == "built", done
+            builds[caller.name] = done
+    return {"bob_build": builds.get("bob"), "repo": git_server.url("hello")}
+
+
+# --- the authorization matrix ---------------------------------------------------------------------
+# (caller, method, path, body) -> expected status. "anon" = logged out; callers use API tokens here
+# and browser cookies in test_cookie_matrix_sample.
+BOB_IMAGE = "api/images/bob/bobimg"
+MATRIX = [
+    # GET api/: anyone with access to the service; it reports their permissions
+    ("anon", "GET", "api/", None, 401),
+    ("dave", "GET", "api/", None, 403),
+    ("gina", "GET", "api/", None, 200),
+    ("alice", "GET", "api/", None, 200),
+    # image lists: need some read scope
+    ("anon", "GET", "api/images", None, 401),
+    ("dave", "GET", "api/images", None, 403),
+    ("gina", "GET", "api/images", None, 403),
+    ("alice", "GET", "api/images", None, 200),
+    ("carol", "GET", "api/images", None, 200),
+    # one image of bob's: hidden from those who may not read it
+    ("anon", "GET", BOB_IMAGE, None, 401),
+    ("dave", "GET", BOB_IMAGE, None, 403),
+    ("gina", "GET", BOB_IMAGE, None, 404),
+    ("alice", "GET", BOB_IMAGE, None, 404),
+    ("erin", "GET", BOB_IMAGE, None, 404),
+    ("bob", "GET", BOB_IMAGE, None, 200),
+    ("carol", "GET", BOB_IMAGE, None, 200),
+    ("admin1", "GET", BOB_IMAGE, None, 200),
+    ("erin", "GET", "api/images/frank/frankimg", None, 200),
+    # deleting a version that does not exist: 404 only for those allowed to delete at all
+    ("anon", "DELETE", BOB_IMAGE + "?tag=" + "0" * 40, None, 401),
+    ("alice", "DELETE", BOB_IMAGE + "?tag=" + "0" * 40, None, 404),
+    ("carol", "DELETE", BOB_IMAGE + "?tag=" + "0" * 40, None, 403),
+    ("erin", "DELETE", "api/images/frank/frankimg?tag=" + "0" * 40, None, 403),
+    ("bob", "DELETE", BOB_IMAGE + "?tag=" + "0" * 40, None, 404),
+    ("admin1", "DELETE", BOB_IMAGE + "?tag=" + "0" * 40, None, 404),
+    # builds for bob (already built at v1: allowed callers get 200 "skipped")
+    ("anon", "POST", "api/builds", {"owner": "bob"}, 401),
+    ("dave", "POST", "api/builds", {"owner": "bob"}, 403),
+    ("gina", "POST", "api/builds", {"owner": "bob"}, 403),
+    ("carol", "POST", "api/builds", {"owner": "bob"}, 403),
+    ("alice", "POST", "api/builds", {"owner": "bob"}, 403),
+    ("erin", "POST", "api/builds", {"owner": "bob"}, 403),
+    ("bob", "POST", "api/builds", {"owner": "bob"}, 200),
+    ("bob", "POST", "api/builds", {}, 200),  # owner defaults to the caller
+    ("admin1", "POST", "api/builds", {"owner": "bob"}, 200),
+    ("erin", "POST", "api/builds", {"owner": "frank", "name": "frankimg"}, 200),
+    # build lists
+    ("anon", "GET", "api/builds", None, 401),
+    ("gina", "GET", "api/builds", None, 403),
+    ("alice", "GET", "api/builds", None, 200),
+    # health needs nobody; metrics and the OpenAPI document need a Hub identity
+    ("anon", "GET", "health", None, 200),
+    ("anon", "GET", "metrics", None, 401),
+    ("carol", "GET", "metrics", None, 200),
+    ("anon", "GET", "api/openapi.json", None, 401),
+    ("gina", "GET", "api/openapi.json", None, 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "body", "status"), MATRIX, ids=lambda v: str(v)[:40]
+)
+async def test_authorization_matrix(callers, seeded, who, method, path, body, status):
+    caller = callers.anonymous() if who == "anon" else await callers.token(who)
+    kwargs = {}
+    if body is not None:
+        kwargs["json"] = {"repo": seeded["repo"], "ref": "v1", "name": "bobimg", **body}
+    r = await caller.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    if status in (401, 403):
+        assert r.json()["message"]
+    if status == 403 and who not in ("dave",):
+        assert "custom:repo2docker:" in r.json()["message"]  # names the scope the caller lacks
+
+
+async def test_lists_only_show_readable_namespaces(callers, seeded):
+    alice = await callers.token("alice")
+    assert all(
+        i["owner"] == "alice" for i in (await alice.request("GET", "api/images")).json()["images"]
+    )
+    carol = await callers.token("carol")
+    owners = {i["owner"] for i in (await carol.request("GET", "api/images")).json()["images"]}
+    assert {"bob", "frank"} <= owners
+    erin = await callers.token("erin")
+    images = (await erin.request("GET", "api/images")).json()["images"]
+    assert {i["owner"] for i in images} == {"frank"}
+    assert all(i["can_build"] and not i["can_delete"] for i in images)
+    bob_builds = (await carol.request("GET", "api/builds?owner=bob")).json()["builds"]
+    assert bob_builds and all(b["owner"] == "bob" for b in bob_builds)
+    assert all(not b["can_cancel"] for b in bob_builds)
+
+
+async def test_info_reports_permissions(callers):
+    erin = await callers.token("erin")
+    info = (await erin.request("GET", "api/")).json()
+    assert info["permissions"]["build"] == {"all": False, "owners": [], "groups": ["team"]}
+    assert info["permissions"]["read"]["groups"] == ["team"]
+    assert info["scopes"]["delete"] == "custom:repo2docker:delete"
+    assert info["rules"]["name_pattern"].startswith("^")
+    gina = await callers.token("gina")
+    info = (await gina.request("GET", "api/")).json()
+    assert not any(
+        info["permissions"][a]["all"] or info["permissions"][a]["owners"] for a in ("read", "build")
+    )
+
+
+async def test_cookie_matrix_sample(callers, seeded, hub):
+    """Browsers: OAuth cookie + XSRF on writes; a write without the XSRF header is refused."""
+    bob = await callers.cookie("bob")
+    assert (await bob.request("GET", BOB_IMAGE)).status_code == 200
+    alice = await callers.cookie("alice")
+    assert (await alice.request("GET", BOB_IMAGE)).status_code == 404
+    body = {"repo": seeded["repo"], "ref": "v1", "name": "bobimg"}
+    assert (await bob.request("POST", "api/builds", json=body)).status_code == 200
+    no_xsrf = await bob.client.post("api/builds", json=body)
+    assert no_xsrf.status_code in (401, 403)
+    carol = await callers.cookie("carol")
+    assert (
+        await carol.request("POST", "api/builds", json={**body, "owner": "bob"})
+    ).status_code == 403
+    dave_client = await _login_refused(hub, "dave")
+    assert dave_client
+
+
+async def _login_refused(hub, user):
+    """A user without access:services cannot complete the OAuth flow to the service."""
+    from tests.harness.hub import login
+
+    with pytest.raises(RuntimeError):
+        await login(hub, user)
+    return True
+
+
+async def test_build_validation_messages(callers, git_server):
+    alice = await callers.token("alice")
+    cases = [
+        ({"repo": "file:///etc/passwd"}, "repo"),
+        ({"repo": git_server.url("hello"), "ref": "-x"}, "ref"),
+        ({"repo": git_server.url("hello"), "ref": "nope"}, "ref"),
+        ({"repo": git_server.url("hello"), "name": "no spaces"}, "name"),
+        ({"repo": git_server.url("hello"), "push": "yes"}, "push"),
+    ]
+    for body, field in cases:
+        r = await alice.request("POST", "api/builds", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["field"] == field, r.json()
+    r = await alice.request("POST", "api/builds", content=b"not json")
+    assert r.status_code == 400
+
+
+async def test_build_follow_sse_resume_and_text(callers, git_server):
+    alice = await callers.token("alice")
+    r = await alice.request(
+        "POST",
+        "api/builds",
+        json={"repo": git_server.url("hello"), "ref": "main", "name": f"sse{int(time.time())}"},
+    )
+    assert r.status_code == 202, r.text
+    build = r.json()
+    assert build["state"] in ("queued", "fetching") and build["logs_url"].endswith("/logs")
+
+    # read a few events, drop the connection, resume with Last-Event-ID
+    seen: list[int] = []
+    async with alice.client.stream(
+        "GET", f"api/builds/{build['id']}/logs", headers=alice.headers
+    ) as s:
+        assert s.headers["content-type"].startswith("text/event-stream")
+        async for line in s.aiter_lines():
+            if line.startswith("id: "):
+                seen.append(int(line[4:]))
+                if len(seen) == 3:
+                    break
+    assert seen == [0, 1, 2]
+    messages: list[str] = []
+    ids: list[int] = []
+    done = None
+    headers = {**alice.headers, "Last-Event-ID": str(seen[-1])}
+    async with alice.client.stream("GET", f"api/builds/{build['id']}/logs", headers=headers) as s:
+        event = None
+        async for line in s.aiter_lines():
+            if line.startswith("id: "):
+                ids.append(int(line[4:]))
+            elif line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "log":
+                messages.append(json.loads(line[6:])["message"])
+            elif line.startswith("data: ") and event == "done":
+                done = json.loads(line[6:])
+    assert ids[0] == 3 and ids == list(range(3, 3 + len(ids)))  # nothing lost, nothing repeated
+    assert done is not None and done["state"] == "built"
+    text = (await alice.request("GET", f"api/builds/{build['id']}/logs?format=text")).text
+    full = text.splitlines()
+    assert full[3:] == messages
+    assert sum("r2d-line" in line for line in full) == 20
+    # a finished build replays the same log
+    assert (
+        await alice.request("GET", f"api/builds/{build['id']}/logs?format=text&follow=0")
+    ).text == text
+
+
+async def test_cancel_through_api(callers, git_server):
+    bob = await callers.token("bob")
+    r = await bob.request(
+        "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "slowbob"}
+    )
+    assert r.status_code == 202
+    build_id = r.json()["id"]
+    alice = await callers.token("alice")
+    assert (await alice.request("DELETE", f"api/builds/{build_id}")).status_code == 404
+    carol = await callers.token("carol")
+    assert (await carol.request("DELETE", f"api/builds/{build_id}")).status_code == 403
+    r = await bob.request("DELETE", f"api/builds/{build_id}")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert (await bob.request("DELETE", f"api/builds/{build_id}")).status_code == 409
+    assert (await bob.request("GET", "api/builds/ffffffffffff")).status_code == 404
+
+
+async def test_delete_image_through_api(callers, git_server):
+    frank = await callers.token("frank")
+    r = await frank.request(
+        "POST", "api/builds", json={"repo": git_server.url("hello"), "ref": "v2", "name": "gone"}
+    )
+    assert r.status_code in (200, 202)
+    if r.status_code == 202:
+        assert (await wait_build(frank, r.json()["id"]))["state"] == "built"
+    r = await frank.request("DELETE", "api/images/frank/gone")
+    assert r.status_code == 200 and r.json()["deleted"] and not r.json()["errors"]
+    assert (await frank.request("GET", "api/images/frank/gone")).status_code == 404
+
+
+async def test_metrics_and_openapi(callers):
+    carol = await callers.token("carol")
+    metrics = (await carol.request("GET", "metrics")).text
+    assert "r2d_builds_total" in metrics and "r2d_build_queue_length" in metrics
+    doc = (await carol.request("GET", "api/openapi.json")).json()
+    assert doc["openapi"].startswith("3.") and "/api/builds/{build_id}/logs" in doc["paths"]
+
+
+async def test_page_requires_login_and_redirects(hub):
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        r = await client.get(hub.service_url)
+        assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+
+
+def test_generate_hub_config_is_valid_python():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r2d_tornado.app",
+            "generate-hub-config",
+            "--mode",
+            "external",
+            "--singleuser",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    class Section(dict):
+        def __getattr__(self, key):
+            return self.setdefault(key, Section())
+
+        def __setattr__(self, key, value):
+            self[key] = value
+
+    c = Section()
+    exec(compile(out, "hub_config", "exec"), {"c": c})
+    assert set(c.JupyterHub.custom_scopes) == {
+        "custom:repo2docker:read",
+        "custom:repo2docker:build",
+        "custom:repo2docker:delete",
+    }
+    assert c.JupyterHub.services[0]["oauth_client_allowed_scopes"]
+    assert "custom:repo2docker:read" in c.Spawner.oauth_client_allowed_scopes
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert (
+        "custom:repo2docker:build!user" in roles["user"]["scopes"]
+        and "self" in roles["user"]["scopes"]
+    )
+
+
+async def test_external_service_mode(docker_host, git_server, local_images, tmp_path):
+    """The Hub and an external service process share nothing but HTTP."""
+    from tests.harness.hub import login, xsrf_headers
+    from tests.service_support import service_config
+
+    hub = make_hub(docker_host, mode="external")
+    hub.start()
+    env = {
+        **os.environ,
+        "JUPYTERHUB_API_TOKEN": hub.service_token,
+        "JUPYTERHUB_SERVICE_NAME": SERVICE,
+        "JUPYTERHUB_SERVICE_PREFIX": f"/services/{SERVICE}/",
+        "JUPYTERHUB_API_URL": f"http://127.0.0.1:{hub.hub_port}/hub/api",
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{hub.config.service_port}",
+        "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE}",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": f"/services/{SERVICE}/oauth_callback",
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([f"access:services!service={SERVICE}"]),
+        "DOCKER_HOST": docker_host,
+        "R2D_CONFIG_FILE": str(tmp_path / "cfg.py"),
+    }
+    (tmp_path / "cfg.py").write_text(service_config())
+    log = open(tmp_path / "service.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r2d_tornado.app"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        hub.wait_for_service()
+        client = await login(hub, "alice")
+        r = await client.post(
+            hub.service_url + "api/builds",
+            json={"repo": git_server.url("hello"), "ref": "v2", "name": "external"},
+            headers=xsrf_headers(client, hub),
+        )
+        assert r.status_code in (200, 202), r.text
+        await client.aclose()
+        # SIGTERM (as a Hub or systemd stops services) ends it promptly
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        hub.cleanup()
+    assert "Stopping" in (tmp_path / "service.log").read_text()
