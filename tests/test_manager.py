@@ -342,7 +342,7 @@ async def test_engine_down_then_back_without_restart(git_server, local_images, t
     dockerd.start()
     try:
         deadline = time.monotonic() + 20
-        while not m.ready and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a property
+        while not m.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert m.ready
         assert await m.list_images() == []
