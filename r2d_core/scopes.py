@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from traitlets import Float, Unicode, default
@@ -34,6 +34,7 @@ __all__ = [
     "SCOPE_PREFIX",
     "Authorizer",
     "Grant",
+    "GroupResolver",
     "HubGroups",
     "Permissions",
     "parse_permissions",
@@ -206,10 +207,17 @@ class HubGroups(LoggingConfigurable):
         return frozenset(response.json().get("users") or [])
 
 
+class GroupResolver(Protocol):
+    """Anything that knows a group's members: :class:`HubGroups` (over the Hub API) or, inside
+    the Hub process, the Hub's own database (see :mod:`r2d_tljh`)."""
+
+    async def members(self, group: str) -> frozenset[str]: ...
+
+
 class Authorizer:
     """Answers "may this caller do this to that owner's namespace?" for adapters."""
 
-    def __init__(self, groups: HubGroups | None = None) -> None:
+    def __init__(self, groups: GroupResolver | None = None) -> None:
         self.groups = groups
 
     async def owners(self, permissions: Permissions, action: str) -> frozenset[str] | None:

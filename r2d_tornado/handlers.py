@@ -39,7 +39,7 @@ from r2d_core.models import Build, BuildState, Credentials, ImageGroup
 from r2d_core.scopes import ACTIONS, Authorizer, Permissions, parse_permissions, scope_for
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
 
-__all__ = ["Identity", "R2DContext", "make_handlers"]
+__all__ = ["ContextProvider", "Identity", "R2DContext", "make_handlers"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC_DIR = os.path.join(HERE, "static")
@@ -76,12 +76,20 @@ class R2DContext:
         }
 
 
+class ContextProvider:
+    """Builds the :class:`R2DContext` on first use (see :mod:`r2d_tljh`)."""
+
+    async def get(self, handler: web.RequestHandler) -> R2DContext:
+        raise NotImplementedError
+
+
 def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Run an API method with the caller identified, mapping :class:`R2DError` to its status."""
 
     @functools.wraps(method)
     async def wrapper(self: R2DHandler, *args: Any, **kwargs: Any) -> Any:
         try:
+            await self.r2d_setup()
             await self.r2d_authenticate()
             return await method(self, *args, **kwargs)
         except R2DError as e:
@@ -100,13 +108,19 @@ class R2DHandler(web.RequestHandler):
     # (see the module docstring). They are not defined here: this mixin comes first in the MRO.
 
     # -- shared --
-    def initialize(self, r2d: R2DContext, **kwargs: Any) -> None:
+    def initialize(self, r2d: R2DContext | ContextProvider, **kwargs: Any) -> None:
         self._r2d = r2d
         super().initialize(**kwargs)
 
     @property
     def ctx(self) -> R2DContext:
+        assert isinstance(self._r2d, R2DContext), "r2d_setup() first"
         return self._r2d
+
+    async def r2d_setup(self) -> None:
+        """Resolve a lazily created context (the TLJH plugin builds it in the Hub's loop)."""
+        if not isinstance(self._r2d, R2DContext):
+            self._r2d = await self._r2d.get(self)
 
     @property
     def manager(self) -> BuildManager:
@@ -449,6 +463,7 @@ class HealthHandler(R2DHandler):
     """Unauthenticated, and says nothing about users: for load balancers and the Hub."""
 
     async def get(self) -> None:
+        await self.r2d_setup()
         health = await self.manager.health()
         registry = self.ctx.registry_info()
         self.write_json(
@@ -481,6 +496,7 @@ class PageHandler(R2DHandler):
 
     async def get(self, path: str = "") -> None:
         try:
+            await self.r2d_setup()
             await self.r2d_authenticate()
         except Unauthorized:
             self.redirect(self.r2d_login_url())

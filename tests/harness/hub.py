@@ -55,7 +55,8 @@ class HubConfig:
     """What the Hub is started with."""
 
     service_name: str = "r2d"
-    #: "managed" (the Hub starts the service) or "external" (the caller starts it at service_port)
+    #: "managed" (the Hub starts the service), "external" (the caller starts it at service_port),
+    #: or "tljh" (no service: the TLJH plugin's hook adds handlers inside the Hub)
     mode: str = "managed"
     service_port: int = 0
     #: environment and config-file text of the service process
@@ -68,6 +69,34 @@ class HubConfig:
     extra_config: str = ""
     #: extra_handlers-style TLJH config (a Python snippet appended as is)
     singleuser_scopes: bool = False
+
+
+# How TLJH's jupyterhub_config.py calls plugins: a pluggy manager for project "tljh", hook
+# specifications as tljh.hooks declares them, plugins found through the "tljh" entry-point group.
+_TLJH_HOOK = """
+import pluggy
+
+class _TLJHHookSpecs:
+    hookspec = pluggy.HookspecMarker("tljh")
+
+    @hookspec
+    def tljh_custom_jupyterhub_config(c):
+        pass
+
+    @hookspec
+    def tljh_extra_hub_pip_packages():
+        pass
+
+_pm = pluggy.PluginManager("tljh")
+_pm.add_hookspecs(_TLJHHookSpecs)
+_pm.load_setuptools_entrypoints("tljh")
+assert _pm.get_plugins(), "the tljh entry point of repo2docker-service was not found"
+# the service's own traits, as an admin would put them in jupyterhub_config.d
+{config}
+c.R2DPlugin.path = {path!r}
+c.R2DPlugin.add_default_roles = False
+_pm.hook.tljh_custom_jupyterhub_config(c=c)
+"""
 
 
 class Hub:
@@ -84,7 +113,10 @@ class Hub:
         self.service_token = os.urandom(16).hex()
         if config.service_port == 0:
             config.service_port = free_port()
-        self.service_url = f"{self.url}/services/{config.service_name}/"
+        if config.mode == "tljh":
+            self.service_url = f"{self.url}/hub/{config.service_name}/"
+        else:
+            self.service_url = f"{self.url}/services/{config.service_name}/"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "hub.log"
 
@@ -113,6 +145,8 @@ class Hub:
             service,
             {"name": "test-admin", "api_token": self.admin_token},
         ]
+        if c.mode == "tljh":
+            services = services[1:]
         roles = [
             {
                 "name": "r2d-service-role",
@@ -126,6 +160,8 @@ class Hub:
             },
             *c.roles,
         ]
+        if c.mode == "tljh":
+            roles = roles[1:]  # no service process: nothing to resolve groups for
         return "\n".join(
             [
                 "c = get_config()  # noqa",
@@ -160,6 +196,7 @@ class Hub:
                 f"c.JupyterHub.services = {services!r}",
                 f"c.JupyterHub.load_roles = {roles!r}",
                 f"c.JupyterHub.load_groups = {c.groups!r}",
+                _TLJH_HOOK.format(path=name, config=c.service_config) if c.mode == "tljh" else "",
                 c.extra_config,
             ]
         )
@@ -291,7 +328,7 @@ async def login(hub: Hub, user: str, password: str = PASSWORD) -> httpx.AsyncCli
 
 
 def xsrf_headers(client: httpx.AsyncClient, hub: Hub) -> dict[str, str]:
-    path = f"/services/{hub.config.service_name}/"
+    path = "/hub/" if hub.config.mode == "tljh" else f"/services/{hub.config.service_name}/"
     for cookie in client.cookies.jar:
         if cookie.name == "_xsrf" and cookie.path.rstrip("/") == path.rstrip("/"):
             return {"X-XSRFToken": cookie.value}
