@@ -1,0 +1,50 @@
+"""Render the REST API reference from the OpenAPI document the service serves."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def render() -> str:
+    from r2d_tornado.openapi import openapi_document
+
+    doc = openapi_document()
+    out = [
+        "# REST API reference",
+        "",
+        "Generated from the OpenAPI 3 document the service serves at `api/openapi.json`. Paths are",
+        "relative to the service prefix (`/services/<name>/`, or `/hub/repo2docker/` with the TLJH",
+        "plugin).",
+        "",
+        doc["info"]["description"],
+        "",
+    ]
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            out += [f"## `{method.upper()} {path}`", "", op.get("summary", ""), ""]
+            if op.get("description"):
+                out += [op["description"], ""]
+            params = op.get("parameters", [])
+            if params:
+                out += ["Parameters:", ""]
+                out += [f"- `{p['name']}` ({p['in']})" for p in params]
+                out += [""]
+            out += ["Responses:", ""]
+            out += [f"- **{code}**: {r['description']}" for code, r in op["responses"].items()]
+            out += [""]
+    out += ["## Schemas", "", "```json", json.dumps(doc["components"]["schemas"], indent=2), "```", ""]
+    return "\n".join(out)
+
+
+def _write(app: object) -> None:
+    target = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "rest-api.md")
+    text = render()
+    if not os.path.exists(target) or open(target).read() != text:
+        with open(target, "w") as f:
+            f.write(text)
+
+
+def setup(app: object) -> dict[str, object]:
+    app.connect("builder-inited", _write)  # type: ignore[attr-defined]
+    return {"parallel_read_safe": True}

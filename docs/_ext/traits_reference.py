@@ -1,0 +1,70 @@
+"""Generate the configuration reference from the traitlets classes (every ``config=True`` trait)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import textwrap
+
+CLASSES = [
+    "r2d_tornado.app.R2DService",
+    "r2d_core.manager.BuildManager",
+    "r2d_core.engine.DockerEngine",
+    "r2d_core.builders.Builder",
+    "r2d_core.builders.LocalProcessBuilder",
+    "r2d_core.builders.DockerBuilder",
+    "r2d_core.scopes.HubGroups",
+    "r2d_tljh.plugin.R2DPlugin",
+]
+
+
+def _load(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def render() -> str:
+    out = [
+        "# Configuration reference",
+        "",
+        "Every setting is a traitlets trait: set it in `r2d_service_config.py` (the service), in a",
+        "`jupyterhub_config.d` file (the TLJH plugin), or on the command line as",
+        "`--Class.trait=value`. This page is generated from the code.",
+        "",
+    ]
+    for path in CLASSES:
+        try:
+            cls = _load(path)
+        except Exception as e:  # optional parts missing: say so instead of failing the build
+            out += [f"## `{path}`", "", f"(not importable here: {e})", ""]
+            continue
+        out += [f"## `{cls.__name__}`", "", f"`{path}`", ""]
+        doc = inspect.getdoc(cls)
+        if doc:
+            out += [doc.split("\n\n")[0], ""]
+        traits = cls.class_own_traits(config=True)
+        if not traits:
+            out += ["(no settings of its own)", ""]
+        for name, trait in sorted(traits.items()):
+            default = trait.default_value_repr()
+            help_text = textwrap.dedent(trait.help or "").strip().replace("\n", " ")
+            out += [
+                f"`{cls.__name__}.{name}`",
+                f": *{type(trait).__name__}*, default `{default}`. {help_text}",
+                "",
+            ]
+    return "\n".join(out) + "\n"
+
+
+def _write(app: object) -> None:
+    target = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "config.md")
+    text = render()
+    if not os.path.exists(target) or open(target).read() != text:
+        with open(target, "w") as f:
+            f.write(text)
+
+
+def setup(app: object) -> dict[str, object]:
+    app.connect("builder-inited", _write)  # type: ignore[attr-defined]
+    return {"parallel_read_safe": True}
