@@ -8,7 +8,7 @@ import sys
 sys.path.insert(0, os.path.abspath(".."))
 sys.path.insert(0, os.path.abspath("_ext"))
 
-from r2d_core import __version__  # noqa: E402
+from r2d_core import __version__
 
 project = "repo2docker-service"
 author = "repo2docker-service developers"
