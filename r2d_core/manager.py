@@ -394,6 +394,9 @@ class BuildManager(LoggingConfigurable):
                 await self._refresh_images(force=image not in self._images)
                 metrics.SUBMISSIONS.labels("skipped").inc()
                 return SubmitResult(image=self._group(owner, name))
+            previous_image_id = existing.get("Id")
+        else:
+            previous_image_id = None
 
         active = self._active.get(image)  # again: another request may have queued it meanwhile
         if active is not None:
@@ -414,6 +417,7 @@ class BuildManager(LoggingConfigurable):
             push=push,
             requested_by=requested_by or owner,
             credentials=credentials,
+            previous_image_id=previous_image_id,
         )
         build.log = self._new_log()
         self._builds[build.id] = build
@@ -465,6 +469,10 @@ class BuildManager(LoggingConfigurable):
 
     async def _run(self, build: Build) -> None:
         try:
+            if build.previous_image_id is not None:
+                # repo2docker reuses an existing tag instead of building: untag it for a forced
+                # rebuild (and put it back if the rebuild does not succeed, see _complete)
+                await self.engine.remove_image(build.image)
             credentials = None
             if build.push and self.registry is not None:
                 credentials = self.registry.push_credentials()
@@ -473,7 +481,7 @@ class BuildManager(LoggingConfigurable):
             if isinstance(e, Unavailable):
                 self._mark_unavailable(e)
             build.log.append("failed", f"Could not start the build: {e}")
-            self._finish(build, exit_code=None, error=str(e))
+            await self._complete(build, exit_code=None, error=str(e))
             return
         self._processes[build.id] = process
         if build.cancel_requested:
@@ -524,6 +532,16 @@ class BuildManager(LoggingConfigurable):
             )
 
     async def _complete(self, build: Build, exit_code: int | None, error: str | None) -> None:
+        try:
+            await self._finish_run(build, exit_code, error)
+        finally:
+            if build.previous_image_id is not None and build.state != BuildState.BUILT:
+                with contextlib.suppress(R2DError):
+                    await self.engine.tag_image(build.previous_image_id, build.image)
+                    await self._refresh_images(force=True)
+            build.previous_image_id = None
+
+    async def _finish_run(self, build: Build, exit_code: int | None, error: str | None) -> None:
         if build.cancel_requested:
             self._finish_cancelled(build, "cancelled")
             with contextlib.suppress(R2DError):

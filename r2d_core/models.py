@@ -107,6 +107,8 @@ class Build:
     log: LogBuffer = field(default_factory=LogBuffer, repr=False)
     credentials: Credentials | None = field(default=None, repr=False)
     cancel_requested: bool = False
+    #: a forced rebuild: the image id the tag pointed at before, restored if the build fails
+    previous_image_id: str | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
