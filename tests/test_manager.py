@@ -350,3 +350,31 @@ async def test_engine_down_then_back_without_restart(git_server, local_images, t
     finally:
         await m.stop()
         dockerd.stop()
+
+
+async def test_forced_rebuild_replaces_or_restores_the_image(make_manager, git_server, docker_host):
+    m = await make_manager()
+    repo = git_server.url("hello")
+    first = (await m.submit(repo=repo, ref="v2", owner="fred", name="hello")).build
+    await wait_done(first)
+    engine = DockerEngine(host=docker_host)
+    try:
+
+        async def build_id_label() -> str:
+            info = await engine.inspect_image(first.image)
+            return parse_labels(info["Config"]["Labels"])["build-id"]
+
+        assert await build_id_label() == first.id
+        # a forced rebuild really builds (repo2docker alone would reuse the existing tag)
+        forced = (await m.submit(repo=repo, ref="v2", owner="fred", name="hello", force=True)).build
+        await wait_done(forced)
+        assert forced.state == BuildState.BUILT
+        assert await build_id_label() == forced.id
+        # a forced rebuild that does not finish leaves the previous image in place
+        again = (await m.submit(repo=repo, ref="v2", owner="fred", name="hello", force=True)).build
+        await m.cancel(again.id)
+        assert again.state == BuildState.CANCELLED
+        assert await build_id_label() == forced.id
+        assert [g.name for g in await m.list_images(["fred"])] == ["hello"]
+    finally:
+        await engine.close()
