@@ -420,7 +420,7 @@ class BuildLogsHandler(R2DHandler):
         while not self._closed:
             parts = []
             for line in log.lines(cursor):
-                data = json.dumps({"phase": line.phase, "message": line.message})
+                data = json.dumps({"phase": line.phase, "message": line.message, "time": line.time})
                 parts.append(f"id: {line.n}\nevent: log\ndata: {data}\n\n")
                 cursor = line.n + 1
             state = build.state.value

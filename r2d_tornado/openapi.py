@@ -333,7 +333,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "/api/builds/{build_id}/logs": {
                 "get": {
                     "summary": "The build log as server-sent events (or plain text)",
-                    "description": "Events: `log` (id = line number, data `{phase, message}`), `state` "
+                    "description": "Events: `log` (id = line number, data `{phase, message, time}` with time in Unix seconds), `state` "
                     "(data: Build), `done` (data: Build; the stream ends). Resume with `Last-Event-ID` "
                     "or `?since=N`. Comments `: keepalive` every 15 s. `?format=text` gives text/plain "
                     "(`&follow=0` without following).",

@@ -1,0 +1,444 @@
+"""Benchmarks: ``nox -s bench`` (or ``python -m tests.bench [names...]``) prints a table.
+
+Targets are printed next to each measurement; nothing here fails a build. Everything runs against
+the real parts of the test harness (private dockerd, git daemon, JupyterHub + proxy, registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from traitlets.config import Config
+
+from r2d_core.builders import DockerBuilder, LocalProcessBuilder
+from r2d_core.manager import BuildManager
+
+Row = dict[str, Any]
+ROWS: list[Row] = []
+LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
+
+
+def row(benchmark: str, value: float | str, unit: str, target: str = "", note: str = "") -> None:
+    ROWS.append(
+        {"benchmark": benchmark, "value": value, "unit": unit, "target": target, "note": note}
+    )
+    print(
+        f"  {benchmark}: {value} {unit} {('(target ' + target + ')') if target else ''} {note}",
+        flush=True,
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def print_table() -> None:
+    headers = ["benchmark", "value", "unit", "target", "note"]
+    table = [[str(r.get(h, "")) for h in headers] for r in ROWS]
+    widths = [
+        max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(headers)
+    ]
+    line = " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print("\n" + line)
+    print("-|-".join("-" * w for w in widths))
+    for t in table:
+        print(" | ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)))
+
+
+# ---- build overhead -------------------------------------------------------------------------------
+def manager_config(docker_host: str, builder: str) -> Config:
+    from tests.harness import REPO2DOCKER_IMAGE, repo2docker_config
+
+    c = Config()
+    c.DockerEngine.host = docker_host
+    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.builder_class = DockerBuilder if builder == "docker" else LocalProcessBuilder
+    c.Builder.repo2docker_config = repo2docker_config(network="none")
+    c.DockerBuilder.image = REPO2DOCKER_IMAGE
+    c.DockerBuilder.network_mode = "host"
+    return c
+
+
+def prune(env: dict[str, str]) -> None:
+    subprocess.run(["docker", "builder", "prune", "-af"], env=env, check=False, capture_output=True)
+
+
+async def bench_build(ctx: dict[str, Any], runs: int = 5) -> None:
+    """Median build time through the BuildManager vs the bare CLI, per builder."""
+    from tests.harness import repo2docker_config
+
+    git = ctx["git"]
+    env = {**os.environ, "DOCKER_HOST": ctx["docker_host"]}
+    url = git.url("quick")
+    sha = git.repos["quick"].branches["main"]
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(repo2docker_config(network="none"))
+        config_file = f.name
+    cli = [
+        sys.executable,
+        "-m",
+        "repo2docker",
+        "--config",
+        config_file,
+        "--json-logs",
+        "--no-run",
+        "--user-id",
+        "1000",
+        "--user-name",
+        "jovyan",
+    ]
+
+    cli_times = []
+    for _i in range(runs):
+        prune(env)
+        image = f"bench-cli-{secrets.token_hex(3)}:{sha}"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [*cli, "--image-name", image, "--ref", sha, url],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=tempfile.gettempdir(),
+        )
+        cli_times.append(time.perf_counter() - t0)
+        subprocess.run(["docker", "rmi", "-f", image], env=env, capture_output=True, check=False)
+    cli_median = statistics.median(cli_times)
+    row(
+        "bare repo2docker CLI build (quick repo)",
+        round(cli_median, 3),
+        "s",
+        "",
+        f"median of {runs}",
+    )
+
+    for builder, target in (("local", 1.02), ("docker", 1.04)):
+        manager = BuildManager(config=manager_config(ctx["docker_host"], builder))
+        await manager.start()
+        times = []
+        try:
+            for _i in range(runs):
+                prune(env)
+                t0 = time.perf_counter()
+                result = await manager.submit(
+                    repo=url, ref=sha, owner="bench", name=f"quick-{builder}", force=True
+                )
+                assert result.build is not None
+                async for _ in result.build.log.follow():
+                    pass
+                times.append(time.perf_counter() - t0)
+                assert result.build.state.value == "built", result.build.error
+        finally:
+            await manager.stop()
+        median = statistics.median(times)
+        row(
+            f"BuildManager build, {builder} builder", round(median, 3), "s", "", f"median of {runs}"
+        )
+        row(
+            f"ratio {builder} builder / bare CLI",
+            round(median / cli_median, 3),
+            "x",
+            f"<= {target}",
+            "tljh-repo2docker 1.06, BinderHub 1.27",
+        )
+    os.unlink(config_file)
+
+
+async def bench_repeat(ctx: dict[str, Any], count: int = 50) -> None:
+    """A request for an already-built ref: ref resolution + lookup, no container started."""
+    git = ctx["git"]
+    env = {**os.environ, "DOCKER_HOST": ctx["docker_host"]}
+    manager = BuildManager(config=manager_config(ctx["docker_host"], "local"))
+    await manager.start()
+    try:
+        first = await manager.submit(
+            repo=git.url("hello"), ref="main", owner="bench", name="repeat"
+        )
+        if first.build is not None:
+            async for _ in first.build.log.follow():
+                pass
+        containers_before = subprocess.run(
+            ["docker", "ps", "-aq"], env=env, capture_output=True, text=True
+        ).stdout
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            result = await manager.submit(
+                repo=git.url("hello"), ref="main", owner="bench", name="repeat"
+            )
+            times.append((time.perf_counter() - t0) * 1000)
+            assert result.skipped
+        containers_after = subprocess.run(
+            ["docker", "ps", "-aq"], env=env, capture_output=True, text=True
+        ).stdout
+    finally:
+        await manager.stop()
+    row(
+        "repeat request for a built ref (p50)",
+        round(statistics.median(times), 2),
+        "ms",
+        "< 30",
+        "BinderHub 57 ms, tljh-repo2docker rebuilds (~1 s)",
+    )
+    row("repeat request for a built ref (p95)", round(percentile(times, 95), 2), "ms", "< 30")
+    row(
+        "containers started by repeat requests",
+        len(containers_after.split()) - len(containers_before.split()),
+        "",
+        "0",
+    )
+
+
+# ---- the service behind the Hub --------------------------------------------------------------------
+def service_rss(hub_pid: int) -> int:
+    """RSS in bytes of the service process the Hub started (found among its children)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            with open(f"/proc/{pid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        if b"r2d_tornado.app" in cmd and f"PPid:\t{hub_pid}\n" in status:
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    raise RuntimeError("service process not found")
+
+
+async def follow_events(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    on_log: Callable[[dict[str, Any], int], None] | None = None,
+) -> tuple[list[int], dict[str, Any] | None]:
+    ids: list[int] = []
+    done = None
+    async with client.stream("GET", url, headers=headers, timeout=None) as response:
+        event = None
+        current_id = -1
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                current_id = int(line[4:])
+                ids.append(current_id)
+            elif line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "log" and on_log is not None:
+                on_log(json.loads(line[6:]), current_id)
+            elif line.startswith("data: ") and event == "done":
+                done = json.loads(line[6:])
+    return ids, done
+
+
+async def bench_service(ctx: dict[str, Any]) -> None:
+    from tests.service_support import make_hub
+
+    hub = make_hub(ctx["docker_host"])
+    hub.config.roles = [
+        {
+            "name": "bench-all",
+            "users": ["benchuser"],
+            "scopes": [
+                "access:services!service=r2d",
+                "custom:repo2docker:build",
+                "custom:repo2docker:delete",
+            ],
+        },
+    ]
+    hub.start()
+    try:
+        hub.wait_for_service()
+        token = hub.token_for("benchuser")
+        headers = {"Authorization": f"token {token}"}
+        git = ctx["git"]
+        limits = httpx.Limits(max_connections=700, max_keepalive_connections=700)
+        async with httpx.AsyncClient(
+            base_url=hub.service_url, headers=headers, timeout=60, limits=limits
+        ) as client:
+            hub_pid = hub.proc.pid if hub.proc else 0
+            await asyncio.sleep(1)
+            row(
+                "service RSS, idle",
+                round(service_rss(hub_pid) / 2**20, 1),
+                "MiB",
+                "< 100",
+                "peers idle at 123-127 MiB",
+            )
+
+            # live log latency: line appended in the service -> received over SSE through the proxy
+            r = await client.post("api/builds", json={"repo": git.url("slow"), "name": "latency"})
+            build = r.json()
+            latencies: list[float] = []
+
+            def on_log(data: dict[str, Any], _id: int) -> None:
+                latencies.append((time.time() - data["time"]) * 1000)
+
+            followers = 500
+            results: list[Any] = []
+
+            async def many() -> None:
+                tasks = [
+                    asyncio.create_task(
+                        follow_events(client, f"api/builds/{build['id']}/logs", headers)
+                    )
+                    for _ in range(followers)
+                ]
+                await asyncio.sleep(8)
+                row(
+                    f"service RSS, {followers} log followers",
+                    round(service_rss(hub_pid) / 2**20, 1),
+                    "MiB",
+                    "< 150",
+                )
+                results.extend(await asyncio.gather(*tasks))
+
+            async def stop_later() -> None:
+                await asyncio.sleep(10)
+                await client.delete(f"api/builds/{build['id']}")
+
+            main_follow = asyncio.create_task(
+                follow_events(client, f"api/builds/{build['id']}/logs", headers, on_log)
+            )
+            await asyncio.gather(many(), stop_later())
+            await main_follow
+            total = (await client.get(f"api/builds/{build['id']}")).json()["log_lines"]
+            complete = sum(
+                1 for ids, done in results if ids == list(range(total)) and done is not None
+            )
+            row(
+                f"followers that got every line, in order ({total} lines)",
+                f"{complete}/{followers}",
+                "",
+                f"{followers}/{followers}",
+            )
+            live = latencies[5:] or latencies
+            row(
+                "log latency added by the service + proxy (p50)",
+                round(statistics.median(live), 2),
+                "ms",
+                "",
+            )
+            row(
+                "log latency added by the service + proxy (p95)",
+                round(percentile(live, 95), 2),
+                "ms",
+                "<= 5",
+                "BinderHub ~2 ms w/o auth/proxy; tljh-repo2docker ~1.8 s",
+            )
+
+            # GET api/images with 1000 images
+            await make_images(ctx, 1000)
+            times = []
+            await client.get("api/images")
+            for _ in range(200):
+                t0 = time.perf_counter()
+                r = await client.get("api/images")
+                times.append((time.perf_counter() - t0) * 1000)
+            count = len(r.json()["images"])
+            row(
+                f"GET api/images through the proxy ({count} images) p50",
+                round(statistics.median(times), 1),
+                "ms",
+                "< 30",
+            )
+            row(
+                f"GET api/images through the proxy ({count} images) p99",
+                round(percentile(times, 99), 1),
+                "ms",
+                "< 100",
+            )
+    finally:
+        hub.cleanup()
+
+
+async def make_images(ctx: dict[str, Any], count: int) -> None:
+    """``count`` labelled images named as the manager would, made with ``docker import`` (fast)."""
+    import io
+    import tarfile
+
+    from r2d_core.engine import DockerEngine
+    from r2d_core.models import LABEL_PREFIX, iso
+
+    manager = BuildManager(config=manager_config(ctx["docker_host"], "local"))
+    engine = DockerEngine(host=ctx["docker_host"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        data = b"hello\n"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    payload = buf.getvalue()
+    try:
+        for i in range(count):
+            owner, name, sha = f"user{i % 50}", f"img{i}", secrets.token_hex(20)
+            reference = manager.image_for(owner, name, sha)
+            repository, tag = reference.rsplit(":", 1)
+            labels = {
+                "owner": owner,
+                "name": name,
+                "sha": sha,
+                "repo": "https://example.org/r",
+                "ref": "main",
+                "build-id": secrets.token_hex(6),
+                "created": iso(time.time()) or "",
+            }
+            changes = [f"LABEL {LABEL_PREFIX}{k}={json.dumps(v)}" for k, v in labels.items()]
+            params = {"fromSrc": "-", "repo": repository, "tag": tag, "changes": changes}
+            async with engine.client._query(
+                "images/create",
+                method="POST",
+                params=params,
+                data=payload,
+                headers={"Content-Type": "application/x-tar"},
+            ) as resp:
+                await resp.read()
+    finally:
+        await engine.close()
+
+
+# ---- main -----------------------------------------------------------------------------------------
+BENCHES = {"build": bench_build, "repeat": bench_repeat, "service": bench_service}
+
+
+async def run(names: list[str]) -> None:
+    from tests.harness import Dockerd, GitServer, ensure_images
+
+    dockerd = Dockerd().start()
+    git = GitServer().start()
+    try:
+        ensure_images(dockerd.host)
+        ctx = {"docker_host": dockerd.host, "git": git}
+        for name in names:
+            print(f"[{name}]", flush=True)
+            await BENCHES[name](ctx)
+    finally:
+        git.stop()
+        dockerd.stop()
+
+
+def main() -> None:
+    names = [a for a in sys.argv[1:] if not a.startswith("-")] or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES and n != "registry"]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}")
+    asyncio.run(run([n for n in names if n in BENCHES]))
+    print_table()
+
+
+if __name__ == "__main__":
+    main()
