@@ -1,0 +1,117 @@
+"""Let spawners offer the images a user may read: an options form or a KubeSpawner profile list.
+
+The service never knows about spawners; spawners ask the service (``GET api/images``) and check
+the user's choice on the server side. Use from ``jupyterhub_config.py``::
+
+    from r2d_core.spawner import ImageChooser
+
+    chooser = ImageChooser(
+        url="http://127.0.0.1:8585/services/repo2docker/",
+        token=os.environ["R2D_CHOOSER_TOKEN"],  # a service token with custom:repo2docker:read
+    )
+    c.Spawner.options_form = chooser.options_form        # DockerSpawner & co.
+    c.Spawner.options_from_form = chooser.options_from_form
+    c.Spawner.pre_spawn_hook = chooser.pre_spawn_hook    # validates, then sets spawner.image
+    # or, with KubeSpawner:
+    c.KubeSpawner.profile_list = chooser.profile_list
+
+Which images a user may read is decided with the user's own repo2docker scopes (as JupyterHub
+resolved them), with the same rules as the service (:mod:`r2d_core.scopes`), so a form never offers
+an image the API would hide from that user.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from .client import R2DClient
+from .errors import Forbidden
+from .scopes import Authorizer, parse_permissions
+
+__all__ = ["ImageChooser"]
+
+
+class _DBGroups:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def members(self, group: str) -> frozenset[str]:
+        from jupyterhub import orm
+
+        found = orm.Group.find(self.db, group)
+        return frozenset(u.name for u in found.users) if found is not None else frozenset()
+
+
+class ImageChooser:
+    """Builds spawner options from the images a user may read, and validates the choice."""
+
+    def __init__(self, url: str, token: str, *, default_image: str | None = None) -> None:
+        self.url = url
+        self.token = token
+        self.default_image = default_image
+
+    async def images_for(self, spawner: Any) -> list[dict[str, Any]]:
+        """The images ``spawner.user`` may read, newest first (one entry per image, newest version)."""
+        from jupyterhub.scopes import get_scopes_for
+
+        user = spawner.user
+        scopes = get_scopes_for(user.orm_user)
+        permissions = parse_permissions(scopes, user.name)
+        authorizer = Authorizer(_DBGroups(user.db))
+        owners = await authorizer.owners(permissions, "read")
+        async with R2DClient(self.url, self.token) as client:
+            images = await client.images()
+        return [i for i in images if owners is None or i["owner"] in owners]
+
+    async def options_form(self, spawner: Any) -> str:
+        images = await self.images_for(spawner)
+        if not images:
+            return (
+                '<p class="text-muted">No repo2docker images yet: build one on the repo2docker page.</p>'
+                + ('<input type="hidden" name="image" value="">' if not self.default_image else "")
+            )
+        options = "\n".join(
+            f'<option value="{html.escape(i["image"])}">{html.escape(i["owner"])}/{html.escape(i["name"])}'
+            f" — {html.escape(i['repo'])}@{html.escape(i['ref'])} ({html.escape(i['sha'][:8])})</option>"
+            for i in images
+        )
+        return (
+            '<label for="r2d-image">Image</label>\n'
+            f'<select class="form-control" name="image" id="r2d-image">\n{options}\n</select>'
+        )
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+        image = (formdata.get("image") or [""])[0]
+        return {"image": image}
+
+    async def validate(self, spawner: Any, image: str) -> str:
+        """The image to start, if ``spawner.user`` may read it; raise :class:`Forbidden` if not."""
+        if not image:
+            if self.default_image:
+                return self.default_image
+            raise Forbidden("choose an image")
+        allowed = {version["image"] for i in await self.images_for(spawner) for version in i["versions"]}
+        if image not in allowed:
+            raise Forbidden(f"image {image!r} is not one of your repo2docker images")
+        return image
+
+    async def pre_spawn_hook(self, spawner: Any) -> None:
+        """Check the chosen image again on the server side, then give it to the spawner."""
+        image = await self.validate(spawner, (spawner.user_options or {}).get("image", ""))
+        spawner.image = image
+
+    async def profile_list(self, spawner: Any) -> list[dict[str, Any]]:
+        """KubeSpawner ``profile_list``: one profile per image (validated again by KubeSpawner's
+        own choice of a listed profile)."""
+        images = await self.images_for(spawner)
+        return [
+            {
+                "display_name": f"{i['owner']}/{i['name']}",
+                "slug": f"r2d-{index}",
+                "description": f"{i['repo']}@{i['ref']} ({i['sha'][:8]})",
+                "kubespawner_override": {"image": i["image"]},
+                "default": index == 0,
+            }
+            for index, i in enumerate(images)
+        ]
