@@ -77,7 +77,10 @@ export class Api {
         cache: "no-store",
       });
     } catch {
-      throw new ApiError(0, "The repo2docker service cannot be reached. Check your connection and try again.");
+      throw new ApiError(
+        0,
+        "The repo2docker service cannot be reached. Check your connection and try again.",
+      );
     }
     const type = response.headers.get("Content-Type") || "";
     let data: unknown = null;

@@ -51,13 +51,7 @@ export interface Image {
 }
 
 export type BuildState =
-  | "queued"
-  | "fetching"
-  | "building"
-  | "pushing"
-  | "built"
-  | "failed"
-  | "cancelled";
+  "queued" | "fetching" | "building" | "pushing" | "built" | "failed" | "cancelled";
 
 export interface Build {
   id: string;

@@ -1,0 +1,45 @@
+// What every view gets: configuration, the API client, service info, and a scope that ends when
+// the user navigates away (timers, EventSources and late answers must not outlive their view).
+
+import type { Api } from "./api";
+import type { PageConfig } from "./config";
+import type { ServiceInfo } from "./types";
+import type { Route } from "./util";
+
+export class Scope {
+  alive = true;
+  private cleanups: (() => void)[] = [];
+
+  defer(fn: () => void): void {
+    if (this.alive) this.cleanups.push(fn);
+    else fn();
+  }
+
+  /** a setTimeout that is cleared when the view ends */
+  later(fn: () => void, ms: number): void {
+    if (!this.alive) return;
+    const handle = window.setTimeout(() => {
+      if (this.alive) fn();
+    }, ms);
+    this.defer(() => window.clearTimeout(handle));
+  }
+
+  close(): void {
+    this.alive = false;
+    for (const fn of this.cleanups.splice(0).reverse()) {
+      try {
+        fn();
+      } catch (err) {
+        console.error(err);
+      }
+    }
+  }
+}
+
+export interface Ctx {
+  config: PageConfig;
+  api: Api;
+  info: ServiceInfo;
+}
+
+export type View = (ctx: Ctx, route: Route, el: HTMLElement, scope: Scope) => void | Promise<void>;
