@@ -1,0 +1,662 @@
+"""An async client for the OCI distribution API (Docker registry v2), built on httpx.
+
+Why httpx and not oras-py: oras is synchronous (requests), has no catalog call, keeps a single
+bearer token and re-sends it to other repositories, and cannot delete Docker v2 manifests, which
+is what repo2docker and buildx push.
+
+Caching, and why it stays correct:
+
+* manifests fetched **by digest**, image config blobs and the per-manifest image summary are
+  content-addressed, hence immutable: kept in bounded LRU caches with no expiry;
+* what can change, tags moving and repositories appearing, is re-read: :meth:`tags`,
+  :meth:`catalog`, :meth:`manifest` and :meth:`image` always ask the registry. Only
+  :meth:`list_images` reuses the catalog, the tag lists and tag→digest answers for ``listing_ttl``
+  seconds; past that it revalidates each known tag with one ``HEAD`` (its digest) instead of
+  fetching manifest and config again. Our own :meth:`delete` and :meth:`invalidate` (call it after
+  a push) drop the affected entries at once, so only changes made by others can be up to
+  ``listing_ttl`` seconds late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..errors import (
+    InvalidRequest,
+    NotFound,
+    R2DError,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+)
+from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
+from .models import MANIFEST_ACCEPT, Descriptor, ImageConfig, Manifest, RegistryImage
+
+__all__ = ["RegistryClient", "validate_registry_url"]
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+# distribution/reference grammar for the path of a repository, and tags/digests
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+_ERROR_TEXT_MAX = 200
+
+
+class _LRU(Generic[K, V]):
+    """A small bounded mapping that forgets the least recently used entry first."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def keys(self) -> list[K]:
+        return list(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def validate_registry_url(url: str) -> str:
+    """``url`` without a trailing ``/``; :class:`InvalidRequest` saying the fix if it is unusable."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(
+            f"registry URL {url!r} needs a scheme and a host: write it as https://HOST[:PORT] "
+            "(http:// only for a registry on this machine)"
+        )
+    if parts.username or parts.password:
+        raise InvalidRequest(
+            "the registry URL must not contain credentials: set c.Registry.username and "
+            "c.Registry.password instead"
+        )
+    if parts.path or parts.query or parts.fragment:
+        raise InvalidRequest(
+            f"registry URL {url!r} must be only https://HOST[:PORT] (the API lives at /v2/): put "
+            "a namespace into c.BuildManager.image_prefix instead"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise InvalidRequest(f"registry URL {url!r} has an invalid port") from None
+    return url
+
+
+def _check_repository(repository: str) -> str:
+    if not _REPOSITORY_RE.match(repository) or len(repository) > 255:
+        raise InvalidRequest(f"{repository!r} is not a valid repository name", field="repository")
+    return repository
+
+
+def _check_reference(reference: str) -> str:
+    if not (_TAG_RE.match(reference) or _DIGEST_RE.match(reference)):
+        raise InvalidRequest(f"{reference!r} is not a valid tag or digest", field="tag")
+    return reference
+
+
+def _is_digest(reference: str) -> bool:
+    return ":" in reference
+
+
+def _sha256(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+class _Summary:
+    """What a listing needs of one manifest digest (immutable, so cached without expiry)."""
+
+    __slots__ = ("architecture", "created", "labels", "media_type", "size")
+
+    def __init__(self, manifest: Manifest, config: ImageConfig | None, size: int | None) -> None:
+        self.media_type = manifest.media_type
+        self.labels = dict(config.labels) if config else {}
+        self.created = config.created if config else None
+        self.architecture = config.architecture if config else None
+        self.size = size
+
+
+class RegistryClient:
+    """Talk to one registry; every method raises :mod:`r2d_core.errors` exceptions only.
+
+    ``listing_ttl``: seconds :meth:`list_images` trusts its catalog, tag lists and tag digests
+    (0: revalidate every time). ``cache_size``: entries per digest-keyed cache.
+    ``platform``: which child of a multi-arch index describes a tag.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float = 10.0,
+        verify: bool | str = True,
+        max_concurrency: int = 16,
+        page_size: int = 100,
+        listing_ttl: float = 5.0,
+        cache_size: int = 10000,
+        platform: tuple[str, str] = ("linux", "amd64"),
+        event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
+    ) -> None:
+        self.url = validate_registry_url(url)
+        netloc = urlsplit(self.url).netloc.lower()
+        #: what goes in front of image references (Docker Hub's API host is spelled docker.io)
+        self.host = "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
+        self.timeout = timeout
+        self.page_size = max(1, page_size)
+        self.listing_ttl = listing_ttl
+        self.platform = platform
+        self._auth = auth
+        #: every HTTP request sent, token requests and retries included
+        self.request_count = 0
+        hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = {
+            "request": [self._count],
+            "response": [],
+        }
+        for name, extra in (event_hooks or {}).items():
+            hooks.setdefault(name, []).extend(extra)
+        if isinstance(verify, str):  # a CA bundle path; httpx 0.28 wants an SSL context
+            verify = ssl.create_default_context(cafile=verify)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            auth=auth,
+            timeout=httpx.Timeout(timeout),
+            verify=verify,
+            follow_redirects=True,  # blob GETs may redirect to object storage
+            limits=httpx.Limits(
+                max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency
+            ),
+            event_hooks=hooks,
+            headers={"User-Agent": "repo2docker-service"},
+        )
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._manifests: _LRU[str, Manifest] = _LRU(cache_size)
+        self._configs: _LRU[str, ImageConfig] = _LRU(cache_size)
+        self._summaries: _LRU[str, _Summary] = _LRU(cache_size)
+        # listing caches: (monotonic time read, value)
+        self._catalog_cache: tuple[float, list[str]] | None = None
+        self._tags_cache: _LRU[str, tuple[float, list[str]]] = _LRU(cache_size)
+        self._tag_digests: _LRU[tuple[str, str], tuple[float, str]] = _LRU(cache_size * 4)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.url!r})"
+
+    async def _count(self, request: httpx.Request) -> None:
+        self.request_count += 1
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def invalidate(self, repository: str | None = None) -> None:
+        """Forget listing state (catalog, tags, tag digests) of ``repository``, or of all.
+
+        Call after pushing to the registry so the next :meth:`list_images` sees the new tag.
+        Digest-keyed caches stay: their content cannot change.
+        """
+        self._catalog_cache = None
+        if repository is None:
+            self._tags_cache.clear()
+            self._tag_digests.clear()
+            return
+        self._tags_cache.pop(repository)
+        for key in self._tag_digests.keys():
+            if key[0] == repository:
+                self._tag_digests.pop(key)
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+    def _who(self) -> str:
+        if isinstance(self._auth, RegistryAuth):
+            return self._auth.describe()
+        return "the configured credentials" if self._auth else "anonymous access"
+
+    def _has_credentials(self) -> bool:
+        if isinstance(self._auth, RegistryAuth):
+            return self._auth.has_credentials
+        return self._auth is not None
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        ok: Iterable[int] = (200,),
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        repository: str | None = None,
+    ) -> httpx.Response:
+        async with self._limit:
+            try:
+                response = await self._http.request(method, url, headers=headers, params=params)
+            except R2DError:
+                raise
+            except httpx.TimeoutException as e:
+                raise Unavailable(
+                    f"{self._peer(e)} did not answer within {self.timeout:g}s ({what}): check that "
+                    "it is running and reachable, or raise c.Registry.timeout"
+                ) from None
+            except httpx.TransportError as e:
+                raise Unavailable(
+                    f"cannot reach {self._peer(e)} ({what}: {type(e).__name__}): check "
+                    "c.Registry.url (env R2D_REGISTRY_URL) and that the registry is running"
+                ) from None
+            except httpx.HTTPError as e:
+                raise UpstreamError(
+                    f"the registry at {self.url} broke the protocol ({what}: {type(e).__name__})"
+                ) from None
+        if response.status_code not in ok:
+            self._raise_for(response, what, repository)
+        return response
+
+    def _peer(self, error: httpx.HTTPError) -> str:
+        try:
+            url = error.request.url
+        except RuntimeError:
+            return f"the registry at {self.url}"
+        origin = f"{url.scheme}://{url.netloc.decode()}"
+        if origin == self.url:
+            return f"the registry at {self.url}"
+        return f"{origin} (the registry's token server or storage)"
+
+    def _raise_for(self, response: httpx.Response, what: str, repository: str | None) -> None:
+        status = response.status_code
+        codes, detail = _errors(response)
+        if status == 401:
+            challenge = _pick(response)
+            if challenge is None:
+                schemes = ", ".join(
+                    h.split(" ", 1)[0] for h in response.headers.get_list("WWW-Authenticate")
+                )
+                raise RegistryAuthError(
+                    f"the registry at {self.url} asks for authentication this client does not "
+                    f"speak ({schemes or 'no challenge'}) ({what}): use basic or token auth"
+                )
+            if challenge.params.get("error") == "insufficient_scope" and self._has_credentials():
+                scopes = challenge.scopes
+                if repository and all(s.startswith("repository:") for s in scopes):
+                    raise NotFound(
+                        f"repository {repository!r} does not exist in the registry, or "
+                        f"{self._who()} may not access it ({what}); the registry answers both "
+                        "the same way",
+                        repository=repository,
+                    )
+                raise RegistryAuthError(
+                    f"{self._who()} lacks the {' '.join(scopes) or 'needed'} permission at the "
+                    f"registry {self.url} ({what}): grant it in the registry's token server"
+                )
+            if not self._has_credentials():
+                if repository and challenge.params.get("error") == "insufficient_scope":
+                    raise NotFound(
+                        f"repository {repository!r} does not exist in the registry, or needs "
+                        f"credentials ({what}): set c.Registry.username and c.Registry.password",
+                        repository=repository,
+                    )
+                raise RegistryAuthError(
+                    f"the registry at {self.url} requires credentials ({what}): set "
+                    "c.Registry.username and c.Registry.password (env R2D_REGISTRY_USERNAME, "
+                    "R2D_REGISTRY_PASSWORD) or log in with `docker login "
+                    f"{self.host}` so the Docker config provides them"
+                )
+            raise RegistryAuthError(
+                f"the registry at {self.url} refused {self._who()} ({what}): check "
+                "c.Registry.username and c.Registry.password (env R2D_REGISTRY_USERNAME, "
+                "R2D_REGISTRY_PASSWORD) or the Docker config"
+            )
+        if status == 403:
+            raise RegistryAuthError(
+                f"the registry at {self.url} forbids {what} to {self._who()}"
+                + (f" ({detail})" if detail else "")
+                + ": grant that user access to the repository"
+            )
+        if status == 404:
+            if "NAME_UNKNOWN" in codes:
+                raise NotFound(
+                    f"repository {repository!r} not found in the registry", repository=repository
+                )
+            if codes & {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN"} or repository:
+                raise NotFound(f"{what}: not found in the registry", repository=repository)
+            raise UpstreamError(
+                f"{self.url} answered 404 to {what}: is it a registry (does it serve /v2/)?"
+            )
+        if status == 405 and response.request.method == "DELETE":
+            raise RegistryAuthError(
+                f"the registry at {self.url} does not allow deleting images: enable deletion "
+                "(distribution: storage.delete.enabled: true)"
+            )
+        if status == 429:
+            retry = parse_retry_after(response.headers.get("Retry-After"))
+            raise RateLimited(
+                f"the registry at {self.url} asks to slow down ({what})"
+                + (f"; retry in {retry:.0f}s" if retry is not None else "; retry later"),
+                retry_after=retry,
+            )
+        if status == 400 and codes & {"NAME_INVALID", "TAG_INVALID"}:
+            raise InvalidRequest(f"the registry refused {what}: {detail or 'invalid name'}")
+        if status in (502, 503, 504):
+            raise Unavailable(
+                f"the registry at {self.url} is unavailable (HTTP {status}) ({what}); retry later"
+            )
+        raise UpstreamError(
+            f"the registry at {self.url} answered HTTP {status} to {what}"
+            + (f": {detail}" if detail else "")
+        )
+
+    async def _paginate(
+        self, path: str, key: str, *, what: str, repository: str | None = None
+    ) -> list[str]:
+        """Every entry of a paginated list (``Link: <...>; rel="next"``), in the registry's order."""
+        entries: list[str] = []
+        url: str | None = path
+        params: dict[str, Any] | None = {"n": self.page_size}
+        seen: set[str] = set()
+        while url is not None:
+            response = await self._request(
+                "GET", url, params=params, what=what, repository=repository
+            )
+            try:
+                data = response.json()
+            except ValueError:
+                raise UpstreamError(f"the registry sent non-JSON for {what}") from None
+            page = data.get(key) if isinstance(data, dict) else None
+            if page is not None and not isinstance(page, list):
+                raise UpstreamError(f"the registry sent a malformed list for {what}")
+            entries.extend(str(e) for e in page or [])
+            link = response.links.get("next", {}).get("url")
+            url, params = None, None
+            if link:
+                target = response.url.join(link)
+                if f"{target.scheme}://{target.netloc.decode()}" != self.url:
+                    raise UpstreamError(f"the registry's next-page link for {what} leaves it")
+                if str(target) in seen or not page:
+                    break  # a registry looping on its cursor: what we have is all we get
+                seen.add(str(target))
+                url = str(target)
+        return entries
+
+    # ---- API -----------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        """Check the registry answers ``/v2/`` and accepts our identity (or needs none)."""
+        await self._request("GET", "/v2/", what="checking the registry API (/v2/)")
+
+    async def catalog(self, prefix: str = "") -> list[str]:
+        """Every repository whose name starts with ``prefix`` (all pages of ``/v2/_catalog``).
+
+        The filter is client-side: ``last=`` could skip ahead, but registries order nested names
+        differently (distribution sorts ``/`` before every other character), so a skip could miss
+        names; pages of ``page_size`` names keep the cost of reading all of them low.
+        """
+        names = await self._paginate("/v2/_catalog", "repositories", what="listing repositories")
+        return [n for n in names if n.startswith(prefix)]
+
+    async def tags(self, repository: str) -> list[str]:
+        """Tags of ``repository`` (``[]`` when it has none left, ``"tags": null``)."""
+        _check_repository(repository)
+        return await self._paginate(
+            f"/v2/{repository}/tags/list",
+            "tags",
+            what=f"listing the tags of {repository}",
+            repository=repository,
+        )
+
+    async def manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest ``reference`` (a tag or digest) of ``repository``; by digest from cache."""
+        _check_repository(repository)
+        _check_reference(reference)
+        if _is_digest(reference):
+            cached = self._manifests.get(reference)
+            if cached is not None:
+                return cached
+        response = await self._request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": MANIFEST_ACCEPT},
+            what=f"reading the manifest {repository}:{reference}",
+            repository=repository,
+        )
+        body = response.content
+        computed = _sha256(body)
+        header = response.headers.get("Docker-Content-Digest")
+        if _is_digest(reference):
+            if reference.startswith("sha256:") and computed != reference:
+                raise UpstreamError(
+                    f"the registry sent a manifest for {repository}@{reference} whose digest is "
+                    f"{computed}"
+                )
+            digest = reference
+        elif header and header.startswith("sha256:") and header != computed:
+            # not ours to trust then: HEAD answers would not match what we cached
+            raise UpstreamError(
+                f"the registry's digest header for {repository}:{reference} does not match the "
+                "manifest it sent"
+            )
+        else:
+            digest = header or computed
+        manifest = Manifest.parse(body, digest, response.headers.get("Content-Type"))
+        self._manifests.put(digest, manifest)
+        if not _is_digest(reference):
+            self._tag_digests.put((repository, reference), (time.monotonic(), digest))
+        return manifest
+
+    async def digest(self, repository: str, reference: str) -> str:
+        """The manifest digest a tag points to, with one ``HEAD`` (a ``GET`` if the header is absent)."""
+        _check_repository(repository)
+        _check_reference(reference)
+        response = await self._request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": MANIFEST_ACCEPT},
+            what=f"looking up {repository}:{reference}",
+            repository=repository,
+        )
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            return (await self.manifest(repository, reference)).digest
+        if not _is_digest(reference):
+            self._tag_digests.put((repository, reference), (time.monotonic(), digest))
+        return digest
+
+    async def image(self, repository: str, tag: str) -> RegistryImage:
+        """One tag with its labels, created time, architecture and size."""
+        manifest = await self.manifest(repository, tag)
+        summary = await self._summary(repository, manifest)
+        return self._image(repository, tag, manifest.digest, summary)
+
+    async def list_images(self, prefix: str = "") -> list[RegistryImage]:
+        """Every tag of every repository starting with ``prefix``, sorted by (repository, tag).
+
+        Tags that vanish while listing (deleted meanwhile) are left out rather than failing the
+        listing; every other error propagates.
+        """
+        repositories = await self._listing_catalog(prefix)
+        per_repo = await asyncio.gather(*(self._repo_images(r) for r in repositories))
+        images = [image for images in per_repo for image in images]
+        images.sort(key=lambda i: (i.repository, i.tag))
+        return images
+
+    async def delete(self, repository: str, tag: str) -> str:
+        """Delete the manifest ``tag`` points to; returns its digest.
+
+        Registries delete manifests by digest only (a tag gives ``DIGEST_INVALID``), so this asks
+        for the digest with ``HEAD`` first, with every manifest type in ``Accept`` (else the
+        digest of a down-converted schema1 manifest comes back). Other tags of the same manifest
+        go with it: that is how the registry API works.
+        """
+        digest = await self.digest(repository, tag)
+        await self._request(
+            "DELETE",
+            f"/v2/{repository}/manifests/{digest}",
+            ok=(200, 202, 204),
+            what=f"deleting {repository}:{tag}",
+            repository=repository,
+        )
+        self.invalidate(repository)
+        self._manifests.pop(digest)
+        self._summaries.pop(digest)
+        return digest
+
+    # ---- listing internals ---------------------------------------------------------------------
+    def _fresh(self, read_at: float) -> bool:
+        return time.monotonic() - read_at < self.listing_ttl
+
+    async def _listing_catalog(self, prefix: str) -> list[str]:
+        cached = self._catalog_cache
+        if cached is None or not self._fresh(cached[0]):
+            read_at = time.monotonic()
+            cached = (read_at, await self.catalog())
+            self._catalog_cache = cached
+        return [n for n in cached[1] if n.startswith(prefix)]
+
+    async def _repo_images(self, repository: str) -> list[RegistryImage]:
+        cached = self._tags_cache.get(repository)
+        if cached is None or not self._fresh(cached[0]):
+            read_at = time.monotonic()
+            try:
+                tags = await self.tags(repository)
+            except NotFound:
+                tags = []  # the catalog still lists repositories whose images were all deleted
+            cached = (read_at, tags)
+            self._tags_cache.put(repository, cached)
+        found = await asyncio.gather(*(self._listed_image(repository, t) for t in cached[1]))
+        return [image for image in found if image is not None]
+
+    async def _listed_image(self, repository: str, tag: str) -> RegistryImage | None:
+        try:
+            known = self._tag_digests.get((repository, tag))
+            if known is not None:
+                read_at, digest = known
+                summary = self._summaries.get(digest)
+                if summary is not None and self._fresh(read_at):
+                    return self._image(repository, tag, digest, summary)
+                if summary is not None:
+                    digest = await self.digest(repository, tag)  # one HEAD revalidates the tag
+                    summary = self._summaries.get(digest)
+                    if summary is not None:
+                        return self._image(repository, tag, digest, summary)
+                    manifest = await self.manifest(repository, digest)
+                    summary = await self._summary(repository, manifest)
+                    return self._image(repository, tag, digest, summary)
+            return await self.image(repository, tag)
+        except NotFound:
+            self._tag_digests.pop((repository, tag))
+            return None
+
+    async def _summary(self, repository: str, manifest: Manifest) -> _Summary:
+        cached = self._summaries.get(manifest.digest)
+        if cached is not None:
+            return cached
+        target = manifest
+        if manifest.is_index:
+            child = self._pick_platform(manifest)
+            target = await self.manifest(repository, child.digest) if child else None
+        config: ImageConfig | None = None
+        size: int | None = None
+        if target is not None:
+            size = target.size
+            if target.schema1_config is not None:
+                config = target.schema1_config
+            elif target.config is not None:
+                config = await self._config(repository, target.config.digest)
+        summary = _Summary(manifest, config, size)
+        self._summaries.put(manifest.digest, summary)
+        return summary
+
+    def _pick_platform(self, index: Manifest) -> Descriptor | None:
+        wanted_os, wanted_arch = self.platform
+        real = [
+            c
+            for c in index.manifests
+            # buildx attestation manifests are listed as platform unknown/unknown
+            if not (c.platform and c.platform.get("os") == "unknown")
+        ]
+        for child in real:
+            if child.platform and (
+                child.platform.get("os"),
+                child.platform.get("architecture"),
+            ) == (
+                wanted_os,
+                wanted_arch,
+            ):
+                return child
+        return real[0] if real else None
+
+    async def _config(self, repository: str, digest: str) -> ImageConfig:
+        cached = self._configs.get(digest)
+        if cached is not None:
+            return cached
+        response = await self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            what=f"reading the image config of {repository}",
+            repository=repository,
+        )
+        if digest.startswith("sha256:") and _sha256(response.content) != digest:
+            raise UpstreamError(f"the registry sent an image config of {repository} not matching")
+        config = ImageConfig.parse(response.content)
+        self._configs.put(digest, config)
+        return config
+
+    def _image(self, repository: str, tag: str, digest: str, summary: _Summary) -> RegistryImage:
+        return RegistryImage(
+            repository=repository,
+            tag=tag,
+            digest=digest,
+            media_type=summary.media_type,
+            labels=dict(summary.labels),
+            created=summary.created,
+            architecture=summary.architecture,
+            size=summary.size,
+            reference=f"{self.host}/{repository}:{tag}",
+        )
+
+
+def _errors(response: httpx.Response) -> tuple[set[str], str]:
+    """Error codes and a short message from a distribution error body (``{"errors": [...]}``)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return set(), ""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return set(), ""
+    codes = {str(e.get("code")) for e in errors if isinstance(e, dict)}
+    messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
+    return codes, "; ".join(messages)[:_ERROR_TEXT_MAX]

@@ -1,0 +1,210 @@
+"""The registry as the service is configured to use it (traitlets), and its shared client."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from traitlets import Bool, Float, Int, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from ..errors import InvalidRequest
+from .auth import RegistryAuth
+from .client import RegistryClient, validate_registry_url
+from .dockerconfig import credentials_from_docker_config, default_docker_config_path
+
+__all__ = ["Registry"]
+
+
+def _env_float(name: str, fallback: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else fallback
+    except ValueError:
+        return fallback
+
+
+class Registry(LoggingConfigurable):
+    """Where built images are pushed to and listed from; ``url = ""`` means local images only.
+
+    Credentials come from ``username``/``password`` when set, else from the Docker config file
+    (``docker_config_path``), else none (anonymous). They never appear in logs or error messages.
+    """
+
+    url = Unicode(
+        config=True,
+        help="""Registry API base URL, ``https://HOST[:PORT]`` (``http://`` only for a registry on
+        this machine); "" (the default) means no registry. Env ``R2D_REGISTRY_URL``.""",
+    )
+
+    @default("url")
+    def _default_url(self) -> str:
+        return os.environ.get("R2D_REGISTRY_URL", "")
+
+    @validate("url")
+    def _check_url(self, proposal: Any) -> str:
+        from traitlets import TraitError
+
+        value = proposal["value"].strip()
+        if not value:
+            return ""
+        try:
+            return validate_registry_url(value)
+        except InvalidRequest as e:
+            raise TraitError(f"c.Registry.url: {e}") from None
+
+    username = Unicode(
+        config=True,
+        help="""Registry user name (default: none, then the Docker config is consulted). Env
+        ``R2D_REGISTRY_USERNAME``.""",
+    )
+
+    @default("username")
+    def _default_username(self) -> str:
+        return os.environ.get("R2D_REGISTRY_USERNAME", "")
+
+    password = Unicode(
+        config=True,
+        help="""Registry password or access token, used with ``username`` (default: none). Env
+        ``R2D_REGISTRY_PASSWORD``. Never logged.""",
+    )
+
+    @default("password")
+    def _default_password(self) -> str:
+        return os.environ.get("R2D_REGISTRY_PASSWORD", "")
+
+    docker_config_path = Unicode(
+        config=True,
+        help="""Docker ``config.json`` to take credentials from when ``username`` is empty
+        (``auths``, ``credHelpers``, ``credsStore``). Default ``$DOCKER_CONFIG/config.json``, else
+        ``~/.docker/config.json``.""",
+    )
+
+    @default("docker_config_path")
+    def _default_docker_config_path(self) -> str:
+        return default_docker_config_path()
+
+    timeout = Float(
+        config=True,
+        help="Seconds for each registry request (default 10; env R2D_REGISTRY_TIMEOUT).",
+    )
+
+    @default("timeout")
+    def _default_timeout(self) -> float:
+        return _env_float("R2D_REGISTRY_TIMEOUT", 10.0)
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        from traitlets import TraitError
+
+        if proposal["value"] <= 0:
+            raise TraitError("c.Registry.timeout must be a positive number of seconds, e.g. 10")
+        return proposal["value"]
+
+    verify_tls = Bool(
+        True,
+        config=True,
+        help="""Verify the registry's TLS certificate (default True). Set ``tls_ca_bundle`` for a
+        private CA rather than turning this off.""",
+    )
+
+    tls_ca_bundle = Unicode(
+        "",
+        config=True,
+        help="PEM file of CA certificates to verify the registry with (default: the system's).",
+    )
+
+    max_concurrency = Int(
+        16,
+        config=True,
+        help="Registry requests in flight at once while listing (default 16).",
+    )
+
+    @validate("max_concurrency")
+    def _check_concurrency(self, proposal: Any) -> int:
+        from traitlets import TraitError
+
+        if proposal["value"] < 1:
+            raise TraitError("c.Registry.max_concurrency must be at least 1, e.g. 16")
+        return proposal["value"]
+
+    listing_ttl = Float(
+        5.0,
+        config=True,
+        help="""Seconds a registry listing reuses its catalog, tag lists and tag digests before
+        revalidating them (default 5; our own pushes and deletes show at once).""",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._client: RegistryClient | None = None
+
+    @property
+    def configured(self) -> bool:
+        """A registry URL is set."""
+        return bool(self.url)
+
+    @property
+    def host(self) -> str:
+        """``host[:port]`` of the registry, what image references start with ("" if none)."""
+        if not self.url:
+            return ""
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).netloc.lower()
+
+    def credentials(self) -> tuple[str, str] | None:
+        """``(username, password)`` from the traits, else the Docker config; None: anonymous."""
+        if self.username or self.password:
+            if not (self.username and self.password):
+                raise InvalidRequest(
+                    "only one of c.Registry.username and c.Registry.password is set: set both "
+                    "(env R2D_REGISTRY_USERNAME, R2D_REGISTRY_PASSWORD) or neither"
+                )
+            return self.username, self.password
+        if not self.configured:
+            return None
+        found = credentials_from_docker_config(self.host, self.docker_config_path or None)
+        if found:
+            self.log.info(
+                "Registry credentials for %s from %s (user %r)",
+                self.host,
+                self.docker_config_path,
+                found[0],
+            )
+        return found
+
+    def client(self) -> RegistryClient:
+        """The shared client (created on first use); raises InvalidRequest if no URL is set."""
+        if not self.configured:
+            raise InvalidRequest("no registry is configured: set c.Registry.url")
+        if self._client is None:
+            credentials = self.credentials()
+            auth = RegistryAuth(*credentials) if credentials else RegistryAuth()
+            verify: bool | str = self.verify_tls
+            if self.verify_tls and self.tls_ca_bundle:
+                verify = self.tls_ca_bundle
+            self._client = RegistryClient(
+                self.url,
+                auth=auth,
+                timeout=self.timeout,
+                verify=verify,
+                max_concurrency=self.max_concurrency,
+                listing_ttl=self.listing_ttl,
+            )
+        return self._client
+
+    def push_credentials(self) -> dict[str, str] | None:
+        """``{"registry", "username", "password"}`` for repo2docker's push; None if anonymous."""
+        if not self.configured:
+            return None
+        credentials = self.credentials()
+        if not credentials:
+            return None
+        return {"registry": self.host, "username": credentials[0], "password": credentials[1]}
+
+    async def aclose(self) -> None:
+        """Close the shared client, if one was created."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
