@@ -312,7 +312,9 @@ class RegistryClient:
                 )
             if challenge.params.get("error") == "insufficient_scope" and self._has_credentials():
                 scopes = challenge.scopes
-                if repository and all(s.startswith("repository:") for s in scopes):
+                # Docker Hub answers a pull of a missing repository like a pull without
+                # permission; a refused push or delete is a permission problem for sure.
+                if repository and scopes and all(_is_pull_scope(s) for s in scopes):
                     raise NotFound(
                         f"repository {repository!r} does not exist in the registry, or "
                         f"{self._who()} may not access it ({what}); the registry answers both "
@@ -324,7 +326,11 @@ class RegistryClient:
                     f"registry {self.url} ({what}): grant it in the registry's token server"
                 )
             if not self._has_credentials():
-                if repository and challenge.params.get("error") == "insufficient_scope":
+                if (
+                    repository
+                    and challenge.params.get("error") == "insufficient_scope"
+                    and all(_is_pull_scope(s) for s in challenge.scopes)
+                ):
                     raise NotFound(
                         f"repository {repository!r} does not exist in the registry, or needs "
                         f"credentials ({what}): set c.Registry.username and c.Registry.password",
@@ -646,6 +652,10 @@ class RegistryClient:
             size=summary.size,
             reference=f"{self.host}/{repository}:{tag}",
         )
+
+
+def _is_pull_scope(scope: str) -> bool:
+    return scope.startswith("repository:") and scope.rsplit(":", 1)[-1] == "pull"
 
 
 def _errors(response: httpx.Response) -> tuple[set[str], str]:

@@ -316,6 +316,7 @@ class RegistryServer:
         key_id: str = "x5c",
         workdir: str | None = None,
         access_log: bool = True,
+        delete_enabled: bool = True,
     ) -> None:
         if mode not in ("anonymous", "htpasswd", "token"):
             raise ValueError("mode is 'anonymous', 'htpasswd' or 'token'")
@@ -326,6 +327,7 @@ class RegistryServer:
             else {name: f"{name}-{secrets.token_hex(6)}" for name in ("admin", "alice", "bob")}
         )
         self.access_log = access_log
+        self.delete_enabled = delete_enabled
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="r2d-registry-"))
         self.data_dir = self.dir / "data"
@@ -369,7 +371,7 @@ class RegistryServer:
             },
             "storage": {
                 "filesystem": {"rootdirectory": str(self.data_dir)},
-                "delete": {"enabled": True},
+                "delete": {"enabled": self.delete_enabled},
                 "cache": {"blobdescriptor": "inmemory"},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
