@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import Bool, Float, Int, Unicode, default, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..errors import InvalidRequest
@@ -16,12 +16,20 @@ from .dockerconfig import credentials_from_docker_config, default_docker_config_
 __all__ = ["Registry"]
 
 
-def _env_float(name: str, fallback: float) -> float:
-    value = os.environ.get(name)
+def _checked_url(value: str, where: str) -> str:
+    value = value.strip()
+    if not value:
+        return ""
     try:
-        return float(value) if value else fallback
-    except ValueError:
-        return fallback
+        return validate_registry_url(value)
+    except InvalidRequest as e:
+        raise TraitError(f"{where}: {e}") from None
+
+
+def _checked_timeout(value: float, where: str) -> float:
+    if value <= 0:
+        raise TraitError(f"{where} must be a positive number of seconds, e.g. 10")
+    return value
 
 
 class Registry(LoggingConfigurable):
@@ -39,19 +47,12 @@ class Registry(LoggingConfigurable):
 
     @default("url")
     def _default_url(self) -> str:
-        return os.environ.get("R2D_REGISTRY_URL", "")
+        # dynamic defaults skip @validate: check the environment's value here
+        return _checked_url(os.environ.get("R2D_REGISTRY_URL", ""), "env R2D_REGISTRY_URL")
 
     @validate("url")
     def _check_url(self, proposal: Any) -> str:
-        from traitlets import TraitError
-
-        value = proposal["value"].strip()
-        if not value:
-            return ""
-        try:
-            return validate_registry_url(value)
-        except InvalidRequest as e:
-            raise TraitError(f"c.Registry.url: {e}") from None
+        return _checked_url(proposal["value"], "c.Registry.url")
 
     username = Unicode(
         config=True,
@@ -91,15 +92,18 @@ class Registry(LoggingConfigurable):
 
     @default("timeout")
     def _default_timeout(self) -> float:
-        return _env_float("R2D_REGISTRY_TIMEOUT", 10.0)
+        value = os.environ.get("R2D_REGISTRY_TIMEOUT", "")
+        try:
+            seconds = float(value) if value else 10.0
+        except ValueError:
+            raise TraitError(
+                f"env R2D_REGISTRY_TIMEOUT={value!r} is not a number of seconds, e.g. 10"
+            ) from None
+        return _checked_timeout(seconds, "env R2D_REGISTRY_TIMEOUT")
 
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> float:
-        from traitlets import TraitError
-
-        if proposal["value"] <= 0:
-            raise TraitError("c.Registry.timeout must be a positive number of seconds, e.g. 10")
-        return proposal["value"]
+        return _checked_timeout(proposal["value"], "c.Registry.timeout")
 
     verify_tls = Bool(
         True,
@@ -122,8 +126,6 @@ class Registry(LoggingConfigurable):
 
     @validate("max_concurrency")
     def _check_concurrency(self, proposal: Any) -> int:
-        from traitlets import TraitError
-
         if proposal["value"] < 1:
             raise TraitError("c.Registry.max_concurrency must be at least 1, e.g. 16")
         return proposal["value"]
