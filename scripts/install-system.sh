@@ -31,6 +31,13 @@ if [ ! -x /usr/libexec/docker/cli-plugins/docker-buildx ]; then
   rm -rf "$scratch"
 fi
 
+# npm builds the UI bundle (r2d_tornado/frontend, via hatch_build.py) when the package is installed.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-system: apt-get install nodejs npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+
 if ! command -v configurable-http-proxy >/dev/null 2>&1; then
   echo "install-system: configurable-http-proxy from npm"
   npm install -g --silent configurable-http-proxy@5 >/dev/null

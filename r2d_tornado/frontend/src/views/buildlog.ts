@@ -89,19 +89,27 @@ function phaseBar(build: Build, reached: number): HTMLElement {
   );
 }
 
+/** an error message: short ones inline, long ones (a whole command line) folded away */
+function errorText(error: string | null): Child {
+  if (!error) return null;
+  const text = stripAnsi(error).trim();
+  if (text.length <= 160) return h("p", { class: "mb-2", "data-testid": "build-error-text" }, text);
+  return h(
+    "details",
+    { class: "mb-2", "data-testid": "build-error-text" },
+    h("summary", { class: "text-truncate" }, text.slice(0, 120), "…"),
+    h("pre", { class: "r2d-pre mt-2 mb-0" }, text),
+  );
+}
+
 function outcome(build: Build): Child {
   if (build.state === "failed") {
     const lines = (build.last_lines ?? []).map(stripAnsi).join("\n").replace(/\n+$/, "");
     return h(
       "div",
       { class: "alert alert-danger", role: "alert", "data-testid": "build-failed" },
-      h(
-        "h2",
-        { class: "alert-heading h6" },
-        icon("failed", "me-2"),
-        "The build failed",
-        build.error ? `: ${build.error}` : "",
-      ),
+      h("h2", { class: "alert-heading h6" }, icon("failed", "me-2"), "The build failed"),
+      errorText(build.error),
       build.failed_step
         ? [
             h("div", { class: "small fw-semibold mt-2" }, "Failed step"),
@@ -383,6 +391,9 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
         : null,
     );
     replace(result, outcome(build));
+    // the interesting end of the failure, not its start
+    const last = result.querySelector('[data-testid="last-lines"]');
+    if (last) last.scrollTop = last.scrollHeight;
   }
 
   async function cancel(): Promise<void> {
@@ -449,7 +460,9 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
 
   const connect = () => {
     if (finished || !scope.alive) return;
-    const url = lastId >= 0 ? withQuery(logsUrl, `since=${lastId + 1}`) : logsUrl;
+    // An EventSource cannot send headers: the Hub takes the XSRF token as _xsrf parameter too.
+    let url = withQuery(logsUrl, `_xsrf=${encodeURIComponent(ctx.config.xsrf_token)}`);
+    if (lastId >= 0) url = withQuery(url, `since=${lastId + 1}`);
     const es = new EventSource(url);
     source = es;
     setConnection(failures ? "reconnecting" : "connecting");
