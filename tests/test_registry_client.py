@@ -380,7 +380,9 @@ async def test_token_anonymous_and_wrong_password(registry_token):
             await anonymous.tags(repo)
     secret = "not-alices-password"
     async with RegistryClient(registry_token.url, auth=RegistryAuth("alice", secret)) as client:
-        with pytest.raises(RegistryAuthError, match=r"token server .* refused the credentials") as e:
+        with pytest.raises(
+            RegistryAuthError, match=r"token server .* refused the credentials"
+        ) as e:
             await client.tags(repo)
         assert secret not in str(e.value)
 
@@ -431,3 +433,16 @@ async def test_token_with_libtrust_kid():
             await pusher.push_image(repo, "v1")
         async with client_for(server, "admin") as client:
             assert [i.tag for i in await client.list_images(repo)] == ["v1"]
+
+
+# ---- the benchmark keeps working ----------------------------------------------------------------
+async def test_bench_list_small():
+    require_registry_binary()
+    from tests.bench_registry import bench_list
+
+    rows = await bench_list(repos=3, tags=2, runs=1)
+    assert all(set(r) == {"benchmark", "value", "unit", "target"} for r in rows)
+    by_name = {(r["benchmark"], r["unit"]): r["value"] for r in rows}
+    assert by_name[("registry: list 6 tags, cold", "requests")] == 1 + 3 + 6 + 6
+    assert by_name[("registry: list 6 tags, revalidated (TTL passed)", "requests")] == 1 + 3 + 6
+    assert by_name[("registry: list 6 tags, warm (within TTL)", "requests")] == 0

@@ -513,8 +513,17 @@ class RegistryClient:
         listing; every other error propagates.
         """
         repositories = await self._listing_catalog(prefix)
-        per_repo = await asyncio.gather(*(self._repo_images(r) for r in repositories))
-        images = [image for images in per_repo for image in images]
+        images: list[RegistryImage] = []
+        pending = []
+        for repository in repositories:
+            # answered from the caches without a task per tag when everything is fresh
+            cached = self._fresh_repo_images(repository)
+            if cached is None:
+                pending.append(self._repo_images(repository))
+            else:
+                images.extend(cached)
+        for found in await asyncio.gather(*pending):
+            images.extend(found)
         images.sort(key=lambda i: (i.repository, i.tag))
         return images
 
@@ -550,6 +559,19 @@ class RegistryClient:
             cached = (read_at, await self.catalog())
             self._catalog_cache = cached
         return [n for n in cached[1] if n.startswith(prefix)]
+
+    def _fresh_repo_images(self, repository: str) -> list[RegistryImage] | None:
+        cached = self._tags_cache.get(repository)
+        if cached is None or not self._fresh(cached[0]):
+            return None
+        images = []
+        for tag in cached[1]:
+            known = self._tag_digests.get((repository, tag))
+            summary = self._summaries.get(known[1]) if known is not None else None
+            if known is None or summary is None or not self._fresh(known[0]):
+                return None
+            images.append(self._image(repository, tag, known[1], summary))
+        return images
 
     async def _repo_images(self, repository: str) -> list[RegistryImage]:
         cached = self._tags_cache.get(repository)

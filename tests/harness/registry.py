@@ -317,6 +317,7 @@ class RegistryServer:
         workdir: str | None = None,
         access_log: bool = True,
         delete_enabled: bool = True,
+        log_level: str = "info",
     ) -> None:
         if mode not in ("anonymous", "htpasswd", "token"):
             raise ValueError("mode is 'anonymous', 'htpasswd' or 'token'")
@@ -328,6 +329,7 @@ class RegistryServer:
         )
         self.access_log = access_log
         self.delete_enabled = delete_enabled
+        self.log_level = log_level
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="r2d-registry-"))
         self.data_dir = self.dir / "data"
@@ -365,7 +367,7 @@ class RegistryServer:
         config: dict[str, Any] = {
             "version": "0.1",
             "log": {
-                "level": "info",
+                "level": self.log_level,
                 "formatter": "text",
                 "accesslog": {"disabled": not self.access_log},
             },
