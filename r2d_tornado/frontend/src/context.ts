@@ -15,15 +15,6 @@ export class Scope {
     else fn();
   }
 
-  /** a setTimeout that is cleared when the view ends */
-  later(fn: () => void, ms: number): void {
-    if (!this.alive) return;
-    const handle = window.setTimeout(() => {
-      if (this.alive) fn();
-    }, ms);
-    this.defer(() => window.clearTimeout(handle));
-  }
-
   close(): void {
     this.alive = false;
     for (const fn of this.cleanups.splice(0).reverse()) {

@@ -50,7 +50,7 @@ function pickView(path: string[]): View {
 }
 
 function setupNavbar(info: ServiceInfo): void {
-  // Links to views the caller cannot use are hidden (the views themselves still explain).
+  // Links to views the caller cannot use stay hidden (the views themselves still explain).
   for (const link of document.querySelectorAll<HTMLElement>("[data-r2d-needs]")) {
     link.hidden = !may(info, link.dataset.r2dNeeds as Action);
   }

@@ -79,10 +79,6 @@ const STATE_STYLE: Record<BuildState, { cls: string; busy: boolean; label: strin
   cancelled: { cls: "text-bg-dark", busy: false, label: "cancelled" },
 };
 
-export function isBusy(state: BuildState): boolean {
-  return STATE_STYLE[state]?.busy ?? false;
-}
-
 export function stateBadge(build: Pick<Build, "state" | "queue_position">): HTMLElement {
   const style = STATE_STYLE[build.state] ?? {
     cls: "text-bg-light",

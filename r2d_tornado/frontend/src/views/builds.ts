@@ -19,7 +19,8 @@ import {
 } from "../ui";
 import { duration, hashFor } from "../util";
 
-export const POLL_MS = 2000;
+/** how often the list is fetched again while a build is in progress */
+const POLL_MS = 2000;
 
 /** Cancel a build; returns the error message, or null when the server accepted it. */
 export async function cancelBuild(ctx: Parameters<View>[0], id: string): Promise<string | null> {
