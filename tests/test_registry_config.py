@@ -263,3 +263,25 @@ async def test_shared_client_with_docker_config_credentials(registry_htpasswd, t
         assert "not-it" not in str(e.value)
     finally:
         await wrong.aclose()
+
+
+@pytest.mark.registry
+async def test_rotated_docker_config_credentials_reach_the_shared_client(
+    registry_htpasswd, tmp_path
+):
+    def login(password: str) -> str:
+        entry = {"auth": b64(f"alice:{password}")}
+        return write_config(tmp_path, {"auths": {registry_htpasswd.host: entry}})
+
+    path = login("expired-password")
+    registry = Registry(url=registry_htpasswd.url, username="", docker_config_path=path)
+    registry.docker_config_ttl = 0  # read the file on every call
+    try:
+        client = registry.client()
+        with pytest.raises(RegistryAuthError, match="refused user 'alice'"):
+            await client.ping()
+        login(registry_htpasswd.users["alice"])  # a credential helper/`docker login` rotated it
+        assert registry.client() is client
+        await client.ping()
+    finally:
+        await registry.aclose()

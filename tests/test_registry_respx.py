@@ -439,3 +439,27 @@ async def test_schema1_manifest_gives_labels(mock):
     assert image.created == datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
     assert image.size is None
     assert image.digest == _sha(body)
+
+
+async def test_expired_tokens_are_swept(mock, monkeypatch):
+    tokens = TokenServer(expires_in=60)
+    mock.get(REALM).mock(side_effect=tokens)
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization", "").startswith("Bearer t"):
+            return httpx.Response(200, json={"tags": []})
+        name = request.url.path.split("/")[2]
+        return unauthorized(f"repository:{name}:pull")
+
+    mock.get(url__regex=rf"{REGISTRY}/v2/\w+/tags/list").mock(side_effect=registry)
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("r2d_core.registry.auth.time.monotonic", lambda: clock["now"])
+    auth = RegistryAuth("alice", "s3cret-pw")
+    auth.max_tokens = 2
+    async with client(auth=auth) as c:
+        await c.tags("a")
+        await c.tags("b")
+        clock["now"] += 120  # both expired
+        await c.tags("c")
+    assert [key[2] for key in auth._tokens] == ["repository:c:pull"]
+    assert [key[2] for key in auth._locks] == ["repository:c:pull"]

@@ -163,19 +163,17 @@ class RegistryAuth(httpx.Auth):
     #: a token is renewed this many seconds before it expires (at most half its lifetime)
     expiry_margin = 10.0
 
+    #: above this many cached tokens, expired ones (and their idle locks) are swept out
+    max_tokens = 1024
+
     def __init__(self, username: str | None = None, password: str | None = None) -> None:
-        if bool(username) != bool(password):
-            raise ValueError("registry credentials need both a username and a password")
-        self._username = username or None
-        self._basic = (
-            "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-            if username
-            else None
-        )
+        self._username: str | None = None
+        self._basic: str | None = None
+        self._tokens: dict[_TokenKey, _Token] = {}
+        self.set_credentials(username, password)
         self._schemes: dict[str, str] = {}  # origin -> "basic" | "bearer"
         self._bearer: dict[str, tuple[str, str]] = {}  # origin -> (realm, service)
         self._learned: dict[tuple[str, str], str] = {}  # (origin, predicted scope) -> scope
-        self._tokens: dict[_TokenKey, _Token] = {}
         self._locks: dict[_TokenKey, asyncio.Lock] = {}
         #: how many token requests were sent (for tests, metrics and benchmarks)
         self.token_fetches = 0
@@ -198,6 +196,18 @@ class RegistryAuth(httpx.Auth):
 
     def forget_tokens(self) -> None:
         """Drop every cached token (they are fetched again on demand)."""
+        self._tokens.clear()
+
+    def set_credentials(self, username: str | None, password: str | None) -> None:
+        """Switch to other credentials (rotated in a credential helper, say); drops the tokens."""
+        if bool(username) != bool(password):
+            raise ValueError("registry credentials need both a username and a password")
+        self._username = username or None
+        self._basic = (
+            "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+            if username
+            else None
+        )
         self._tokens.clear()
 
     # ---- the flow ------------------------------------------------------------------------------
@@ -328,8 +338,20 @@ class RegistryAuth(httpx.Auth):
             lifetime = 60
         margin = min(self.expiry_margin, lifetime / 2)
         token = _Token(value, time.monotonic() + lifetime - margin)
+        if len(self._tokens) >= self.max_tokens:
+            self._sweep()
         self._tokens[key] = token
         return token
+
+    def _sweep(self) -> None:
+        # one token and one lock per repository scope: keep a long-running service bounded
+        now = time.monotonic()
+        for key, token in list(self._tokens.items()):
+            if token.expires <= now:
+                del self._tokens[key]
+        for key, lock in list(self._locks.items()):
+            if key not in self._tokens and not lock.locked():
+                del self._locks[key]
 
 
 def _origin(url: httpx.URL) -> str:

@@ -43,7 +43,7 @@ from ..errors import (
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
 from .models import MANIFEST_ACCEPT, Descriptor, ImageConfig, Manifest, RegistryImage
 
-__all__ = ["RegistryClient", "validate_registry_url"]
+__all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,12 @@ def validate_registry_url(url: str) -> str:
     return url
 
 
+def reference_host(url: str) -> str:
+    """``host[:port]`` of a registry URL as image references spell it (Docker Hub: docker.io)."""
+    netloc = urlsplit(url).netloc.lower()
+    return "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
+
+
 def _check_repository(repository: str) -> str:
     if not _REPOSITORY_RE.match(repository) or len(repository) > 255:
         raise InvalidRequest(f"{repository!r} is not a valid repository name", field="repository")
@@ -172,9 +178,8 @@ class RegistryClient:
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
-        netloc = urlsplit(self.url).netloc.lower()
         #: what goes in front of image references (Docker Hub's API host is spelled docker.io)
-        self.host = "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
+        self.host = reference_host(self.url)
         self.timeout = timeout
         self.page_size = max(1, page_size)
         self.listing_ttl = listing_ttl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
@@ -10,7 +11,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import InvalidRequest
 from .auth import RegistryAuth
-from .client import RegistryClient, validate_registry_url
+from .client import RegistryClient, reference_host, validate_registry_url
 from .dockerconfig import credentials_from_docker_config, default_docker_config_path
 
 __all__ = ["Registry"]
@@ -140,6 +141,9 @@ class Registry(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._client: RegistryClient | None = None
+        self._auth = RegistryAuth()
+        self._client_credentials: tuple[str, str] | None = None
+        self._from_config: tuple[float, tuple[str, str] | None] | None = None
 
     @property
     def configured(self) -> bool:
@@ -149,14 +153,18 @@ class Registry(LoggingConfigurable):
     @property
     def host(self) -> str:
         """``host[:port]`` of the registry, what image references start with ("" if none)."""
-        if not self.url:
-            return ""
-        from urllib.parse import urlsplit
+        return reference_host(self.url) if self.url else ""
 
-        return urlsplit(self.url).netloc.lower()
+    #: seconds credentials read from the Docker config are reused before it is read again
+    #: (helpers such as ECR's hand out passwords that expire)
+    docker_config_ttl = 300.0
 
     def credentials(self) -> tuple[str, str] | None:
-        """``(username, password)`` from the traits, else the Docker config; None: anonymous."""
+        """``(username, password)`` from the traits, else the Docker config; None: anonymous.
+
+        Reading the Docker config may run a credential helper (a subprocess, with a timeout), so
+        its answer is reused for ``docker_config_ttl`` seconds.
+        """
         if self.username or self.password:
             if not (self.username and self.password):
                 raise InvalidRequest(
@@ -166,23 +174,36 @@ class Registry(LoggingConfigurable):
             return self.username, self.password
         if not self.configured:
             return None
+        now = time.monotonic()
+        if self._from_config is not None and now - self._from_config[0] < self.docker_config_ttl:
+            return self._from_config[1]
         found = credentials_from_docker_config(self.host, self.docker_config_path or None)
-        if found:
+        if found and (self._from_config is None or self._from_config[1] != found):
             self.log.info(
                 "Registry credentials for %s from %s (user %r)",
                 self.host,
                 self.docker_config_path,
                 found[0],
             )
+        self._from_config = (now, found)
         return found
 
     def client(self) -> RegistryClient:
-        """The shared client (created on first use); raises InvalidRequest if no URL is set."""
+        """The shared client (created on first use); raises InvalidRequest if no URL is set.
+
+        Credentials rotated in the Docker config reach the shared client on the next call
+        after ``docker_config_ttl``.
+        """
         if not self.configured:
             raise InvalidRequest("no registry is configured: set c.Registry.url")
+        credentials = self.credentials()
+        if self._client is not None and credentials != self._client_credentials:
+            self._auth.set_credentials(*(credentials or (None, None)))
+            self._client_credentials = credentials
         if self._client is None:
-            credentials = self.credentials()
             auth = RegistryAuth(*credentials) if credentials else RegistryAuth()
+            self._auth = auth
+            self._client_credentials = credentials
             verify: bool | str = self.verify_tls
             if self.verify_tls and self.tls_ca_bundle:
                 verify = self.tls_ca_bundle
