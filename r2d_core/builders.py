@@ -10,14 +10,15 @@ own ``ContainerEngine``):
   finished builds again and re-reads their logs from Docker: builds survive restarts.
 
 Both run ``jupyter-repo2docker --json-logs --no-run`` with a generated config file and parse its JSON
-log lines in the manager. Credentials are handed over in the environment (local) or in files copied
-into the build container (never in the command line, labels or logs).
+log lines in the manager. Git credentials are handed over in the environment (local) or in a file
+copied into the build container (never in the command line, labels or logs). Builders never push:
+the manager pushes a built image through the engine API (see :mod:`r2d_core.manager`), so a
+registry outage never loses a build.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import shutil
@@ -151,17 +152,13 @@ class Builder(LoggingConfigurable):
         ]
         for key, value in build_labels(build, "image").items():
             args += ["--label", f"{key}={value}"]
-        if build.push:
-            args.append("--push")
         args += list(self.extra_args)
         # "--" is not understood by repo2docker's argparse before the positional: the URL was
         # validated not to start with "-" (see r2d_core.validation).
         args.append(build.repo)
         return args
 
-    async def start(
-        self, build: Build, registry_credentials: dict[str, str] | None = None
-    ) -> BuildProcess:
+    async def start(self, build: Build) -> BuildProcess:
         """Start ``build``; return its running process."""
         raise NotImplementedError(f"{type(self).__name__} must implement start()")
 
@@ -229,9 +226,7 @@ class LocalProcessBuilder(Builder):
     def _default_command(self) -> list[str]:
         return [sys.executable, "-m", "repo2docker"]
 
-    async def start(
-        self, build: Build, registry_credentials: dict[str, str] | None = None
-    ) -> BuildProcess:
+    async def start(self, build: Build) -> BuildProcess:
         workdir = tempfile.mkdtemp(prefix=f"r2d-build-{build.id}-")
         config_path = os.path.join(workdir, "repo2docker_config.py")
         with open(config_path, "w") as f:  # noqa: ASYNC230 - a few hundred bytes on local disk
@@ -240,9 +235,6 @@ class LocalProcessBuilder(Builder):
         env.update(git_env(build.repo, build.credentials))
         env["DOCKER_HOST"] = self.engine.host
         env["PYTHONUNBUFFERED"] = "1"
-        if registry_credentials:
-            env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"] = json.dumps(registry_credentials)
-            env.pop("DOCKER_CONFIG", None)  # repo2docker's docker_login breaks with it set
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -326,9 +318,7 @@ class DockerBuilder(Builder):
         Default: none.""",
     )
 
-    async def start(
-        self, build: Build, registry_credentials: dict[str, str] | None = None
-    ) -> BuildProcess:
+    async def start(self, build: Build) -> BuildProcess:
         config_path = f"{self._config_dir}/repo2docker_config.py"
         env = [
             "DOCKER_HOST=unix:///var/run/docker.sock",
@@ -345,18 +335,6 @@ class DockerBuilder(Builder):
             )
             files[f"{self._config_dir}/gitconfig"] = (gitconfig.encode(), 0o600)
             env.append(f"GIT_CONFIG_GLOBAL={self._config_dir}/gitconfig")
-        if registry_credentials:
-            auth = {
-                "auths": {
-                    registry_credentials["registry"]: {
-                        "auth": base64.b64encode(
-                            f"{registry_credentials['username']}:{registry_credentials['password']}".encode()
-                        ).decode()
-                    }
-                }
-            }
-            files[f"{self._config_dir}/docker/config.json"] = (json.dumps(auth).encode(), 0o600)
-            env.append(f"DOCKER_CONFIG={self._config_dir}/docker")
         host_config: dict[str, Any] = {
             "Binds": [f"{self.docker_socket}:/var/run/docker.sock"],
             "AutoRemove": False,

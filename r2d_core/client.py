@@ -97,7 +97,9 @@ class R2DClient:
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = await self._client.request(method, self.url + path, headers=self._headers, **kwargs)
+            response = await self._client.request(
+                method, self.url + path, headers=self._headers, **kwargs
+            )
         except httpx.HTTPError as e:
             raise Unavailable(f"repo2docker-service unreachable at {self.url}: {e!r}") from None
         if response.status_code >= 400:
@@ -144,7 +146,9 @@ class R2DClient:
             return BuildResult(build=None, image=data["image"], skipped=True)
         return BuildResult(build=data, image=None, skipped=False, joined=bool(data.get("joined")))
 
-    async def builds(self, owner: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    async def builds(
+        self, owner: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("owner", owner), ("state", state)) if v}
         return (await self._request("GET", "api/builds", params=params or None))["builds"]
 
@@ -154,7 +158,9 @@ class R2DClient:
     async def cancel(self, build_id: str) -> dict[str, Any]:
         return await self._request("DELETE", f"api/builds/{build_id}")
 
-    async def follow(self, build_id: str, since: int = 0, max_reconnects: int = 10) -> AsyncIterator[LogEvent]:
+    async def follow(
+        self, build_id: str, since: int = 0, max_reconnects: int = 10
+    ) -> AsyncIterator[LogEvent]:
         """The build's log lines from ``since``, live until the build ends.
 
         A dropped connection is resumed from the next line (``Last-Event-ID``): no line is lost
@@ -183,7 +189,9 @@ class R2DClient:
                         elif line.startswith("data: ") and event == "log":
                             if current >= cursor:
                                 data = json.loads(line[6:])
-                                yield LogEvent(current, data["phase"], data["message"], data.get("time"))
+                                yield LogEvent(
+                                    current, data["phase"], data["message"], data.get("time")
+                                )
                                 cursor = current + 1
                                 failures = 0
                         elif line.startswith("data: ") and event == "done":
@@ -207,8 +215,14 @@ def _error(response: httpx.Response) -> R2DError:
         message = body.get("message") or response.reason_phrase
     except ValueError:
         body, message = {}, response.text[:200] or response.reason_phrase
-    cls = _BY_STATUS.get(response.status_code, UpstreamError if response.status_code >= 500 else InvalidRequest)
-    details = {k: v for k, v in body.items() if k not in ("error", "message")} if isinstance(body, dict) else {}
+    cls = _BY_STATUS.get(
+        response.status_code, UpstreamError if response.status_code >= 500 else InvalidRequest
+    )
+    details = (
+        {k: v for k, v in body.items() if k not in ("error", "message")}
+        if isinstance(body, dict)
+        else {}
+    )
     if cls is RateLimited:
         retry = response.headers.get("Retry-After")
         details.pop("retry_after", None)

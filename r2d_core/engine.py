@@ -136,7 +136,9 @@ class DockerEngine(LoggingConfigurable):
         """Give the image ``image_id`` the name ``reference`` (``repository:tag``)."""
         repository, _, tag = reference.rpartition(":")
         with docker_errors(f"tag image {reference}"):
-            await asyncio.wait_for(self.client.images.tag(image_id, repository, tag=tag), self.timeout)
+            await asyncio.wait_for(
+                self.client.images.tag(image_id, repository, tag=tag), self.timeout
+            )
 
     async def remove_image(self, reference: str) -> None:
         """Remove one tag (and the image, if that was its last tag)."""

@@ -470,13 +470,12 @@ class BuildManager(LoggingConfigurable):
     async def _run(self, build: Build) -> None:
         try:
             if build.previous_image_id is not None:
-                # repo2docker reuses an existing tag instead of building: untag it for a forced
-                # rebuild (and put it back if the rebuild does not succeed, see _complete)
+                # repo2docker reuses an existing tag instead of building: move it aside for a
+                # forced rebuild, under a backup tag that keeps the image (and that listings
+                # ignore), and put it back if the rebuild does not succeed (see _complete)
+                await self.engine.tag_image(build.previous_image_id, self._backup_tag(build))
                 await self.engine.remove_image(build.image)
-            credentials = None
-            if build.push and self.registry is not None:
-                credentials = self.registry.push_credentials()
-            process = await self.builder.start(build, credentials)
+            process = await self.builder.start(build)
         except R2DError as e:
             if isinstance(e, Unavailable):
                 self._mark_unavailable(e)
@@ -535,11 +534,17 @@ class BuildManager(LoggingConfigurable):
         try:
             await self._finish_run(build, exit_code, error)
         finally:
-            if build.previous_image_id is not None and build.state != BuildState.BUILT:
+            if build.previous_image_id is not None:
                 with contextlib.suppress(R2DError):
-                    await self.engine.tag_image(build.previous_image_id, build.image)
+                    if build.state != BuildState.BUILT:
+                        await self.engine.tag_image(build.previous_image_id, build.image)
+                    await self.engine.remove_image(self._backup_tag(build))
                     await self._refresh_images(force=True)
             build.previous_image_id = None
+
+    @staticmethod
+    def _backup_tag(build: Build) -> str:
+        return f"{build.repository}:r2d-previous-{build.id}"
 
     async def _finish_run(self, build: Build, exit_code: int | None, error: str | None) -> None:
         if build.cancel_requested:

@@ -91,7 +91,9 @@ class ImageChooser:
             if self.default_image:
                 return self.default_image
             raise Forbidden("choose an image")
-        allowed = {version["image"] for i in await self.images_for(spawner) for version in i["versions"]}
+        allowed = {
+            version["image"] for i in await self.images_for(spawner) for version in i["versions"]
+        }
         if image not in allowed:
             raise Forbidden(f"image {image!r} is not one of your repo2docker images")
         return image

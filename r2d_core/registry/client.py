@@ -201,8 +201,9 @@ class RegistryClient:
             timeout=httpx.Timeout(timeout),
             verify=verify,
             follow_redirects=True,  # blob GETs may redirect to object storage
+            # every request, token requests included, runs under self._limit: no more needed
             limits=httpx.Limits(
-                max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
             event_hooks=hooks,
             headers={"User-Agent": "repo2docker-service"},
