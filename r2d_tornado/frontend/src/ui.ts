@@ -3,7 +3,7 @@
 import { ApiError, errorMessage } from "./api";
 import { Modal, Tooltip } from "./bootstrap";
 import { type Child, alertBox, h } from "./dom";
-import { icon } from "./icons";
+import { type IconName, icon } from "./icons";
 import type { Action, Build, BuildState, ServiceInfo } from "./types";
 import { absoluteTime, copyText, isWebUrl, relativeTime, repoLabel, shortSha } from "./util";
 
@@ -151,6 +151,52 @@ export function pageHeader(title: string, subtitle: Child, ...actions: Child[]):
       subtitle ? h("p", { class: "text-body-secondary mb-0" }, subtitle) : null,
     ),
     h("div", { class: "d-flex flex-wrap gap-2" }, ...actions),
+  );
+}
+
+/** the "Refresh" button of a list page */
+export function refreshButton(testid: string, onclick: () => void): HTMLButtonElement {
+  return h(
+    "button",
+    { type: "button", class: "btn btn-sm btn-outline-secondary", "data-testid": testid, onclick },
+    icon("refresh", "me-1"),
+    "Refresh",
+  );
+}
+
+/** the link to the build form, styled as the page's main action */
+export function newBuildButton(small = true, testid = "new-build"): HTMLAnchorElement {
+  return h(
+    "a",
+    {
+      class: small ? "btn btn-sm btn-jupyter" : "btn btn-jupyter",
+      href: "#/new",
+      "data-testid": testid,
+    },
+    icon("plus", "me-1"),
+    "Build an image",
+  );
+}
+
+/** a list page with nothing in it yet */
+export function emptyState(
+  testid: string,
+  iconName: IconName,
+  title: string,
+  text: string | null,
+  action: Child = null,
+): HTMLElement {
+  return h(
+    "div",
+    { class: "card shadow-sm border-0", "data-testid": testid },
+    h(
+      "div",
+      { class: "card-body text-center py-5" },
+      h("div", { class: "display-6 text-body-secondary mb-2" }, icon(iconName)),
+      h("h2", { class: "h5" }, title),
+      text ? h("p", { class: "text-body-secondary" }, text) : null,
+      action,
+    ),
   );
 }
 

@@ -8,10 +8,13 @@ import { may } from "../perms";
 import type { Build } from "../types";
 import {
   disposeTooltips,
+  emptyState,
   errorAlert,
   flash,
   noPermission,
+  newBuildButton,
   pageHeader,
+  refreshButton,
   shaEl,
   sourceEl,
   stateBadge,
@@ -64,25 +67,8 @@ export const buildsView: View = async (ctx, route, el, scope) => {
       "Builds",
       "Newest first. This list updates by itself while a build is in progress.",
       status,
-      h(
-        "button",
-        {
-          type: "button",
-          class: "btn btn-sm btn-outline-secondary",
-          "data-testid": "refresh-builds",
-          onclick: () => void load(),
-        },
-        icon("refresh", "me-1"),
-        "Refresh",
-      ),
-      canBuild
-        ? h(
-            "a",
-            { class: "btn btn-sm btn-jupyter", href: "#/new", "data-testid": "new-build" },
-            icon("plus", "me-1"),
-            "Build an image",
-          )
-        : null,
+      refreshButton("refresh-builds", () => void load()),
+      canBuild ? newBuildButton() : null,
     ),
     notices,
     body,
@@ -104,7 +90,7 @@ export const buildsView: View = async (ctx, route, el, scope) => {
       h("td", null, stateBadge(b)),
       h(
         "td",
-        { class: "text-nowrap" },
+        null,
         h(
           "a",
           {
@@ -182,23 +168,12 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     if (!builds.length) {
       replace(
         body,
-        h(
-          "div",
-          { class: "card shadow-sm border-0", "data-testid": "builds-empty" },
-          h(
-            "div",
-            { class: "card-body text-center py-5" },
-            h("div", { class: "display-6 text-body-secondary mb-2" }, icon("build")),
-            h("h2", { class: "h5" }, "No builds yet"),
-            canBuild
-              ? h(
-                  "a",
-                  { class: "btn btn-jupyter mt-2", href: "#/new" },
-                  icon("plus", "me-1"),
-                  "Build an image",
-                )
-              : null,
-          ),
+        emptyState(
+          "builds-empty",
+          "build",
+          "No builds yet",
+          null,
+          canBuild ? newBuildButton(false, "empty-new-build") : null,
         ),
       );
       return;

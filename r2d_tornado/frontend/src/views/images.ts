@@ -9,11 +9,14 @@ import type { DeleteResult, Image, ImageVersion } from "../types";
 import {
   confirmDialog,
   disposeTooltips,
+  emptyState,
   errorAlert,
   flash,
   locationBadges,
   noPermission,
+  newBuildButton,
   pageHeader,
+  refreshButton,
   shaEl,
   sourceEl,
   timeEl,
@@ -77,25 +80,8 @@ export const imagesView: View = async (ctx, route, el, scope) => {
           ]
         : "Container images built from git repositories with repo2docker.",
       search,
-      h(
-        "button",
-        {
-          type: "button",
-          class: "btn btn-sm btn-outline-secondary",
-          "data-testid": "refresh-images",
-          onclick: () => void load(),
-        },
-        icon("refresh", "me-1"),
-        "Refresh",
-      ),
-      canBuild
-        ? h(
-            "a",
-            { class: "btn btn-sm btn-jupyter", href: "#/new", "data-testid": "new-build" },
-            icon("plus", "me-1"),
-            "Build an image",
-          )
-        : null,
+      refreshButton("refresh-images", () => void load()),
+      canBuild ? newBuildButton() : null,
     ),
     notices,
     warnings,
@@ -365,30 +351,14 @@ export const imagesView: View = async (ctx, route, el, scope) => {
     if (!images.length) {
       replace(
         body,
-        h(
-          "div",
-          { class: "card shadow-sm border-0", "data-testid": "images-empty" },
-          h(
-            "div",
-            { class: "card-body text-center py-5" },
-            h("div", { class: "display-6 text-body-secondary mb-2" }, icon("image")),
-            h("h2", { class: "h5" }, "No images yet"),
-            h(
-              "p",
-              { class: "text-body-secondary" },
-              canBuild
-                ? "Build one from a git repository: it appears here when it is done."
-                : "Images built for you will appear here.",
-            ),
-            canBuild
-              ? h(
-                  "a",
-                  { class: "btn btn-jupyter", href: "#/new" },
-                  icon("plus", "me-1"),
-                  "Build an image",
-                )
-              : null,
-          ),
+        emptyState(
+          "images-empty",
+          "image",
+          "No images yet",
+          canBuild
+            ? "Build one from a git repository: it appears here when it is done."
+            : "Images built for you will appear here.",
+          canBuild ? newBuildButton(false, "empty-new-build") : null,
         ),
       );
       return;
