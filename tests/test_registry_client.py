@@ -14,7 +14,7 @@ import pytest
 from r2d_core.errors import NotFound, Unavailable
 from r2d_core.registry import RegistryAuth, RegistryAuthError, RegistryClient
 from r2d_core.registry.models import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from tests.harness.registry import RegistryServer
+from tests.harness.registry import Grant, RegistryServer
 from tests.registry_fixtures import *  # noqa: F403
 from tests.registry_fixtures import require_registry_binary, unique
 
@@ -367,6 +367,11 @@ async def test_token_scopes_follow_the_permission_table(registry_token):
         with pytest.raises(RegistryAuthError, match=f"repository:{mine}:delete"):
             await bob.delete(mine, "v1")  # ...but not delete them
         assert await bob.tags(mine) == ["v1"]
+    # the table is live: a new grant applies to the next token
+    registry_token.permissions.append(Grant("bob", mine, frozenset({"delete"})))
+    async with client_for(registry_token, "bob") as bob:
+        await bob.delete(mine, "v1")
+        assert await bob.tags(mine) == []
 
 
 async def test_token_anonymous_and_wrong_password(registry_token):

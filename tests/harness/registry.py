@@ -318,6 +318,7 @@ class RegistryServer:
         access_log: bool = True,
         delete_enabled: bool = True,
         log_level: str = "info",
+        port: int = 0,
     ) -> None:
         if mode not in ("anonymous", "htpasswd", "token"):
             raise ValueError("mode is 'anonymous', 'htpasswd' or 'token'")
@@ -335,7 +336,8 @@ class RegistryServer:
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "registry.log"
         self.config_path = self.dir / "config.yml"
-        self.port = 0
+        #: 0 picks a free port at start (and keeps it across stop/start)
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.issuer: TokenIssuer | None = None
         if mode == "token":
@@ -348,6 +350,11 @@ class RegistryServer:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def permissions(self) -> list[Grant]:
+        """The token issuer's permission table (edit it in place); empty unless mode "token"."""
+        return self.issuer.permissions if self.issuer is not None else []
 
     @property
     def pid(self) -> int | None:
