@@ -29,11 +29,14 @@ from tests.harness import (
     REPO2DOCKER_VERSION,
     Dockerd,
     DockerdError,
+    GitServer,
     HarnessError,
     ManagedProcess,
     async_wait_for,
     cache_dir,
+    cleanup_stale_runs,
     free_port,
+    new_run_dir,
     repo2docker_config,
     wait_for,
 )
@@ -122,6 +125,27 @@ def test_managed_process_exit_is_reported_with_log_tail(tmp_path):
         proc.check_running()
     with pytest.raises(HarnessError, match="cannot start"):
         ManagedProcess("missing", ["/nonexistent/binary"], tmp_path / "m.log").start()
+
+
+def test_cleanup_stale_runs_removes_only_dead_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("R2D_HARNESS_STATE", str(tmp_path))
+    dead = _dead_pid()
+    stale = tmp_path / f"dockerd-{dead}-abc123"
+    (stale / "data").mkdir(parents=True)
+    mine = new_run_dir("git")
+    orphan = tmp_path / f"git-{dead}-def456"  # its owner died, but its daemon still runs
+    orphan.mkdir()
+    (orphan / "git-daemon.pid").write_text(f"{os.getpid()}\n")
+    other = tmp_path / "cache"
+    other.mkdir()
+    assert cleanup_stale_runs() == [stale]
+    assert not stale.exists() and mine.is_dir() and orphan.is_dir() and other.is_dir()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_repo2docker_config_text_loads_as_a_config_file(tmp_path):
@@ -310,6 +334,17 @@ def test_other_fixtures_have_one_branch(git_server, name):
     assert refs == {"HEAD": repo.head, "refs/heads/main": repo.head}
     assert repo.branches == {"main": repo.head} and repo.commits == [repo.head]
     assert git_server.url(name) == f"git://127.0.0.1:{git_server.port}/{name}"
+
+
+def test_git_server_stop_leaves_nothing():
+    server = GitServer().start()
+    port, pid, directory = server.port, server.process.pid, server.dir
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    server.stop()
+    assert not pid_alive(pid) and not directory.exists()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
 
 
 def test_add_commit_moves_a_branch(git_server):

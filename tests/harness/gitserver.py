@@ -271,6 +271,7 @@ class GitServer:
                 self.dir / "git-daemon.log",
                 env=dict(os.environ, **_GIT_ENV),
                 pidfile=self.dir / "git-daemon.pid",
+                reap_group=True,
             ).start()
 
             def ready() -> bool:

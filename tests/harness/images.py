@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .dockerd import Dockerd, docker_cli, docker_run
-from .procs import HarnessError, remove_tree, state_root, tail
+from .procs import HarnessError, pid_alive, remove_tree, state_root, tail
 
 __all__ = [
     "BUSYBOX_IMAGE",
@@ -168,9 +168,18 @@ def _import_dir(host: str, rootfs: Path, image: str, changes: list[str], log: Pa
 
 
 def _scratch_dir(name: str) -> Path:
-    path = cache_dir().parent / "build" / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
+    # inside the cache directory: same filesystem, and removed right after the build
+    path = cache_dir() / f"scratch-{name}-{os.getpid()}-{secrets.token_hex(3)}"
     path.mkdir(parents=True)
     return path
+
+
+def _remove_stale_scratch() -> None:
+    """Remove build scratch directories of builds that died (debootstrap may have left mounts)."""
+    for path in cache_dir().glob("scratch-*"):
+        pid = path.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_tree(path)
 
 
 def _present(host: str) -> set[str]:
@@ -190,13 +199,32 @@ def _save(host: str, images: list[str], dest: Path) -> None:
 # -- recipes --------------------------------------------------------------------------------------
 
 
+def _is_static_elf(path: str) -> bool:
+    """True for an ELF executable without a PT_INTERP header (needs no loader or libraries)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only: that is what Debian ships
+            return False
+        order = "little" if head[5] == 1 else "big"
+        phoff = int.from_bytes(head[32:40], order)
+        phentsize = int.from_bytes(head[54:56], order)
+        phnum = int.from_bytes(head[56:58], order)
+        fh.seek(phoff)
+        table = fh.read(phentsize * phnum)
+    return all(
+        int.from_bytes(table[i * phentsize : i * phentsize + 4], order) != 3  # PT_INTERP
+        for i in range(phnum)
+    )
+
+
 def _build_busybox(host: str, log: Path) -> list[str]:
     root = _scratch_dir("busybox")
     try:
-        busybox = shutil.which("busybox") or "/bin/busybox"
-        if not os.path.exists(busybox):
+        busybox = "/bin/busybox"
+        if not os.path.exists(busybox) or not _is_static_elf(busybox):
             raise HarnessError(
-                "busybox not found: install busybox-static (scripts/install-system.sh)"
+                f"{busybox} missing or not statically linked: install busybox-static "
+                "(scripts/install-system.sh)"
             )
         for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -354,6 +382,7 @@ def ensure_images(
     if unknown:
         raise ValueError(f"unknown image(s) {unknown}; choose from {sorted(IMAGES)}")
     say = progress or (lambda _msg: None)
+    _remove_stale_scratch()
     present = _present(docker_host)
     bundles = list(dict.fromkeys(_BUNDLE_OF[w] for w in wanted if IMAGES[w] not in present))
     cache = cache_dir()

@@ -162,7 +162,8 @@ class ManagedProcess:
 
     ``start()`` raises :class:`HarnessError` if the program cannot be executed; ``stop()`` sends
     SIGTERM to the PID, waits ``stop_timeout`` seconds, then SIGKILLs the process group the process
-    leads (it was started as a session leader, so the group holds only what it spawned).
+    leads (it was started as a session leader, so the group holds only what it spawned). With
+    ``reap_group=True`` what is left of the group is killed even after a clean exit.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class ManagedProcess:
         cwd: str | os.PathLike[str] | None = None,
         stop_timeout: float = 15.0,
         pidfile: str | os.PathLike[str] | None = None,
+        reap_group: bool = False,
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
@@ -184,6 +186,7 @@ class ManagedProcess:
         self.stop_timeout = stop_timeout
         #: written on start, removed on stop: tells cleanup_stale_runs the directory is in use
         self.pidfile = Path(pidfile) if pidfile else None
+        self.reap_group = reap_group
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -253,6 +256,12 @@ class ManagedProcess:
                 except ProcessLookupError:
                     pass
                 self.proc.wait(10)
+        if self.reap_group:
+            # helpers the leader forked (git daemon's per-connection children) go with it
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self._log is not None:
             self._log.close()
             self._log = None
