@@ -180,13 +180,14 @@ def test_dockerd_answers_and_has_no_bridge(dockerd):
 
 @pytest.mark.docker
 def test_dockerd_stop_unmounts_and_removes_everything():
-    engine = Dockerd().start()
+    engine = Dockerd(seed=False).start()
     assert engine.startup_seconds is not None and engine.startup_seconds < 10
     try:
         containerd = engine._containerd_pid()
         assert containerd is not None, "dockerd 20.10 should start its own containerd"
         assert str(engine.exec_root) in Path(f"/proc/{containerd}/cmdline").read_text()
         # a host-network container makes dockerd mount the nsfs under netns/default
+        assert engine.docker("images", "-q").stdout == ""  # seed=False: no image at all
         engine.docker("import", "-", "r2d-test/empty:1", input=_empty_tar())
         engine.docker(
             "run", "--rm", "--pull", "never", "--network", "host", "r2d-test/empty:1", "/none",
@@ -217,7 +218,7 @@ def _empty_tar() -> bytes:
 
 @pytest.mark.docker
 def test_dockerd_failure_reports_log_tail():
-    engine = Dockerd(extra_args=["--no-such-flag"])
+    engine = Dockerd(extra_args=["--no-such-flag"], seed=False)
     with pytest.raises(DockerdError, match=r"(?s)exited with status.*no-such-flag"):
         engine.start()
     engine.stop()

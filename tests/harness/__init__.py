@@ -5,7 +5,7 @@ Plain classes and functions (no pytest), so ``python -m tests.harness.demo`` can
 
     from tests.harness import Dockerd, GitServer, ensure_images, repo2docker_config
 
-    with Dockerd(seed=True) as engine, GitServer() as git:
+    with Dockerd() as engine, GitServer() as git:    # seed=True: images already in it
         ensure_images(engine.host)                 # no-op when seeded; loads/builds otherwise
         env = engine.env()                         # os.environ + DOCKER_HOST, for subprocesses
         url = git.url("hello")                     # git://127.0.0.1:PORT/hello

@@ -14,8 +14,8 @@ Three images (names are constants of this module):
 
 Loading is slow on this machine's disk (creating ~15,000 files takes ~14 s), so the cache also keeps
 a *seed*: the ``image/`` and graph-driver directories of an engine that loaded the tarballs once.
-``Dockerd(seed=True)`` hard-links the seed's layer files into its fresh data root before starting
-(~1-2 s). That is safe because the engine never writes to a committed layer's files: containers and
+``Dockerd()`` (``seed=True``) hard-links the seed's layer files into its fresh data root before
+starting (~1-2 s). That is safe because the engine never writes to a committed layer's files: containers and
 builds write to their own upper directories, and deleting an image only unlinks its names.
 
 The tarballs live in ``$R2D_HARNESS_CACHE`` (default ``/var/tmp/r2d-harness/cache``) under
@@ -418,7 +418,7 @@ def _copy_tree(src: Path, dest: Path, link: bool) -> None:
 
 def _build_seed(seed: Path, driver: str, say: Callable[[str], None]) -> None:
     """Load every image into a throw-away engine, stop it, keep its image store as the seed."""
-    engine = Dockerd(storage_driver=driver)
+    engine = Dockerd(storage_driver=driver, seed=False)
     staging = seed.with_name(f"{seed.name}.tmp-{os.getpid()}")
     try:
         say(f"preparing the image seed for {driver} (once per cache version)")
