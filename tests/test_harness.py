@@ -1,4 +1,4 @@
-"""The harness itself: private dockerd, local images, git daemon, and repo2docker builds through them."""
+"""The harness itself: private dockerd, local images, git daemon, repo2docker builds with them."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def numbered(lines: list[str], word: str) -> list[int]:
     return [int(m.group(1)) for line in lines if (m := pattern.search(line.rstrip()))]
 
 
-# ---- process plumbing -----------------------------------------------------------------------------
+# ---- process plumbing ----------------------------------------------------------------------------
 
 
 def test_free_port_is_bindable_on_loopback():
@@ -159,7 +159,7 @@ def test_repo2docker_config_text_loads_as_a_config_file(tmp_path):
     assert config.Repo2Docker.base_image == DEBIAN_IMAGE
 
 
-# ---- dockerd ----------------------------------------------------------------------------------------
+# ---- dockerd -------------------------------------------------------------------------------------
 
 
 @pytest.mark.docker
@@ -225,7 +225,7 @@ def test_dockerd_failure_reports_log_tail():
     assert not engine.dir.exists()
 
 
-# ---- images -----------------------------------------------------------------------------------------
+# ---- images --------------------------------------------------------------------------------------
 
 
 @pytest.mark.docker
@@ -302,7 +302,7 @@ def test_images_are_cached_and_seed_survives_engine_use(local_images):
     assert out == ["0", "/bin/ls"]
 
 
-# ---- git daemon -------------------------------------------------------------------------------------
+# ---- git daemon ----------------------------------------------------------------------------------
 
 
 def test_hello_fixture_refs(git_server):
@@ -362,7 +362,7 @@ def test_add_commit_moves_a_branch(git_server):
     assert git_server.repos["moving"].branches == {"main": second, "side": side}
 
 
-# ---- repo2docker through the harness ----------------------------------------------------------------
+# ---- repo2docker through the harness -------------------------------------------------------------
 
 
 def run_repo2docker_cli(

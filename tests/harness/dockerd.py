@@ -113,7 +113,7 @@ def _overlay_works_on(device: int, probe_base: str) -> bool:
 
 
 def detect_storage_driver(data_parent: str | os.PathLike[str] | None = None) -> str:
-    """``overlay2`` if an overlay mount works on the filesystem holding the data roots, else ``vfs``.
+    """``overlay2`` if an overlay mount works where the data roots live, else ``vfs``.
 
     overlay2 fails where the state directory itself sits on overlayfs (inside a container) or on a
     filesystem without d_type; vfs always works but copies whole layers (slower, more disk).
@@ -331,7 +331,13 @@ class Dockerd:
             raise HarnessError(f"{method} {path} -> {status}: {data[:500]!r}")
         return json.loads(data) if data.strip() else None
 
-    def docker(self, *args: str, check: bool = True, timeout: float | None = 600, input: bytes | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def docker(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = 600,
+        input: bytes | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this engine."""
         return docker_run(self.host, args, check=check, timeout=timeout, input=input)
 

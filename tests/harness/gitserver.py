@@ -79,7 +79,7 @@ class FixtureRepo:
 
 
 class GitServer:
-    """``git daemon`` serving fixture repositories; ``url(name)`` gives ``git://127.0.0.1:PORT/name``.
+    """``git daemon`` serving fixture repositories at ``url(name)`` = ``git://127.0.0.1:PORT/name``.
 
     Usage::
 

@@ -1,4 +1,4 @@
-"""Local images for the tests, made without ever pulling, cached across runs as ``docker save`` tarballs.
+"""Local images for the tests, made without pulling, cached across runs as ``docker save`` tarballs.
 
 Three images (names are constants of this module):
 
@@ -15,8 +15,8 @@ Three images (names are constants of this module):
 Loading is slow on this machine's disk (creating ~15,000 files takes ~14 s), so the cache also keeps
 a *seed*: the ``image/`` and graph-driver directories of an engine that loaded the tarballs once.
 ``Dockerd()`` (``seed=True``) hard-links the seed's layer files into its fresh data root before
-starting (~1-2 s). That is safe because the engine never writes to a committed layer's files: containers and
-builds write to their own upper directories, and deleting an image only unlinks its names.
+starting (~1-2 s). That is safe because the engine never writes to a committed layer's files:
+containers and builds write to their own upper directories, and deleting an image only unlinks.
 
 The tarballs live in ``$R2D_HARNESS_CACHE`` (default ``/var/tmp/r2d-harness/cache``) under
 :data:`HARNESS_IMAGES_VERSION`; bump that when a recipe changes. A file lock per tarball keeps two
@@ -133,11 +133,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _run_logged(argv: list[str], log: Path, what: str, **kwargs: object) -> None:
-    """Run a build step with its output appended to ``log``; raise with the log's tail on failure."""
+    """Run a build step, output appended to ``log``; raise with the log's tail on failure."""
     with open(log, "ab") as fh:
         fh.write(f"\n$ {' '.join(argv)}\n".encode())
         fh.flush()
-        res = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
+        res = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, **kwargs)  # type: ignore
     if res.returncode != 0:
         raise HarnessError(f"{what} failed ({res.returncode}); last lines of {log}:\n{tail(log)}")
 
@@ -319,7 +319,8 @@ def _build_debian_and_repo2docker(host: str, log: Path) -> list[str]:
         env=env,
     )
     try:
-        for src, dest in ((HOST_CA_BUNDLE, "host-ca.crt"), (docker, "docker"), (DOCKER_BUILDX, "docker-buildx")):  # fmt: skip
+        copies = {HOST_CA_BUNDLE: "host-ca.crt", docker: "docker", DOCKER_BUILDX: "docker-buildx"}
+        for src, dest in copies.items():
             _run_logged(
                 [docker, "cp", "-L", src, f"{name}:/tmp/{dest}"], log, f"docker cp {src}", env=env
             )

@@ -50,7 +50,7 @@ def state_root() -> Path:
 
 
 def new_run_dir(kind: str = "run", create: bool = True) -> Path:
-    """A fresh, never-shared directory ``<state_root>/run-<pid>-<random>`` (``kind`` replaces "run").
+    """A fresh, never-shared directory ``<state_root>/<kind>-<pid>-<random>``.
 
     The pid in the name lets :func:`cleanup_stale_runs` recognise directories of dead runs.
     """
