@@ -69,6 +69,18 @@ _PHASES = {
 }
 
 
+_COMMAND_FAILED = re.compile(r"Command '\[['\"]([^'\"]+)['\"], ['\"]([^'\"]+)['\"].*returned non-zero exit status (\d+)", re.S)
+
+
+def _short_error(message: str) -> str:
+    """repo2docker's failure line without the whole buildx command line it quotes."""
+    match = _COMMAND_FAILED.search(message)
+    if match:
+        program, sub, status = match.groups()
+        return f"{os.path.basename(program)} {sub} failed with exit status {status}"
+    return message.strip()[:500]
+
+
 def _env_int(name: str, fallback: int) -> int:
     try:
         return int(os.environ[name])
@@ -514,7 +526,7 @@ class BuildManager(LoggingConfigurable):
         except ValueError:
             message, phase = raw, build.state.value
         if phase == "failed":
-            build.error = build.error or message.strip() or None
+            build.error = build.error or _short_error(message) or None
         state = _PHASES.get(phase)
         if build.push and _PUSH_RE.search(message):
             state = BuildState.PUSHING

@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import template, web
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 
 from r2d_core import __version__
 from r2d_core.errors import (
@@ -138,7 +139,7 @@ class R2DHandler(web.RequestHandler):
     def r2d_send_error(self, error: R2DError) -> None:
         status = http_status(error)
         if isinstance(error, Unavailable):
-            self.log.warning("%s %s: %s", self.request.method, self.request.path, error)
+            app_log.warning("%s %s: %s", self.request.method, self.request.path, error)
         if self._finished:
             return
         if self._headers_written:

@@ -236,9 +236,11 @@ class Hub:
         def up() -> bool:
             self._hub_up()
             try:
-                return httpx.get(f"{self.service_url}health", timeout=2).status_code in (200, 503)
+                r = httpx.get(f"{self.service_url}health", timeout=2)
             except httpx.HTTPError:
                 return False
+            # 503 from the service itself (engine down) counts as up; the proxy's own 503 does not
+            return r.status_code == 200 or (r.status_code == 503 and "docker" in r.text)
 
         wait_for(up, timeout, f"service at {self.service_url}", self.log_tail)
 
