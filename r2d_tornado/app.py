@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -79,6 +80,18 @@ class R2DService(Application):
     description = "Build images from repositories with repo2docker, as a JupyterHub service."
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
     classes = [BuildManager, DockerEngine, LocalProcessBuilder, DockerBuilder, HubGroups, HubOAuth]
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
 
     config_file = Unicode(
         "r2d_service_config.py",
