@@ -58,6 +58,11 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
     )
 
 
+def tljh_service_config(docker_host: str) -> str:
+    """The same settings for the plugin: it reads them from the Hub's own config."""
+    return f"c.DockerEngine.host = {docker_host!r}\n" + service_config()
+
+
 def make_hub(docker_host: str, **overrides: Any) -> Hub:
     config = HubConfig(
         service_name=SERVICE,
