@@ -439,18 +439,26 @@ def test_owner_field_only_for_callers_who_may_build_for_others(node_modules: Pat
     def info(perm: dict[str, Any]) -> dict[str, Any]:
         return {**INFO, "permissions": {"build": perm}}
 
-    own, team, admin, group_only = _js(
+    own, team, admin, group_only, users, other = _js(
         node_modules,
         ["ownerField", info({"all": False, "owners": ["alice"], "groups": []})],
         ["ownerField", info({"all": False, "owners": ["alice"], "groups": ["team"]})],
         ["ownerField", info({"all": True, "owners": [], "groups": []})],
         ["ownerField", info({"all": False, "owners": [], "groups": ["team"]})],
+        ["ownerField", info({"all": False, "owners": ["alice", "frank"], "groups": []})],
+        ["ownerField", info({"all": False, "owners": ["frank"], "groups": []})],
     )
     assert own["show"] is False and own["initial"] == "alice"
-    assert team["show"] is True and [c["value"] for c in team["choices"]] == ["alice", "team"]
+    # an owner is a Hub user: a group grant offers free text (its members), never the group name
+    assert team["show"] is True and team["free"] is True and team["groups"] == ["team"]
+    assert [c["value"] for c in team["choices"]] == ["alice"] and team["initial"] == "alice"
     assert admin["show"] is True and admin["free"] is True and admin["initial"] == "alice"
+    assert group_only["show"] is True and group_only["free"] is True
+    assert group_only["choices"] == [] and group_only["initial"] == ""
+    assert users["show"] is True and users["free"] is False
+    assert [c["value"] for c in users["choices"]] == ["alice", "frank"]
     # one choice that is not the caller: no field, but the build goes to that owner
-    assert group_only["show"] is False and group_only["initial"] == "team"
+    assert other["show"] is False and other["initial"] == "frank"
 
 
 def test_log_lines_for_the_terminal(node_modules: Path) -> None:

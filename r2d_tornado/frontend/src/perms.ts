@@ -27,13 +27,21 @@ export interface OwnerChoice {
 export interface OwnerField {
   /** show an owner field at all: the caller may build for more than one owner */
   show: boolean;
-  /** any owner may be typed (an unfiltered build scope) */
+  /** any user name may be typed (an unfiltered build scope, or a group grant) */
   free: boolean;
+  /** Hub *user* names to offer: the caller (when allowed) and the users of the build grant */
   choices: OwnerChoice[];
-  /** the owner to preselect (the caller, when allowed) */
+  /** the owner to preselect: the caller when allowed, else the only user granted, else "" */
   initial: string;
+  /** groups whose members' images the caller may build (named in the help text) */
+  groups: string[];
 }
 
+/**
+ * The build form's owner field. An owner is always a Hub user name (the API's `owner`): a grant
+ * for group `team` means "the images of team's members", so groups are never offered as owners.
+ * The UI cannot list a group's members (the server resolves them), hence free text then.
+ */
 export function ownerField(info: ServiceInfo): OwnerField {
   const p = permission(info, "build");
   const me = info.user?.name ?? "";
@@ -46,8 +54,8 @@ export function ownerField(info: ServiceInfo): OwnerField {
   };
   if (me && (p.all || p.owners.includes(me))) add(me, `${me} (you)`);
   for (const owner of p.owners) add(owner, owner);
-  for (const group of p.groups) add(group, `${group} (group)`);
-  const show = p.all || choices.length > 1;
-  const initial = choices[0]?.value ?? me;
-  return { show, free: p.all, choices, initial };
+  const free = p.all || p.groups.length > 0;
+  const show = free || choices.length > 1;
+  const initial = choices[0]?.value ?? "";
+  return { show, free, choices, initial, groups: [...p.groups] };
 }

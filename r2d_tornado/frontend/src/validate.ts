@@ -79,9 +79,9 @@ export function checkName(name: string, rules: Rules): string | null {
 }
 
 export function checkOwner(owner: string): string | null {
-  if (!owner) return "Choose who owns the image.";
+  if (!owner) return "Enter the Hub user who owns the image.";
   if (owner.length > 255 || /[\x00-\x1f\x7f/]/.test(owner)) {
-    return "An owner is a Hub user or group name: no '/' or control characters, at most 255 characters.";
+    return "An owner is a Hub user name: no '/' or control characters, at most 255 characters.";
   }
   return null;
 }

@@ -138,15 +138,26 @@ export const newBuildView: View = (ctx, route, el, scope) => {
   if (owners.show) {
     let control: Control;
     const wanted = q.get("owner");
+    // Group grants cover the images of the group's members: say so, since only user names work.
+    const groupHelp: Child = owners.groups.length
+      ? [
+          owners.groups.length === 1 ? " Your grant for group " : " Your grants for groups ",
+          ...owners.groups.flatMap((g, i) => [i ? ", " : "", h("code", null, g)]),
+          owners.groups.length === 1 ? " covers its members: " : " cover their members: ",
+          "type a member's user name.",
+        ]
+      : null;
     if (owners.free) {
       const listId = `r2d-owner-list-${++uid}`;
       control = h("input", {
         type: "text",
         list: listId,
-        value: wanted || owners.initial || me,
+        value: wanted || owners.initial,
         spellcheck: "false",
+        autocomplete: "off",
+        placeholder: "a Hub user name",
       });
-      owner = field("owner", "Owner", control, "The Hub user or group the image belongs to.");
+      owner = field("owner", "Owner", control, ["The Hub user the image belongs to.", groupHelp]);
       owner.wrap.appendChild(
         h(
           "datalist",
@@ -162,7 +173,7 @@ export const newBuildView: View = (ctx, route, el, scope) => {
       );
       (control as HTMLSelectElement).value =
         wanted && owners.choices.some((c) => c.value === wanted) ? wanted : owners.initial;
-      owner = field("owner", "Owner", control, "Who the image belongs to.");
+      owner = field("owner", "Owner", control, "The Hub user the image belongs to.");
     }
   }
   const username = field(
