@@ -140,6 +140,19 @@ class DockerEngine(LoggingConfigurable):
                 self.client.images.tag(image_id, repository, tag=tag), self.timeout
             )
 
+    async def push_image(
+        self, repository: str, tag: str, auth: dict[str, str] | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Push ``repository:tag`` through the engine; yields its progress records.
+
+        Credentials travel only in the ``X-Registry-Auth`` header of this one request.
+        """
+        with docker_errors(f"push {repository}:{tag}"):
+            async for record in self.client.images.push(
+                repository, tag=tag, auth=auth, stream=True
+            ):
+                yield record
+
     async def remove_image(self, reference: str) -> None:
         """Remove one tag (and the image, if that was its last tag)."""
         with docker_errors(f"remove image {reference}"):

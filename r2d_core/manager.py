@@ -25,7 +25,6 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from traitlets import Any as TAny
 from traitlets import Float, Instance, Int, List, Type, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
@@ -44,8 +43,9 @@ from .models import (
     parse_labels,
     parse_time,
 )
-from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, validate_template
+from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
 from .refs import resolve_ref
+from .registry.config import Registry
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
     default_name_for_repo,
@@ -69,7 +69,10 @@ _PHASES = {
 }
 
 
-_COMMAND_FAILED = re.compile(r"Command '\[['\"]([^'\"]+)['\"], ['\"]([^'\"]+)['\"].*returned non-zero exit status (\d+)", re.S)
+_COMMAND_FAILED = re.compile(
+    r"Command '\[['\"]([^'\"]+)['\"], ['\"]([^'\"]+)['\"].*returned non-zero exit status (\d+)",
+    re.S,
+)
 
 
 def _short_error(message: str) -> str:
@@ -226,8 +229,12 @@ class BuildManager(LoggingConfigurable):
     def _default_builder(self) -> Builder:
         return self.builder_class(parent=self, engine=self.engine)
 
-    #: the optional registry (``r2d_core.registry.config.Registry``); None means local images only
-    registry = TAny(None, allow_none=True)
+    #: the optional registry (configured by ``c.Registry.*``; without a URL, images stay local)
+    registry = Instance(Registry)
+
+    @default("registry")
+    def _default_registry(self) -> Registry:
+        return Registry(parent=self)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
@@ -244,6 +251,12 @@ class BuildManager(LoggingConfigurable):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
+        self._image_warnings: list[str] = []
+
+    @property
+    def image_warnings(self) -> list[str]:
+        """Why the last image listing may be incomplete (e.g. the registry was unreachable)."""
+        return list(self._image_warnings)
 
     @property
     def ready(self) -> bool:
@@ -281,6 +294,7 @@ class BuildManager(LoggingConfigurable):
             for build in list(self._builds.values()):
                 self._finish_cancelled(build, "stopped with the service")
         await self.engine.close()
+        await self.registry.aclose()
 
     async def _sync(self) -> None:
         await self.engine.ping()
@@ -376,7 +390,7 @@ class BuildManager(LoggingConfigurable):
         ref = validate_ref(ref or "HEAD")
         name = validate_name(name if name else default_name_for_repo(repo))
         owner = validate_owner(owner)
-        if push and not (self.registry is not None and self.registry.configured):
+        if push and not self.registry.configured:
             raise InvalidRequest("push was requested but no registry is configured", field="push")
         if not self._ready:
             # one direct try, so a recovered engine is noticed without waiting for the loop
@@ -387,6 +401,8 @@ class BuildManager(LoggingConfigurable):
                 raise
         sha = await resolve_ref(repo, ref, credentials=credentials, timeout=self.ref_timeout)
         image = self.image_for(owner, name, sha, ref)
+        if push:
+            self._check_push_target(image)
 
         active = self._active.get(image)
         if active is not None:
@@ -401,14 +417,31 @@ class BuildManager(LoggingConfigurable):
                     f"an image {image} that {owner} did not build exists already; refusing to "
                     "build over it (remove it from the Docker engine first)"
                 )
+            push_only = False
             if not force:
-                # the index is fresh enough unless it does not know this image yet
-                await self._refresh_images(force=image not in self._images)
-                metrics.SUBMISSIONS.labels("skipped").inc()
-                return SubmitResult(image=self._group(owner, name))
-            previous_image_id = existing.get("Id")
+                if push and not await self._in_registry(image):
+                    push_only = True  # built, never pushed (or the push failed): push it now
+                else:
+                    # the index is fresh enough unless it does not know this image yet
+                    await self._refresh_images(force=image not in self._images)
+                    metrics.SUBMISSIONS.labels("skipped").inc()
+                    return SubmitResult(image=self._group(owner, name))
+            previous_image_id = None if push_only else existing.get("Id")
         else:
             previous_image_id = None
+            push_only = False
+            if not force and self.registry.configured:
+                remote = await self._registry_image(image)
+                if remote is not None:
+                    fields = parse_labels(remote.labels)
+                    if fields is None or fields.get("owner") != owner:
+                        raise Conflict(
+                            f"the registry has an image {image} that {owner} did not build; "
+                            "refusing to build over it"
+                        )
+                    await self._refresh_images(force=True)
+                    metrics.SUBMISSIONS.labels("skipped").inc()
+                    return SubmitResult(image=self._group(owner, name))
 
         active = self._active.get(image)  # again: another request may have queued it meanwhile
         if active is not None:
@@ -430,6 +463,7 @@ class BuildManager(LoggingConfigurable):
             requested_by=requested_by or owner,
             credentials=credentials,
             previous_image_id=previous_image_id,
+            push_only=push_only,
         )
         build.log = self._new_log()
         self._builds[build.id] = build
@@ -480,6 +514,11 @@ class BuildManager(LoggingConfigurable):
             return None
 
     async def _run(self, build: Build) -> None:
+        if build.push_only:
+            build.log.append("pushing", f"{build.image} is built already: pushing it")
+            await self._push(build)
+            self._finish(build, exit_code=0)
+            return
         try:
             if build.previous_image_id is not None:
                 # repo2docker reuses an existing tag instead of building: move it aside for a
@@ -568,7 +607,9 @@ class BuildManager(LoggingConfigurable):
             found = None
             with contextlib.suppress(Unavailable):
                 found = await self.engine.inspect_image(build.image)
-            if found is not None or build.push:
+            if found is not None:
+                if build.push and not build.cancel_requested:
+                    await self._push(build)
                 self._finish(build, exit_code=0)
                 await self._refresh_images(force=True)
                 return
@@ -576,6 +617,81 @@ class BuildManager(LoggingConfigurable):
         if error is None:
             error = f"repo2docker exited with status {exit_code}"
         self._finish(build, exit_code=exit_code, error=error)
+
+    # ---- registry ---------------------------------------------------------------------------------
+    def _check_push_target(self, image: str) -> None:
+        domain = parse_reference(image).domain
+        if domain != self.registry.host:
+            raise InvalidRequest(
+                f"images are named {image}, which is not in the registry {self.registry.host}: set "
+                f"c.BuildManager.image_prefix to start with it, e.g. '{self.registry.host}/r2d-'",
+                field="push",
+            )
+
+    def _registry_prefix(self) -> str:
+        """The repository-name prefix our images have inside the registry (for the catalog)."""
+        host = self.registry.host
+        if not self.image_name_template.startswith("{prefix}"):
+            return ""
+        prefix = self.image_prefix
+        return prefix[len(host) + 1 :] if host and prefix.startswith(host + "/") else ""
+
+    async def _registry_image(self, image: str) -> Any:
+        """The registry's image for ``image``, or None (also when the registry is unreachable)."""
+        parsed = parse_reference(image)
+        if parsed.domain != self.registry.host or not parsed.tag:
+            return None
+        try:
+            return await self.registry.client().image(parsed.path, parsed.tag)
+        except NotFound:
+            return None
+        except R2DError as e:
+            self.log.warning("Registry lookup of %s failed: %s", image, e)
+            return None
+
+    async def _in_registry(self, image: str) -> bool:
+        parsed = parse_reference(image)
+        if parsed.domain != self.registry.host or not parsed.tag:
+            return False
+        try:
+            await self.registry.client().digest(parsed.path, parsed.tag)
+            return True
+        except R2DError:
+            return False
+
+    async def _push(self, build: Build) -> None:
+        """Push the built image through the engine; a failure leaves the build built, not pushed."""
+        build.state = BuildState.PUSHING
+        build.log.notify()
+        parsed = parse_reference(build.image)
+        build.log.append("pushing", f"Pushing {build.image}")
+        seen: dict[str, str] = {}
+        try:
+            credentials = self.registry.credentials()
+            auth = {"username": credentials[0], "password": credentials[1]} if credentials else None
+            async for record in self.engine.push_image(
+                parsed.repository, parsed.tag or "latest", auth
+            ):
+                if record.get("error"):
+                    raise Unavailable(f"push failed: {record['error']}")
+                status, layer = record.get("status", ""), record.get("id", "")
+                # one line per layer state ("Preparing", "Pushed", ...), not per progress tick
+                if (
+                    status
+                    and seen.get(layer) != status
+                    and not (record.get("progressDetail") or {}).get("current")
+                ):
+                    seen[layer] = status
+                    build.log.append("pushing", f"{layer}: {status}" if layer else status)
+            self.registry.client().invalidate(parsed.path)
+            build.push_error = None
+            build.log.append("pushing", f"Pushed {build.image}")
+        except R2DError as e:
+            build.push_error = str(e)
+            build.log.append(
+                "pushing",
+                f"Push failed: {e} (the image is built locally; request the build again with push to retry)",
+            )
 
     def _failed_step(self, build: Build) -> str | None:
         for line in reversed(build.log.lines(max(0, build.log.total - 400))):
@@ -717,8 +833,54 @@ class BuildManager(LoggingConfigurable):
                         local=True,
                         image_id=summary.get("Id"),
                     )
+            warnings: list[str] = []
+            if self.registry.configured:
+                try:
+                    remote = await self.registry.client().list_images(self._registry_prefix())
+                except R2DError as e:
+                    remote = []
+                    warnings.append(
+                        f"registry {self.registry.host} unavailable, showing local images only: {e}"
+                    )
+                for item in remote:
+                    self._merge_remote(images, item)
             self._images = images
+            self._image_warnings = warnings
             self._images_at = time.monotonic()
+
+    def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
+        """Add a registry image to the index (or mark the local one pushed), if it is ours."""
+        fields = parse_labels(item.labels)
+        if fields is None:
+            return
+        try:
+            expected = self.image_for(
+                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
+            )
+        except InvalidRequest:
+            return
+        if item.reference != expected:
+            return
+        version = images.get(item.reference)
+        if version is not None:
+            version.pushed = True
+            version.digest = item.digest
+            return
+        images[item.reference] = ImageVersion(
+            reference=item.reference,
+            owner=fields["owner"],
+            name=fields["name"],
+            repo=fields.get("repo", ""),
+            ref=fields.get("ref", ""),
+            sha=fields["sha"],
+            created=parse_time(fields.get("created"))
+            or (item.created.timestamp() if item.created else None),
+            size=item.size,
+            build_id=fields.get("build-id"),
+            local=False,
+            pushed=True,
+            digest=item.digest,
+        )
 
     def _groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
         grouped: dict[tuple[str, str], list[ImageVersion]] = {}
@@ -759,13 +921,29 @@ class BuildManager(LoggingConfigurable):
         deleted: list[str] = []
         errors: list[dict[str, str]] = []
         for version in versions:
-            try:
-                await self._engine_call(self.engine.remove_image(version.reference))
+            ok = True
+            if version.local:
+                try:
+                    await self._engine_call(self.engine.remove_image(version.reference))
+                except NotFound:
+                    pass
+                except R2DError as e:
+                    ok = False
+                    errors.append({"image": version.reference, "where": "local", "message": str(e)})
+            if version.pushed and self.registry.configured:
+                parsed = parse_reference(version.reference)
+                try:
+                    await self.registry.client().delete(parsed.path, parsed.tag or "latest")
+                    self.registry.client().invalidate(parsed.path)
+                except NotFound:
+                    pass
+                except R2DError as e:
+                    ok = False
+                    errors.append(
+                        {"image": version.reference, "where": "registry", "message": str(e)}
+                    )
+            if ok:
                 deleted.append(version.reference)
-            except NotFound:
-                deleted.append(version.reference)
-            except R2DError as e:
-                errors.append({"image": version.reference, "where": "local", "message": str(e)})
         await self._refresh_images(force=True)
         return {"deleted": deleted, "errors": errors}
 
@@ -777,8 +955,16 @@ class BuildManager(LoggingConfigurable):
         except Unavailable as e:
             self._mark_unavailable(e)
             docker_ok = False
+        registry_ok: bool | None = None
+        if self.registry.configured:
+            try:
+                await self.registry.client().ping()
+                registry_ok = True
+            except R2DError:
+                registry_ok = False
         return {
             "ok": docker_ok,
             "docker": docker_ok,
+            "registry": registry_ok,
             "error": None if docker_ok else self._last_error,
         }

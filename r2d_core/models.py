@@ -107,6 +107,8 @@ class Build:
     log: LogBuffer = field(default_factory=LogBuffer, repr=False)
     credentials: Credentials | None = field(default=None, repr=False)
     cancel_requested: bool = False
+    #: only push an image that was built already (retrying a failed push)
+    push_only: bool = False
     #: a forced rebuild: the image id the tag pointed at before, restored if the build fails
     previous_image_id: str | None = field(default=None, repr=False)
 
@@ -133,6 +135,7 @@ class Build:
             "done": self.done,
             "push": self.push,
             "push_error": self.push_error,
+            "push_only": self.push_only,
             "created": iso(self.created),
             "started": iso(self.started),
             "finished": iso(self.finished),

@@ -159,7 +159,9 @@ def configure(c: Config) -> None:
 
     read, build, delete = (f"{SCOPE_PREFIX}:{a}" for a in ("read", "build", "delete"))
     scopes = dict(c.JupyterHub.get("custom_scopes", {}))
-    scopes.setdefault(read, {"description": "See repo2docker images and builds, and follow build logs"})
+    scopes.setdefault(
+        read, {"description": "See repo2docker images and builds, and follow build logs"}
+    )
     scopes.setdefault(build, {"description": "Build repo2docker images", "subscopes": [read]})
     scopes.setdefault(delete, {"description": "Delete repo2docker images", "subscopes": [read]})
     c.JupyterHub.custom_scopes = scopes

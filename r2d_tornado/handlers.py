@@ -466,13 +466,8 @@ class HealthHandler(R2DHandler):
     async def get(self) -> None:
         await self.r2d_setup()
         health = await self.manager.health()
-        registry = self.ctx.registry_info()
         self.write_json(
-            {
-                "ok": health["ok"],
-                "docker": health["docker"],
-                "registry": True if registry["configured"] else None,
-            },
+            {"ok": health["ok"], "docker": health["docker"], "registry": health["registry"]},
             status=200 if health["ok"] else 503,
         )
 

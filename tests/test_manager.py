@@ -206,7 +206,11 @@ async def test_cancel_running(make_manager, git_server, builder, docker_host):
     ).build
     await wait_for_line(build, "r2d-slow 2")
     cancelled = await m.cancel(build.id, by="carl")
-    assert cancelled.state == BuildState.CANCELLED, (cancelled.state, cancelled.error, messages(build)[-5:])
+    assert cancelled.state == BuildState.CANCELLED, (
+        cancelled.state,
+        cancelled.error,
+        messages(build)[-5:],
+    )
     assert build.log.closed
     assert await m.list_images([f"carl-{builder}"]) == []
     with pytest.raises(Conflict):

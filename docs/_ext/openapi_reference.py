@@ -33,12 +33,21 @@ def render() -> str:
             out += ["Responses:", ""]
             out += [f"- **{code}**: {r['description']}" for code, r in op["responses"].items()]
             out += [""]
-    out += ["## Schemas", "", "```json", json.dumps(doc["components"]["schemas"], indent=2), "```", ""]
+    out += [
+        "## Schemas",
+        "",
+        "```json",
+        json.dumps(doc["components"]["schemas"], indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 
 def _write(app: object) -> None:
-    target = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "rest-api.md")
+    target = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "rest-api.md"
+    )
     text = render()
     if not os.path.exists(target) or open(target).read() != text:
         with open(target, "w") as f:

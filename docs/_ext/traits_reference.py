@@ -59,7 +59,9 @@ def render() -> str:
 
 
 def _write(app: object) -> None:
-    target = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "config.md")
+    target = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "config.md"
+    )
     text = render()
     if not os.path.exists(target) or open(target).read() != text:
         with open(target, "w") as f:

@@ -1,0 +1,163 @@
+"""Builds that push to a real docker-registry, listings that merge local and registry images, and
+a registry that goes away. Real dockerd, real git daemon, real ``docker-registry`` on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config
+
+from r2d_core.engine import DockerEngine
+from r2d_core.errors import InvalidRequest
+from r2d_core.manager import BuildManager
+from r2d_core.models import BuildState
+from tests.harness import repo2docker_config
+from tests.harness.registry import RegistryServer
+from tests.registry_fixtures import require_registry_binary
+from tests.test_manager import LOOPBACK_GIT, wait_done
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+
+@pytest.fixture(params=["anonymous", "htpasswd"])
+def registry(request):
+    require_registry_binary()
+    server = RegistryServer(request.param)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def registry_manager(registry, docker_host, local_images, git_server):
+    managers = []
+
+    async def factory(**registry_config) -> BuildManager:
+        c = Config()
+        c.DockerEngine.host = docker_host
+        c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+        c.BuildManager.image_prefix = f"{registry.host}/r2d-"
+        c.Builder.repo2docker_config = repo2docker_config(network="none")
+        c.Registry.url = registry.url
+        c.Registry.listing_ttl = 0
+        c.BuildManager.image_cache_ttl = 0
+        if registry.mode == "htpasswd":
+            c.Registry.username = "alice"
+            c.Registry.password = registry.users["alice"]
+        for key, value in registry_config.items():
+            setattr(c.Registry, key, value)
+        m = BuildManager(config=c)
+        await m.start()
+        managers.append(m)
+        return m
+
+    yield factory
+    for m in managers:
+        await m.stop()
+
+
+async def test_build_push_list_skip_delete(registry_manager, registry, git_server, docker_host):
+    m = await registry_manager()
+    build = (
+        await m.submit(
+            repo=git_server.url("hello"), ref="v1", owner="pia", name="pushed", push=True
+        )
+    ).build
+    states = []
+
+    async def watch() -> None:
+        async for _ in build.log.follow():
+            states.append(build.state)
+
+    await watch()
+    assert build.state == BuildState.BUILT and build.push_error is None, build.push_error
+    assert BuildState.PUSHING in states
+    assert any("Pushed" in line.message for line in build.log.lines())
+    if registry.mode == "htpasswd":
+        assert registry.users["alice"] not in "\n".join(line.message for line in build.log.lines())
+
+    client = m.registry.client()
+    path = build.image.split("/", 1)[1].rsplit(":", 1)[0]
+    assert build.sha in await client.tags(path)
+    [group] = await m.list_images(["pia"])
+    assert group.versions[0].local and group.versions[0].pushed
+
+    # gone locally: still listed from the registry, and a new request is answered from there
+    engine = DockerEngine(host=docker_host)
+    try:
+        await engine.remove_image(build.image)
+    finally:
+        await engine.close()
+    [group] = await m.list_images(["pia"])
+    assert not group.versions[0].local and group.versions[0].pushed
+    again = await m.submit(repo=git_server.url("hello"), ref="v1", owner="pia", name="pushed")
+    assert again.skipped
+
+    result = await m.delete_image("pia", "pushed")
+    assert result == {"deleted": [build.image], "errors": []}
+    assert await client.tags(path) == []
+    assert await m.list_images(["pia"]) == []
+
+
+async def test_push_needs_the_registry_prefix(registry, docker_host, local_images, git_server):
+    c = Config()
+    c.DockerEngine.host = docker_host
+    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.Registry.url = registry.url
+    m = BuildManager(config=c)  # default prefix "r2d-": images cannot go to the registry
+    await m.start()
+    try:
+        with pytest.raises(InvalidRequest, match="image_prefix"):
+            await m.submit(repo=git_server.url("hello"), owner="pia", name="x", push=True)
+    finally:
+        await m.stop()
+
+
+async def test_registry_down_builds_locally_and_push_can_be_retried(
+    registry_manager, registry, git_server
+):
+    m = await registry_manager()
+    registry.stop()
+    try:
+        build = (
+            await m.submit(
+                repo=git_server.url("hello"), ref="v2", owner="quin", name="down", push=True
+            )
+        ).build
+        await wait_done(build)
+        assert build.state == BuildState.BUILT
+        assert build.push_error and "unavailable" not in build.image
+        groups = await m.list_images(["quin"])
+        assert groups and groups[0].versions[0].local and not groups[0].versions[0].pushed
+        assert m.image_warnings and registry.host in m.image_warnings[0]
+        assert (await m.health())["registry"] is False
+    finally:
+        registry.start()
+    retry = await m.submit(
+        repo=git_server.url("hello"), ref="v2", owner="quin", name="down", push=True
+    )
+    assert retry.build is not None and retry.build.push_only
+    await wait_done(retry.build)
+    assert retry.build.state == BuildState.BUILT and retry.build.push_error is None
+    [group] = await m.list_images(["quin"])
+    assert group.versions[0].pushed and not m.image_warnings
+    # pushed now: another push request is answered without work
+    assert (
+        await m.submit(repo=git_server.url("hello"), ref="v2", owner="quin", name="down", push=True)
+    ).skipped
+
+
+@pytest.mark.parametrize("registry", ["htpasswd"], indirect=True)
+async def test_wrong_credentials_fail_the_push_not_the_build(
+    registry_manager, registry, git_server
+):
+    m = await registry_manager(password="wrong-password")
+    build = (
+        await m.submit(
+            repo=git_server.url("hello"), ref="dev", owner="rob", name="creds", push=True
+        )
+    ).build
+    await wait_done(build)
+    assert build.state == BuildState.BUILT
+    assert build.push_error
+    assert "wrong-password" not in build.push_error
+    assert "wrong-password" not in "\n".join(line.message for line in build.log.lines())
