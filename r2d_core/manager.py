@@ -59,9 +59,6 @@ __all__ = ["BuildManager"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
-_PUSH_RE = re.compile(
-    r"^#\d+ (pushing layers|pushing manifest|pushing [a-z0-9])|^Pushing image", re.I
-)
 _PHASES = {
     "fetching": BuildState.FETCHING,
     "building": BuildState.BUILDING,
@@ -567,12 +564,8 @@ class BuildManager(LoggingConfigurable):
         if phase == "failed":
             build.error = build.error or _short_error(message) or None
         state = _PHASES.get(phase)
-        if build.push and _PUSH_RE.search(message):
-            state = BuildState.PUSHING
         if state is not None and not build.done and state != build.state:
-            # never go back from pushing to building because buildx prints more under "building"
-            if not (build.state == BuildState.PUSHING and state == BuildState.BUILDING):
-                build.state = state
+            build.state = state
         for line in message.split("\n") if message else [""]:
             build.log.append(
                 phase

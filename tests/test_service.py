@@ -435,3 +435,26 @@ async def test_python_client(hub, git_server, seeded):
             await r2d.build(git_server.url("hello"), owner="bob")
         with pytest.raises(NotFound):
             await r2d.image("bob", "bobimg")
+
+
+async def test_group_membership_changes_reach_the_service(hub, callers, seeded, git_server):
+    """Group grants follow the Hub: a member removed from the group loses the grant within the
+    permissions TTL (2 s here), and gets it back when re-added."""
+    erin = await callers.token("erin")
+    body = {"repo": git_server.url("hello"), "ref": "v1", "name": "frankimg", "owner": "frank"}
+
+    async def status_within(expected: int, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        while True:
+            status = (await erin.request("POST", "api/builds", json=body)).status_code
+            if status == expected or time.monotonic() > deadline:
+                return status
+            await asyncio.sleep(0.25)
+
+    assert await status_within(200, 0) == 200
+    await asyncio.to_thread(hub.set_groups, "team", [])
+    try:
+        assert await status_within(403, 10) == 403
+    finally:
+        await asyncio.to_thread(hub.set_groups, "team", ["frank"])
+    assert await status_within(200, 10) == 200
