@@ -21,6 +21,22 @@ from typing import Any
 import httpx
 
 
+def _children_of(parent: int) -> list[int]:
+    """PIDs whose parent is ``parent`` (read from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(entry))
+    return children
+
+
 def free_port() -> int:
     import socket
 
@@ -255,6 +271,9 @@ class Hub:
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        # managed services run in sessions of their own: remember them, in case the Hub dies
+        # without stopping them
+        children = _children_of(proc.pid)
         for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
             if proc.poll() is not None:
                 break
@@ -266,6 +285,11 @@ class Hub:
                 proc.wait(grace)
             except subprocess.TimeoutExpired:
                 continue
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         # the proxy is started in its own process group by the Hub: stop it by its pid file
         pid_file = self.dir / "proxy.pid"
         if pid_file.exists():
