@@ -34,7 +34,7 @@ from traitlets import Dict, Instance, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .engine import DockerEngine, tar_files
-from .errors import Unavailable
+from .errors import Unavailable, UpstreamError
 from .models import Build, build_labels, parse_labels, parse_time
 from .refs import git_env
 
@@ -385,4 +385,13 @@ class DockerBuilder(Builder):
         return recovered
 
     async def forget(self, build: Build) -> None:
-        await self.engine.remove_container(f"r2d-build-{build.id}")
+        # Right after a kill the engine may still hold the container's filesystem ("device or
+        # resource busy"): try again briefly rather than leave a dead container behind.
+        for attempt in range(10):
+            try:
+                await self.engine.remove_container(f"r2d-build-{build.id}")
+                return
+            except UpstreamError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
