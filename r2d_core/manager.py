@@ -593,8 +593,10 @@ class BuildManager(LoggingConfigurable):
     async def _finish_run(self, build: Build, exit_code: int | None, error: str | None) -> None:
         if build.cancel_requested:
             self._finish_cancelled(build, "cancelled")
-            with contextlib.suppress(R2DError):
+            try:
                 await self.builder.forget(build)
+            except R2DError as e:
+                self.log.warning("Could not remove what is left of cancelled build %s: %s", build.id, e)
             return
         if exit_code == 0 and error is None:
             found = None

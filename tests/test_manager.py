@@ -216,12 +216,19 @@ async def test_cancel_running(make_manager, git_server, builder, docker_host):
     with pytest.raises(Conflict):
         await m.cancel(build.id)
     if builder == "docker":
+        # the build container goes (removal may take a moment on a busy engine)
         engine = DockerEngine(host=docker_host)
         try:
-            containers = await engine.list_build_containers()
+            deadline = time.monotonic() + 10
+            while True:
+                containers = await engine.list_build_containers()
+                ids = {c["Labels"].get("repo2docker-service.build-id") for c in containers}
+                if build.id not in ids or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
         finally:
             await engine.close()
-        assert build.id not in {c["Labels"].get("repo2docker-service.build-id") for c in containers}
+        assert build.id not in ids
 
 
 async def test_cancel_queued_never_starts(make_manager, git_server):
