@@ -596,7 +596,9 @@ class BuildManager(LoggingConfigurable):
             try:
                 await self.builder.forget(build)
             except R2DError as e:
-                self.log.warning("Could not remove what is left of cancelled build %s: %s", build.id, e)
+                self.log.warning(
+                    "Could not remove what is left of cancelled build %s: %s", build.id, e
+                )
             return
         if exit_code == 0 and error is None:
             found = None
@@ -631,13 +633,20 @@ class BuildManager(LoggingConfigurable):
         prefix = self.image_prefix
         return prefix[len(host) + 1 :] if host and prefix.startswith(host + "/") else ""
 
-    async def _registry_image(self, image: str) -> Any:
-        """The registry's image for ``image``, or None (also when the registry is unreachable)."""
+    def _registry_location(self, image: str) -> tuple[str, str] | None:
+        """(path, tag) of ``image`` in the configured registry, or None if it is not there."""
         parsed = parse_reference(image)
         if parsed.domain != self.registry.host or not parsed.tag:
             return None
+        return parsed.path, parsed.tag
+
+    async def _registry_image(self, image: str) -> Any:
+        """The registry's image for ``image``, or None (also when the registry is unreachable)."""
+        location = self._registry_location(image)
+        if location is None:
+            return None
         try:
-            return await self.registry.client().image(parsed.path, parsed.tag)
+            return await self.registry.client().image(*location)
         except NotFound:
             return None
         except R2DError as e:
@@ -645,11 +654,11 @@ class BuildManager(LoggingConfigurable):
             return None
 
     async def _in_registry(self, image: str) -> bool:
-        parsed = parse_reference(image)
-        if parsed.domain != self.registry.host or not parsed.tag:
+        location = self._registry_location(image)
+        if location is None:
             return False
         try:
-            await self.registry.client().digest(parsed.path, parsed.tag)
+            await self.registry.client().digest(*location)
             return True
         except R2DError:
             return False
@@ -798,33 +807,17 @@ class BuildManager(LoggingConfigurable):
             summaries = await self._engine_call(self.engine.list_images())
             images: dict[str, ImageVersion] = {}
             for summary in summaries:
-                fields = parse_labels(summary.get("Labels"))
-                if fields is None:
-                    continue
                 for tag in summary.get("RepoTags") or []:
-                    if tag == "<none>:<none>":
-                        continue
                     # Only the name our template gives these labels counts: an image labelled as
                     # alice's but tagged elsewhere (by hand, or with an older template) is ignored.
-                    try:
-                        expected = self.image_for(
-                            fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
-                        )
-                    except InvalidRequest:
+                    fields = self._owned_fields(summary.get("Labels"), tag)
+                    if fields is None:
                         continue
-                    if tag != expected:
-                        continue
-                    images[tag] = ImageVersion(
-                        reference=tag,
-                        owner=fields["owner"],
-                        name=fields["name"],
-                        repo=fields.get("repo", ""),
-                        ref=fields.get("ref", ""),
-                        sha=fields["sha"],
-                        created=parse_time(fields.get("created"))
-                        or float(summary.get("Created") or 0),
+                    images[tag] = self._version(
+                        fields,
+                        tag,
+                        created=float(summary.get("Created") or 0),
                         size=summary.get("Size"),
-                        build_id=fields.get("build-id"),
                         local=True,
                         image_id=summary.get("Id"),
                     )
@@ -845,36 +838,51 @@ class BuildManager(LoggingConfigurable):
 
     def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
         """Add a registry image to the index (or mark the local one pushed), if it is ours."""
-        fields = parse_labels(item.labels)
+        fields = self._owned_fields(item.labels, item.reference)
         if fields is None:
-            return
-        try:
-            expected = self.image_for(
-                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
-            )
-        except InvalidRequest:
-            return
-        if item.reference != expected:
             return
         version = images.get(item.reference)
         if version is not None:
             version.pushed = True
             version.digest = item.digest
             return
-        images[item.reference] = ImageVersion(
-            reference=item.reference,
+        images[item.reference] = self._version(
+            fields,
+            item.reference,
+            created=item.created.timestamp() if item.created else None,
+            size=item.size,
+            local=False,
+            pushed=True,
+            digest=item.digest,
+        )
+
+    def _owned_fields(self, labels: dict[str, str] | None, reference: str) -> dict[str, str] | None:
+        """Our label fields, if ``reference`` is the very name our template gives them."""
+        fields = parse_labels(labels)
+        if fields is None:
+            return None
+        try:
+            expected = self.image_for(
+                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
+            )
+        except InvalidRequest:
+            return None
+        return fields if reference == expected else None
+
+    @staticmethod
+    def _version(
+        fields: dict[str, str], reference: str, *, created: float | None, **found: Any
+    ) -> ImageVersion:
+        return ImageVersion(
+            reference=reference,
             owner=fields["owner"],
             name=fields["name"],
             repo=fields.get("repo", ""),
             ref=fields.get("ref", ""),
             sha=fields["sha"],
-            created=parse_time(fields.get("created"))
-            or (item.created.timestamp() if item.created else None),
-            size=item.size,
+            created=parse_time(fields.get("created")) or created,
             build_id=fields.get("build-id"),
-            local=False,
-            pushed=True,
-            digest=item.digest,
+            **found,
         )
 
     def _groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
