@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 
 def render() -> str:
@@ -44,16 +43,7 @@ def render() -> str:
     return "\n".join(out)
 
 
-def _write(app: object) -> None:
-    target = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "rest-api.md"
-    )
-    text = render()
-    if not os.path.exists(target) or open(target).read() != text:
-        with open(target, "w") as f:
-            f.write(text)
-
-
 def setup(app: object) -> dict[str, object]:
-    app.connect("builder-inited", _write)  # type: ignore[attr-defined]
-    return {"parallel_read_safe": True}
+    from generated_page import register
+
+    return register(app, "reference/rest-api.md", render)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import textwrap
 
 CLASSES = [
@@ -58,16 +57,7 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-def _write(app: object) -> None:
-    target = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference", "config.md"
-    )
-    text = render()
-    if not os.path.exists(target) or open(target).read() != text:
-        with open(target, "w") as f:
-            f.write(text)
-
-
 def setup(app: object) -> dict[str, object]:
-    app.connect("builder-inited", _write)  # type: ignore[attr-defined]
-    return {"parallel_read_safe": True}
+    from generated_page import register
+
+    return register(app, "reference/config.md", render)
