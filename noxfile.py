@@ -24,7 +24,7 @@ def _install(session: nox.Session, extras: str = "test") -> None:
 def tests(session: nox.Session) -> None:
     """Every test, against real dockerd, git daemon, registry, JupyterHub and Chromium."""
     session.run("bash", "scripts/install-system.sh", external=True)
-    _install(session, "test,oras")
+    _install(session, "test,oras,docs")
     args = session.posargs or ["-q"]
     session.run("python", "-m", "pytest", *args)
 
