@@ -1,0 +1,144 @@
+"""Ref resolution against real git servers: the git daemon (git://) and git http-backend behind
+an HTTP server with basic auth (smart HTTP), plus the git CLI fallbacks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from r2d_core.errors import InvalidRequest, Unavailable, UnknownRef
+from r2d_core.models import Credentials
+from r2d_core.refs import ls_remote, parse_pkt_lines, pick_sha, resolve_ref
+
+USER, PASSWORD = "reader", "s3cret-token"
+
+
+class _GitHTTP(BaseHTTPRequestHandler):
+    """git http-backend as CGI, behind basic auth: what a private smart-HTTP host looks like."""
+
+    root = ""
+
+    def do_GET(self) -> None:
+        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        if self.headers.get("Authorization") != expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        env = {
+            "GIT_PROJECT_ROOT": self.root,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": "GET",
+            "REMOTE_USER": USER,
+            "PATH": os.environ["PATH"],
+        }
+        out = subprocess.run(
+            ["git", "http-backend"], env=env, capture_output=True, timeout=20
+        ).stdout
+        head, _, body = out.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.decode().split("\r\n"):
+            key, _, value = line.partition(": ")
+            if key.lower() == "status":
+                status = int(value.split()[0])
+            elif key:
+                headers.append((key, value))
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_git(git_server):
+    handler = type("Handler", (_GitHTTP,), {"root": str(git_server.repos["hello"].path.parent)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_git_protocol_matches_git_ls_remote(git_server):
+    refs = await ls_remote(git_server.url("hello"))
+    assert refs == git_server.ls_remote("hello")
+
+
+async def test_branches_tags_head(git_server):
+    repo = git_server.repos["hello"]
+    url = git_server.url("hello")
+    assert await resolve_ref(url, "main") == repo.branches["main"]
+    assert await resolve_ref(url, "dev") == repo.branches["dev"]
+    assert await resolve_ref(url, "v1") == repo.tags["v1"]  # lightweight
+    assert await resolve_ref(url, "v2") == repo.tags["v2"]  # annotated: peeled to the commit
+    assert await resolve_ref(url, "refs/tags/v2") == repo.tags["v2"]
+    assert await resolve_ref(url, "HEAD") == repo.head
+    assert await resolve_ref(url, repo.head[:10]) == repo.head  # short sha of an advertised ref
+    with pytest.raises(UnknownRef):
+        await resolve_ref(url, "no-such-branch")
+
+
+async def test_short_sha_of_an_unadvertised_commit_uses_a_temporary_clone(git_server, tmp_path):
+    repo = git_server.repos["quick"]
+    old = repo.branches["main"]
+    git_server.add_commit("quick", {"moved.txt": "moved on\n"})
+    assert old not in (await ls_remote(git_server.url("quick"))).values()
+    before = set(os.listdir("/tmp"))
+    assert await resolve_ref(git_server.url("quick"), old[:9]) == old
+    leftovers = [d for d in set(os.listdir("/tmp")) - before if d.startswith("r2d-resolve-")]
+    assert leftovers == []  # the temporary clone is removed
+
+
+async def test_smart_http_with_credentials(http_git, git_server):
+    url = f"{http_git}/hello"
+    repo = git_server.repos["hello"]
+    creds = Credentials(USER, PASSWORD)
+    assert await resolve_ref(url, "v2", credentials=creds) == repo.tags["v2"]
+    assert await resolve_ref(url, "main", credentials=creds) == repo.branches["main"]
+    with pytest.raises(InvalidRequest, match="credentials"):
+        await resolve_ref(url, "main")
+    with pytest.raises(InvalidRequest) as e:
+        await resolve_ref(url, "main", credentials=Credentials(USER, "wrong"))
+    assert "wrong" not in str(e.value)
+
+
+async def test_unreachable_and_not_git(http_git, git_server):
+    with pytest.raises(Unavailable):
+        await ls_remote("git://127.0.0.1:1/x", timeout=5)
+    with pytest.raises(Unavailable):
+        await ls_remote("https://127.0.0.1:1/x", timeout=5)
+    with pytest.raises(InvalidRequest):
+        await ls_remote(git_server.url("no-such-repo"), timeout=5)
+
+
+def test_pkt_line_parsing():
+    sha = "a" * 40
+    first = f"{sha} HEAD\0multi_ack symref=HEAD:refs/heads/main\n".encode()
+    second = f"{sha} refs/heads/main\n".encode()
+    data = b"001e# service=git-upload-pack\n0000"
+    for line in (first, second):
+        data += f"{len(line) + 4:04x}".encode() + line
+    data += b"0000"
+    assert parse_pkt_lines(data) == {"HEAD": sha, "refs/heads/main": sha}
+    with pytest.raises(InvalidRequest, match="git server"):
+        parse_pkt_lines(b"0016ERR access denied\n")
+    assert pick_sha({"refs/tags/v1": "b" * 40, "refs/tags/v1^{}": sha}, "v1") == sha
+    assert pick_sha({"refs/heads/x": sha}, "aaaa") == sha
+    assert (
+        pick_sha({"refs/heads/x": sha, "refs/heads/y": "a" * 39 + "b"}, "aaaa") is None
+    )  # ambiguous
