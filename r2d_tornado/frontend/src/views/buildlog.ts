@@ -328,7 +328,7 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
       h(
         "span",
         null,
-        icon("git", "me-1"),
+        icon("git", "me-1 r2d-git-icon"),
         isWebUrl(build.repo)
           ? h(
               "a",
