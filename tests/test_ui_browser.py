@@ -72,8 +72,7 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="module", params=["service", "tljh"])
 def hub(request: pytest.FixtureRequest, docker_host: str, local_images: Any, git_server: Any):
-    """A Hub per adapter; bob's image ``bobimg`` starts building at once (read-only callers'
-    pages need an image to show, and the build runs while the first tests do)."""
+    """A Hub per adapter: the standalone service (managed by the Hub) or the TLJH plugin."""
     if request.param == "tljh":
         hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
         hub.config.service_config = tljh_service_config(docker_host)
@@ -94,14 +93,13 @@ def hub(request: pytest.FixtureRequest, docker_host: str, local_images: Any, git
 class UI:
     """Logged-in browser contexts of one Hub, and what the tests share about it."""
 
-    def __init__(self, hub: Hub, browser: Any, git_server: Any) -> None:
+    def __init__(self, hub: Hub, browser: Any) -> None:
         self.hub = hub
         self.browser = browser
-        self.git = git_server
         self.mode = "tljh" if hub.config.mode == "tljh" else "service"
         self._contexts: dict[str, Any] = {}
         self._tokens: dict[str, str] = {}
-        #: uncaught page errors, per user: a working UI throws none
+        #: uncaught exceptions and console errors of every page opened: a working UI has none
         self.page_errors: list[str] = []
         #: the build alice started through the form (the reload test reuses it when present)
         self.alice_build: dict[str, str] = {}
@@ -130,10 +128,19 @@ class UI:
             self._contexts[user] = context
         return self._contexts[user]
 
-    async def page(self, user: str, fragment: str = "") -> Any:
-        """A new tab of ``user``'s context showing ``fragment`` once the app has booted."""
+    async def page(self, user: str, fragment: str = "", init_script: str | None = None) -> Any:
+        """A new tab of ``user``'s context showing ``fragment`` once the app has booted
+        (``init_script`` runs before the page's own scripts on every load)."""
         page = await (await self.context(user)).new_page()
+        if init_script:
+            await page.add_init_script(init_script)
         page.on("pageerror", lambda error: self.page_errors.append(f"{user}: {error}"))
+        page.on(
+            "console",
+            lambda m: (
+                self.page_errors.append(f"{user}: console: {m.text}") if m.type == "error" else None
+            ),
+        )
         await page.goto(self.url(fragment))
         await page.locator(".r2d-view").wait_for()
         return page
@@ -171,7 +178,7 @@ class UI:
 @pytest.fixture(scope="module")
 async def ui(browser: Any, hub: Hub, git_server: Any) -> AsyncIterator[UI]:
     # (browser first: without Chromium the module skips before any Hub starts)
-    ui = UI(hub, browser, git_server)
+    ui = UI(hub, browser)
     # Images that exist before the tests look: bob's for the read-only callers' pages, a second
     # one of alice's that deleting another must leave alone. They build while the first tests run
     # (forced: the engine outlives each Hub, and an existing image would be skipped).
@@ -488,14 +495,10 @@ async def test_reload_of_a_finished_build_replays_the_log_once(ui, expect, git_s
     build_id = ui.alice_build["id"]
     await ui.wait_build("alice", build_id)
     full = (await ui.api("alice", "GET", f"api/builds/{build_id}/logs?format=text")).text
-    context = await ui.context("alice")
-    page = await context.new_page()
-    await page.add_init_script(_TRACK_EVENT_SOURCES)
+    page = await ui.page("alice", f"#/builds/{build_id}", init_script=_TRACK_EVENT_SOURCES)
+    await expect(page.get_by_test_id("log-status")).to_have_attribute("data-status", "complete")
     streams: list[str] = []
     page.on("request", lambda r: streams.append(r.url) if "/logs" in urlsplit(r.url).path else None)
-    await page.goto(ui.url(f"#/builds/{build_id}"))
-    await expect(page.get_by_test_id("log-status")).to_have_attribute("data-status", "complete")
-    streams.clear()
     await page.reload()  # as a person presses F5 on the log page
     await page.locator(".r2d-view").wait_for()
     await expect(page.get_by_test_id("log-status")).to_have_attribute("data-status", "complete")
