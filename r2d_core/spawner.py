@@ -10,10 +10,17 @@ the user's choice on the server side. Use from ``jupyterhub_config.py``::
         token=os.environ["R2D_CHOOSER_TOKEN"],  # a service token with custom:repo2docker:read
     )
     c.Spawner.options_form = chooser.options_form        # DockerSpawner & co.
-    c.Spawner.options_from_form = chooser.options_from_form
-    c.Spawner.pre_spawn_hook = chooser.pre_spawn_hook    # validates, then sets spawner.image
-    # or, with KubeSpawner:
+    c.Spawner.options_from_form = chooser.options_from_form  # checks the choice (form errors)
+    c.Spawner.pre_spawn_hook = chooser.pre_spawn_hook    # checks again, then sets spawner.image
+    # or, with KubeSpawner (instead of the three above):
     c.KubeSpawner.profile_list = chooser.profile_list
+
+The form's choice is checked twice: in ``options_from_form`` (so a refused image shows as a message
+on the form) and in ``pre_spawn_hook``, because a server started through the REST API
+(``POST /hub/api/users/NAME/server``) passes its options without any form. KubeSpawner accepts only
+a profile its ``profile_list`` offers (it asks the list again when the form comes back), so there
+the list is the check: do not add the ``pre_spawn_hook`` (KubeSpawner applies a profile after the
+hook has run, so the hook would see no image).
 
 Which images a user may read is decided with the user's own repo2docker scopes (as JupyterHub
 resolved them), with the same rules as the service (:mod:`r2d_core.scopes`), so a form never offers
@@ -22,7 +29,9 @@ an image the API would hide from that user.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import re
 from typing import Any
 
 from .client import R2DClient
@@ -81,8 +90,15 @@ class ImageChooser:
             f'<select class="form-control" name="image" id="r2d-image">\n{options}\n</select>'
         )
 
-    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+    async def options_from_form(
+        self, formdata: dict[str, list[str]], spawner: Any = None
+    ) -> dict[str, str]:
+        """``{"image": ...}`` from the form; with ``spawner`` (JupyterHub passes it when the
+        callable accepts it), a refused image raises here and the Hub shows the form again with
+        the reason."""
         image = (formdata.get("image") or [""])[0]
+        if spawner is not None:
+            image = await self.validate(spawner, image)
         return {"image": image}
 
     async def validate(self, spawner: Any, image: str) -> str:
@@ -90,12 +106,12 @@ class ImageChooser:
         if not image:
             if self.default_image:
                 return self.default_image
-            raise Forbidden("choose an image")
+            raise _refusal("choose an image")
         allowed = {
             version["image"] for i in await self.images_for(spawner) for version in i["versions"]
         }
         if image not in allowed:
-            raise Forbidden(f"image {image!r} is not one of your repo2docker images")
+            raise _refusal(f"image {image!r} is not one of your repo2docker images")
         return image
 
     async def pre_spawn_hook(self, spawner: Any) -> None:
@@ -110,10 +126,30 @@ class ImageChooser:
         return [
             {
                 "display_name": f"{i['owner']}/{i['name']}",
-                "slug": f"r2d-{index}",
+                # stable across calls: KubeSpawner lists the profiles again when the form comes
+                # back, and a position would name another image once one is built or deleted
+                "slug": _profile_slug(i["owner"], i["name"]),
                 "description": f"{i['repo']}@{i['ref']} ({i['sha'][:8]})",
                 "kubespawner_override": {"image": i["image"]},
                 "default": index == 0,
             }
             for index, i in enumerate(images)
         ]
+
+
+def _profile_slug(owner: str, name: str) -> str:
+    """A KubeSpawner profile slug for one image: readable, stable, unique per (owner, name)."""
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{owner}-{name}".lower()).strip("-")[:40]
+    digest = hashlib.sha256(f"{owner}\0{name}".encode()).hexdigest()[:8]
+    return f"r2d-{readable}-{digest}"
+
+
+def _refusal(message: str) -> Forbidden:
+    """A :class:`Forbidden` whose message JupyterHub shows to the user.
+
+    The Hub reports only ``tornado.web.HTTPError`` messages, or any exception's
+    ``jupyterhub_message``; without it a refused API spawn answers a bare "Internal Server Error".
+    """
+    error = Forbidden(message)
+    error.jupyterhub_message = message  # type: ignore[attr-defined]
+    return error
