@@ -515,6 +515,7 @@ class BuildManager(LoggingConfigurable):
             build.log.append("pushing", f"{build.image} is built already: pushing it")
             await self._push(build)
             self._finish(build, exit_code=0)
+            await self._refresh_images(force=True)
             return
         try:
             if build.previous_image_id is not None:
@@ -834,7 +835,8 @@ class BuildManager(LoggingConfigurable):
                     self._merge_remote(images, item)
             self._images = images
             self._image_warnings = warnings
-            self._images_at = time.monotonic()
+            # an incomplete listing is not trusted for the TTL: the next one asks again
+            self._images_at = 0.0 if warnings else time.monotonic()
 
     def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
         """Add a registry image to the index (or mark the local one pushed), if it is ours."""

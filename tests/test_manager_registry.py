@@ -3,6 +3,9 @@ a registry that goes away. Real dockerd, real git daemon, real ``docker-registry
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 from traitlets.config import Config
 
@@ -161,3 +164,95 @@ async def test_wrong_credentials_fail_the_push_not_the_build(
     assert build.push_error
     assert "wrong-password" not in build.push_error
     assert "wrong-password" not in "\n".join(line.message for line in build.log.lines())
+
+
+class SlowProxy:
+    """A loopback TCP proxy that forwards uploads slowly and says when some bytes went through:
+    it makes a push last long enough to stop the registry in the middle of it."""
+
+    def __init__(self, target_port: int, rate: int = 400_000) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.uploaded = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upload: bool) -> None:
+            try:
+                while chunk := await src.read(16384):
+                    if upload:
+                        self.uploaded += len(chunk)
+                        await asyncio.sleep(len(chunk) / self.rate)
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+
+@pytest.mark.parametrize("registry", ["anonymous"], indirect=True)
+async def test_registry_stopped_mid_push(registry, docker_host, local_images, git_server):
+    proxy = SlowProxy(registry.port)
+    await proxy.start()
+    c = Config()
+    c.DockerEngine.host = docker_host
+    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
+    c.Builder.repo2docker_config = repo2docker_config(network="none")
+    c.Registry.url = f"http://127.0.0.1:{proxy.port}"
+    c.Registry.listing_ttl = 0
+    c.Registry.timeout = 5
+    m = BuildManager(config=c)
+    await m.start()
+    try:
+        build = (
+            await m.submit(
+                repo=git_server.url("hello"), ref="main", owner="mid", name="midpush", push=True
+            )
+        ).build
+        async with asyncio.timeout(120):
+            while not (build.state == BuildState.PUSHING and proxy.uploaded > 100_000):
+                assert not build.done, (build.state, build.error, build.push_error)
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(registry.stop)
+        await wait_done(build)
+        assert build.state == BuildState.BUILT  # built locally, the push failed
+        assert build.push_error
+        [group] = await m.list_images(["mid"])
+        assert group.versions[0].local and not group.versions[0].pushed
+        assert m.image_warnings
+        # back up: the same request pushes what was built
+        await asyncio.to_thread(registry.start)
+        proxy.rate = 50_000_000
+        retry = (
+            await m.submit(
+                repo=git_server.url("hello"), ref="main", owner="mid", name="midpush", push=True
+            )
+        ).build
+        assert retry is not None and retry.push_only
+        await wait_done(retry)
+        assert retry.push_error is None, retry.push_error
+        [group] = await m.list_images(["mid"])
+        assert group.versions[0].pushed, m.image_warnings
+    finally:
+        await m.stop()
+        await proxy.stop()

@@ -209,6 +209,7 @@ class RegistryClient:
             headers={"User-Agent": "repo2docker-service"},
         )
         self._limit = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
         self._manifests: _LRU[str, Manifest] = _LRU(cache_size)
         self._configs: _LRU[str, ImageConfig] = _LRU(cache_size)
         self._summaries: _LRU[str, _Summary] = _LRU(cache_size)
@@ -272,7 +273,19 @@ class RegistryClient:
     ) -> httpx.Response:
         async with self._limit:
             try:
-                response = await self._http.request(method, url, headers=headers, params=params)
+                # Kept-alive connections the registry (or a proxy) closed meanwhile, e.g. across a
+                # registry restart, fail on first use: a read-only request is safe to send again,
+                # and each failure discards one dead connection of the pool.
+                attempts = self.max_concurrency + 1 if method in ("GET", "HEAD") else 1
+                for attempt in range(attempts):
+                    try:
+                        response = await self._http.request(
+                            method, url, headers=headers, params=params
+                        )
+                        break
+                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                        if attempt == attempts - 1:
+                            raise
             except R2DError:
                 raise
             except httpx.TimeoutException as e:
