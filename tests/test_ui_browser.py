@@ -45,6 +45,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1280, "height": 800}
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "_static" / "screenshots"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 #: how long a UI state may take to appear; builds of the fixture repos take a few seconds
 BUILD_TIMEOUT_MS = 60_000
 
@@ -164,11 +165,14 @@ class UI:
             return await wait_build(caller, build_id)  # type: ignore[arg-type]
 
     async def screenshot(self, page: Any, name: str) -> None:
-        """Save a docs screenshot (standalone adapter only: one stable set of files)."""
+        """Save a screenshot (standalone adapter only: one stable set of files): into the docs
+        with ``R2D_UPDATE_SCREENSHOTS=1``, else into ``tests/artifacts/`` (not committed), so a
+        test run leaves the checkout clean."""
         if self.mode != "service":
             return
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOTS / name), animations="disabled")
+        target = SCREENSHOTS if os.environ.get("R2D_UPDATE_SCREENSHOTS") == "1" else ARTIFACTS
+        target.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(target / name), animations="disabled")
 
     async def close(self) -> None:
         for context in self._contexts.values():
