@@ -205,7 +205,8 @@ class BuildManager(LoggingConfigurable):
     image_cache_ttl = Float(
         5.0,
         config=True,
-        help="Seconds the in-memory image index is trusted before a refresh (default 5).",
+        help="""Seconds the in-memory image index is trusted (default 5). After that, listings
+        answer from it while it is refreshed in the background; 0 refreshes on every listing.""",
     )
     reconnect_interval = Float(
         5.0,
@@ -249,6 +250,9 @@ class BuildManager(LoggingConfigurable):
         self._stopping = False
         self._last_error: str | None = None
         self._image_warnings: list[str] = []
+        self._all_groups: list[ImageGroup] = []
+        self._images_loaded = False
+        self._images_refresh: asyncio.Task[None] | None = None
 
     @property
     def image_warnings(self) -> list[str]:
@@ -275,8 +279,9 @@ class BuildManager(LoggingConfigurable):
     async def stop(self) -> None:
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
-        if self._reconnect_task:
-            self._reconnect_task.cancel()
+        for task in (self._reconnect_task, self._images_refresh):
+            if task is not None:
+                task.cancel()
         for build in list(self._queue):
             self._finish_cancelled(build, "the service stopped")
         if self.builder.kind == "local":
@@ -800,8 +805,26 @@ class BuildManager(LoggingConfigurable):
 
     # ---- images -----------------------------------------------------------------------------------
     async def _refresh_images(self, force: bool = False) -> None:
+        """Bring the image index up to date with Docker (and the registry).
+
+        A stale index is refreshed in the background while callers get the current one
+        (stale-while-revalidate), so listings never wait for Docker; ``force`` waits.
+        """
         if not force and time.monotonic() - self._images_at < self.image_cache_ttl:
             return
+        if not force and self._images_loaded and self.image_cache_ttl > 0:
+            if self._images_refresh is None or self._images_refresh.done():
+                self._images_refresh = asyncio.create_task(self._refresh_images_quietly())
+            return
+        await self._load_images(force)
+
+    async def _refresh_images_quietly(self) -> None:
+        try:
+            await self._load_images(force=False)
+        except R2DError as e:
+            self.log.warning("Refreshing the image index failed: %s", e)
+
+    async def _load_images(self, force: bool) -> None:
         async with self._images_lock:
             if not force and time.monotonic() - self._images_at < self.image_cache_ttl:
                 return
@@ -834,6 +857,8 @@ class BuildManager(LoggingConfigurable):
                 for item in remote:
                     self._merge_remote(images, item)
             self._images = images
+            self._all_groups = self._build_groups(images)
+            self._images_loaded = True
             self._image_warnings = warnings
             # an incomplete listing is not trusted for the TTL: the next one asks again
             self._images_at = 0.0 if warnings else time.monotonic()
@@ -887,17 +912,23 @@ class BuildManager(LoggingConfigurable):
             **found,
         )
 
-    def _groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
+    @staticmethod
+    def _build_groups(images: dict[str, ImageVersion]) -> list[ImageGroup]:
+        """Versions grouped per (owner, name), newest first (once per refresh, not per request)."""
         grouped: dict[tuple[str, str], list[ImageVersion]] = {}
-        for version in self._images.values():
-            if owners is None or version.owner in owners:
-                grouped.setdefault((version.owner, version.name), []).append(version)
+        for version in images.values():
+            grouped.setdefault((version.owner, version.name), []).append(version)
         groups = []
         for (owner, name), versions in grouped.items():
             versions.sort(key=lambda v: v.created or 0, reverse=True)
             groups.append(ImageGroup(owner, name, versions[0].repository, versions))
         groups.sort(key=lambda g: g.newest.created or 0, reverse=True)
         return groups
+
+    def _groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
+        if owners is None:
+            return list(self._all_groups)
+        return [g for g in self._all_groups if g.owner in owners]
 
     def _group(self, owner: str, name: str) -> ImageGroup:
         groups = [g for g in self._groups({owner}) if g.name == name]

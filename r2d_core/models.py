@@ -210,12 +210,20 @@ class ImageGroup:
     name: str
     repository: str
     versions: list[ImageVersion]
+    _dict: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def newest(self) -> ImageVersion:
         return self.versions[0]
 
     def to_dict(self) -> dict[str, Any]:
+        # built once: an index's groups and versions are not changed after a refresh publishes
+        # them (a refresh makes new ones), and listings serialize them on every request
+        if self._dict is None:
+            self._dict = self._make_dict()
+        return dict(self._dict)
+
+    def _make_dict(self) -> dict[str, Any]:
         newest = self.newest
         return {
             "owner": self.owner,
