@@ -30,6 +30,14 @@ class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):
     async def r2d_identify(self) -> Identity | None:
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
+            if self.request.method not in ("GET", "HEAD", "OPTIONS") and self.get_cookie(
+                self.hub_auth.cookie_name
+            ):
+                # logged in, but the write came without the XSRF token: say so, not "log in"
+                raise Forbidden(
+                    "this request carries the login cookie but no valid XSRF token: send the "
+                    "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
+                )
             return None
         access = self.hub_auth.access_scopes
         if access and not self.hub_auth.check_scopes(access, model):
