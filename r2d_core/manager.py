@@ -519,8 +519,8 @@ class BuildManager(LoggingConfigurable):
         if build.push_only:
             build.log.append("pushing", f"{build.image} is built already: pushing it")
             await self._push(build)
+            await self._refresh_quietly()
             self._finish(build, exit_code=0)
-            await self._refresh_images(force=True)
             return
         try:
             if build.previous_image_id is not None:
@@ -613,8 +613,9 @@ class BuildManager(LoggingConfigurable):
             if found is not None:
                 if build.push and not build.cancel_requested:
                     await self._push(build)
+                # the index knows the image before anyone hears the build is done
+                await self._refresh_quietly()
                 self._finish(build, exit_code=0)
-                await self._refresh_images(force=True)
                 return
             error = f"repo2docker finished but the image {build.image} is not in the Docker engine"
         if error is None:
@@ -814,13 +815,14 @@ class BuildManager(LoggingConfigurable):
             return
         if not force and self._images_loaded and self.image_cache_ttl > 0:
             if self._images_refresh is None or self._images_refresh.done():
-                self._images_refresh = asyncio.create_task(self._refresh_images_quietly())
+                self._images_refresh = asyncio.create_task(self._refresh_quietly(force=False))
             return
         await self._load_images(force)
 
-    async def _refresh_images_quietly(self) -> None:
+    async def _refresh_quietly(self, force: bool = True) -> None:
+        """Refresh the index; a failure is logged (listings report it), not raised."""
         try:
-            await self._load_images(force=False)
+            await self._load_images(force)
         except R2DError as e:
             self.log.warning("Refreshing the image index failed: %s", e)
 
