@@ -360,7 +360,6 @@ async def test_external_service_mode(docker_host, git_server, local_images, tmp_
     from tests.service_support import service_config
 
     hub = make_hub(docker_host, mode="external")
-    hub.start()
     env = {
         **os.environ,
         "JUPYTERHUB_API_TOKEN": hub.service_token,
@@ -386,6 +385,8 @@ async def test_external_service_mode(docker_host, git_server, local_images, tmp_
         start_new_session=True,
     )
     try:
+        # the service first: a Hub that starts first waits for its external services
+        hub.start()
         hub.wait_for_service()
         client = await login(hub, "alice")
         r = await client.post(
