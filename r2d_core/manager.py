@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from traitlets import Float, Instance, Int, List, Type, Unicode, default, validate
+from traitlets import Bool, Float, Instance, Int, List, Type, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import metrics
@@ -189,6 +189,17 @@ class BuildManager(LoggingConfigurable):
                 f"{proposal['trait'].name} must be at least 1, not {proposal['value']}"
             )
         return proposal["value"]
+
+    always_push = Bool(
+        False,
+        config=True,
+        help="""Push every build when a registry is configured, whatever the request says
+        (default False; env R2D_ALWAYS_PUSH=1). Use it where nodes pull images, e.g. z2jh.""",
+    )
+
+    @default("always_push")
+    def _default_always_push(self) -> bool:
+        return os.environ.get("R2D_ALWAYS_PUSH", "") in ("1", "true", "yes")
 
     max_queued_builds = Int(
         100, config=True, help="Builds waiting at most; more are refused with 429 (default 100)."
@@ -392,6 +403,7 @@ class BuildManager(LoggingConfigurable):
         ref = validate_ref(ref or "HEAD")
         name = validate_name(name if name else default_name_for_repo(repo))
         owner = validate_owner(owner)
+        push = push or (self.always_push and self.registry.configured)
         if push and not self.registry.configured:
             raise InvalidRequest("push was requested but no registry is configured", field="push")
         if not self._ready:

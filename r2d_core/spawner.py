@@ -55,7 +55,11 @@ class _DBGroups:
 class ImageChooser:
     """Builds spawner options from the images a user may read, and validates the choice."""
 
-    def __init__(self, url: str, token: str, *, default_image: str | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, *, default_image: str | None = None, pushed_only: bool = False
+    ) -> None:
+        #: offer only images in the registry (Kubernetes nodes pull; they cannot use local images)
+        self.pushed_only = pushed_only
         self.url = url
         self.token = token
         self.default_image = default_image
@@ -71,6 +75,14 @@ class ImageChooser:
         owners = await authorizer.owners(permissions, "read")
         async with R2DClient(self.url, self.token) as client:
             images = await client.images()
+        if self.pushed_only:
+            images = [
+                {**i, "versions": [v for v in i["versions"] if v["pushed"]]}
+                for i in images
+                if any(v["pushed"] for v in i["versions"])
+            ]
+            for i in images:
+                i["image"] = i["versions"][0]["image"]
         return [i for i in images if owners is None or i["owner"] in owners]
 
     async def options_form(self, spawner: Any) -> str:

@@ -72,6 +72,10 @@ def hub_config_snippet(
             "c.Spawner.oauth_client_allowed_scopes = [",
             f'    "access:services!service={name}", "{read}", "{build}",',
             "]",
+            "# ... and with the server's own token (a server extension calling the API)",
+            "c.Spawner.server_token_scopes = [",
+            f'    "access:services!service={name}", "{read}!user", "{build}!user",',
+            "]",
         ]
     if mode == "external":
         lines += [
