@@ -46,6 +46,10 @@ async def registry_manager(registry, docker_host, local_images, git_server):
         if registry.mode == "htpasswd":
             c.Registry.username = "alice"
             c.Registry.password = registry.users["alice"]
+        elif registry.mode == "token":
+            # the service's registry account: push/pull/delete everywhere, and the catalog
+            c.Registry.username = "admin"
+            c.Registry.password = registry.users["admin"]
         for key, value in registry_config.items():
             setattr(c.Registry, key, value)
         m = BuildManager(config=c)
@@ -58,6 +62,7 @@ async def registry_manager(registry, docker_host, local_images, git_server):
         await m.stop()
 
 
+@pytest.mark.parametrize("registry", ["anonymous", "htpasswd", "token"], indirect=True)
 async def test_build_push_list_skip_delete(registry_manager, registry, git_server, docker_host):
     m = await registry_manager()
     build = (
@@ -75,8 +80,9 @@ async def test_build_push_list_skip_delete(registry_manager, registry, git_serve
     assert build.state == BuildState.BUILT and build.push_error is None, build.push_error
     assert BuildState.PUSHING in states
     assert any("Pushed" in line.message for line in build.log.lines())
-    if registry.mode == "htpasswd":
-        assert registry.users["alice"] not in "\n".join(line.message for line in build.log.lines())
+    if registry.mode != "anonymous":
+        secret = registry.users["alice" if registry.mode == "htpasswd" else "admin"]
+        assert secret not in "\n".join(line.message for line in build.log.lines())
 
     client = m.registry.client()
     path = build.image.split("/", 1)[1].rsplit(":", 1)[0]
