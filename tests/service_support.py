@@ -5,7 +5,9 @@ Used by both adapters' behaviour suites (the standalone service and the TLJH plu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,34 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
 def tljh_service_config(docker_host: str) -> str:
     """The same settings for the plugin: it reads them from the Hub's own config."""
     return f"c.DockerEngine.host = {docker_host!r}\n" + service_config()
+
+
+def adapter_hub(docker_host: str, adapter: str) -> Hub:
+    """A Hub (not started) for ``adapter``: "service" (the standalone service, managed by the Hub)
+    or "tljh" (the TLJH plugin inside the Hub)."""
+    if adapter == "tljh":
+        hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
+        hub.config.service_config = tljh_service_config(docker_host)
+        return hub
+    return make_hub(docker_host)
+
+
+@contextlib.contextmanager
+def running(hub: Hub) -> Iterator[Hub]:
+    """Start ``hub`` and wait for the service; fail the test clearly if it does not come up;
+    stop and remove everything afterwards."""
+    import pytest
+
+    try:
+        hub.start()
+        hub.wait_for_service()
+    except Exception as e:
+        hub.cleanup()
+        pytest.fail(f"JupyterHub with the service did not start: {e}")
+    try:
+        yield hub
+    finally:
+        hub.cleanup()
 
 
 def make_hub(docker_host: str, **overrides: Any) -> Hub:

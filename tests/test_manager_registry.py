@@ -268,7 +268,9 @@ async def test_registry_stopped_mid_push(registry, docker_host, local_images, gi
 async def test_always_push(registry_manager, registry, git_server):
     m = await registry_manager()
     m.always_push = True
-    build = (await m.submit(repo=git_server.url("hello"), ref="v2", owner="ava", name="always")).build
+    build = (
+        await m.submit(repo=git_server.url("hello"), ref="v2", owner="ava", name="always")
+    ).build
     assert build.push
     await wait_done(build)
     assert build.state == BuildState.BUILT and build.push_error is None

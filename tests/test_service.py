@@ -14,26 +14,22 @@ import time
 import httpx
 import pytest
 
-from tests.service_support import SERVICE, Callers, make_hub, tljh_service_config, wait_build
+from tests.service_support import (
+    SERVICE,
+    Callers,
+    adapter_hub,
+    make_hub,
+    running,
+    wait_build,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 
 @pytest.fixture(scope="session", params=["service", "tljh"])
 def hub(request, docker_host, local_images, git_server):
-    if request.param == "tljh":
-        hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
-        hub.config.service_config = tljh_service_config(docker_host)
-    else:
-        hub = make_hub(docker_host)
-    try:
-        hub.start()
-        hub.wait_for_service()
-    except Exception as e:
-        hub.cleanup()
-        pytest.fail(f"JupyterHub with the service did not start: {e}")
-    yield hub
-    hub.cleanup()
+    with running(adapter_hub(docker_host, request.param)) as hub:
+        yield hub
 
 
 @pytest.fixture(scope="session")

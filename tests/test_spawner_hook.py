@@ -29,7 +29,7 @@ import yaml
 
 from tests.harness import async_wait_for
 from tests.harness.hub import Hub, HubConfig, login
-from tests.service_support import service_config, wait_build
+from tests.service_support import running, service_config, wait_build
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -158,14 +158,8 @@ def hub(docker_host, local_images, git_server, tmp_path_factory):
     hub = Hub(config)
     config.extra_config = hub_extra_config(os.urandom(16).hex(), config.service_port, record_file)
     hub.record_file = record_file  # type: ignore[attr-defined]
-    try:
-        hub.start()
-        hub.wait_for_service()
-    except Exception as e:
-        hub.cleanup()
-        pytest.fail(f"JupyterHub with the service did not start: {e}")
-    yield hub
-    hub.cleanup()
+    with running(hub):
+        yield hub
     # the Hub stops the servers it started (cleanup_servers); make sure, by the recorded pids
     for pid in _spawned_pids(record_file):
         try:

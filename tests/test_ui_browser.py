@@ -25,7 +25,7 @@ import pytest
 
 from tests.harness import FAIL_EXIT_CODE, FAIL_LINES, HELLO_LINES
 from tests.harness.hub import PASSWORD, Hub
-from tests.service_support import make_hub, tljh_service_config, wait_build
+from tests.service_support import adapter_hub, running, wait_build
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.hub]
 
@@ -74,21 +74,8 @@ async def browser() -> AsyncIterator[Any]:
 @pytest.fixture(scope="module", params=["service", "tljh"])
 def hub(request: pytest.FixtureRequest, docker_host: str, local_images: Any, git_server: Any):
     """A Hub per adapter: the standalone service (managed by the Hub) or the TLJH plugin."""
-    if request.param == "tljh":
-        hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
-        hub.config.service_config = tljh_service_config(docker_host)
-    else:
-        hub = make_hub(docker_host)
-    try:
-        hub.start()
-        hub.wait_for_service()
-    except Exception as e:
-        hub.cleanup()
-        pytest.fail(f"JupyterHub with the service did not start: {e}")
-    try:
+    with running(adapter_hub(docker_host, request.param)) as hub:
         yield hub
-    finally:
-        hub.cleanup()
 
 
 class UI:
