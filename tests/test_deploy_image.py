@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -24,7 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,7 +32,7 @@ import pytest
 from r2d_core import __version__
 from tests.harness import DEBIAN_IMAGE, Dockerd, HarnessError, cache_dir, docker_run
 from tests.harness.dockerd import docker_cli
-from tests.harness.images import DOCKER_BUILDX, HOST_CA_BUNDLE
+from tests.harness.images import DOCKER_BUILDX, HOST_CA_BUNDLE, file_lock
 from tests.service_support import SERVICE, Callers, make_hub, service_config, wait_build
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.slow]
@@ -100,17 +99,6 @@ def _revision() -> str:
     return res.stdout.strip() if res.returncode == 0 else "unknown"
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _import_docker_cli_image(host: str) -> None:
     """``docker import`` a rootfs holding only the host's docker CLI and buildx plugin."""
     buf = io.BytesIO()
@@ -148,7 +136,7 @@ def ensure_service_image(host: str, say: Callable[[str], None] = print) -> str:
             return image
         cache = cache_dir()
         tarball = cache / f"deploy-{key}.tar"
-        with _lock(cache / "deploy.lock"):
+        with file_lock(cache / "deploy.lock"):
             if tarball.exists():
                 t0 = time.monotonic()
                 docker_run(host, ["load", "-q", "-i", str(tarball)])

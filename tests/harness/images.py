@@ -122,7 +122,8 @@ def debian_mirror() -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (concurrent test runs build once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -391,7 +392,7 @@ def ensure_images(
     for bundle in bundles:
         tarball = cache / f"{bundle}.tar"
         if not tarball.exists():
-            with _file_lock(cache / f"{bundle}.lock"):
+            with file_lock(cache / f"{bundle}.lock"):
                 if not tarball.exists():
                     log = cache / f"{bundle}.build.log"
                     log.write_text(f"building {bundle} images at {time.ctime()}\n")
@@ -453,7 +454,7 @@ def seed_data_root(
     data_root = Path(data_root)
     seed = cache_dir() / f"seed-{storage_driver}"
     if not seed.is_dir():
-        with _file_lock(cache_dir() / f"seed-{storage_driver}.lock"):
+        with file_lock(cache_dir() / f"seed-{storage_driver}.lock"):
             if not seed.is_dir():
                 _build_seed(seed, storage_driver, say)
     data_root.mkdir(parents=True, exist_ok=True)
