@@ -26,7 +26,7 @@ from typing import Any
 
 from jupyterhub.handlers import BaseHandler
 from pluggy import HookimplMarker
-from traitlets import Bool, Unicode
+from traitlets import Bool, Float, Unicode
 from traitlets.config import Config, Configurable
 
 from r2d_core.manager import BuildManager
@@ -45,6 +45,9 @@ class R2DPlugin(Configurable):
         "repo2docker",
         config=True,
         help="Path of the UI and API under the Hub prefix (default 'repo2docker': /hub/repo2docker/).",
+    )
+    keepalive_interval = Float(
+        15.0, config=True, help="Seconds between keepalive comments on event streams (default 15)."
     )
     add_default_roles = Bool(
         True,
@@ -132,6 +135,7 @@ class HubContext(ContextProvider):
             hub_url=hub_prefix,
             logout_url=f"{hub_prefix}logout",
             builder_kind=manager.builder.kind,
+            keepalive_interval=R2DPlugin(config=config).keepalive_interval,
         )
 
 

@@ -62,7 +62,11 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
 
 def tljh_service_config(docker_host: str) -> str:
     """The same settings for the plugin: it reads them from the Hub's own config."""
-    return f"c.DockerEngine.host = {docker_host!r}\n" + service_config()
+    return (
+        f"c.DockerEngine.host = {docker_host!r}\n"
+        + service_config()
+        + "\nc.R2DPlugin.keepalive_interval = 1"
+    )
 
 
 def adapter_hub(docker_host: str, adapter: str) -> Hub:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -455,3 +456,37 @@ async def test_group_membership_changes_reach_the_service(hub, callers, seeded, 
     finally:
         await asyncio.to_thread(hub.set_groups, "team", ["frank"])
     assert await status_within(200, 10) == 200
+
+
+async def test_queued_build_stream_sends_state_and_keepalives(callers, git_server):
+    """A build waiting for a slot: the stream says so (state event) and keeps the connection
+    alive with comments (every second in this configuration) until it starts."""
+    admin = await callers.token("admin1")
+    ids = []
+    try:
+        for i in range(3):  # max_builds_per_owner = 2 here: the third waits
+            r = await admin.request(
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("slow"), "name": f"queue{i}", "force": True},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        queued = (await admin.request("GET", f"api/builds/{ids[2]}")).json()
+        assert queued["state"] == "queued" and queued["queue_position"] == 0
+        lines: list[str] = []
+
+        async def read() -> None:
+            async with admin.client.stream(
+                "GET", f"api/builds/{ids[2]}/logs", headers=admin.headers
+            ) as s:
+                async for line in s.aiter_lines():
+                    lines.append(line)
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(read(), 2.8)
+        assert "event: state" in lines and '"state": "queued"' in "".join(lines)
+        assert lines.count(": keepalive") >= 2
+    finally:
+        for build_id in ids:
+            await admin.request("DELETE", f"api/builds/{build_id}")
