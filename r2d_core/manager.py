@@ -42,6 +42,7 @@ from .models import (
     new_build_id,
     parse_labels,
     parse_time,
+    short_error,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
 from .refs import resolve_ref
@@ -64,21 +65,6 @@ _PHASES = {
     "building": BuildState.BUILDING,
     "pushing": BuildState.PUSHING,
 }
-
-
-_COMMAND_FAILED = re.compile(
-    r"Command '\[['\"]([^'\"]+)['\"], ['\"]([^'\"]+)['\"].*returned non-zero exit status (\d+)",
-    re.S,
-)
-
-
-def _short_error(message: str) -> str:
-    """repo2docker's failure line without the whole buildx command line it quotes."""
-    match = _COMMAND_FAILED.search(message)
-    if match:
-        program, sub, status = match.groups()
-        return f"{os.path.basename(program)} {sub} failed with exit status {status}"
-    return message.strip()[:500]
 
 
 def _env_int(name: str, fallback: int) -> int:
@@ -580,7 +566,7 @@ class BuildManager(LoggingConfigurable):
         except ValueError:
             message, phase = raw, build.state.value
         if phase == "failed":
-            build.error = build.error or _short_error(message) or None
+            build.error = build.error or short_error(message) or None
         state = _PHASES.get(phase)
         if state is not None and not build.done and state != build.state:
             build.state = state

@@ -26,6 +26,7 @@ __all__ = [
     "iso",
     "new_build_id",
     "parse_labels",
+    "short_error",
 ]
 
 #: every label repo2docker-service sets starts with this
@@ -67,6 +68,26 @@ def parse_time(value: str | None) -> float | None:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
+
+
+_COMMAND_FAILED = re.compile(
+    r"Command '\[['\"]([^'\"]+)['\"], ['\"]([^'\"]+)['\"].*returned non-zero exit status (\d+)",
+    re.S,
+)
+
+
+def short_error(message: str) -> str:
+    """repo2docker's failure line without the whole buildx command line it quotes (labels,
+    build args, paths): what a person needs is which program failed and how."""
+    match = _COMMAND_FAILED.search(message)
+    if match:
+        program, sub, status = match.groups()
+        return f"{program.rsplit('/', 1)[-1]} {sub} failed with exit status {status}"
+    return message.strip()[:500]
+
+
+def _shorten(line: str) -> str:
+    return short_error(line) if _COMMAND_FAILED.search(line) else line
 
 
 def new_build_id() -> str:
@@ -142,7 +163,7 @@ class Build:
             "queue_position": queue_position,
             "error": self.error,
             "failed_step": self.failed_step,
-            "last_lines": self.log.tail(last_lines) if failed else [],
+            "last_lines": [_shorten(line) for line in self.log.tail(last_lines)] if failed else [],
             "log_lines": self.log.total,
             "requested_by": self.requested_by,
             "recovered": self.recovered,

@@ -185,6 +185,9 @@ async def test_failing_build_reports_last_lines(make_manager, git_server):
     data = build.to_dict(last_lines=20)
     assert any(f"r2d-fail {FAIL_LINES}" in line for line in data["last_lines"])
     assert data["failed_step"] and "RUN" in data["failed_step"]
+    # repo2docker's last line quotes the whole buildx command (labels and all): shown short
+    assert any("docker buildx failed with exit status" in line for line in data["last_lines"])
+    assert not any("--label" in line for line in data["last_lines"])
     assert data["error"]
     assert await m.list_images(["fay"]) == []
 
