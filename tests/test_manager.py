@@ -392,3 +392,46 @@ async def test_forced_rebuild_replaces_or_restores_the_image(make_manager, git_s
         assert [g.name for g in await m.list_images(["fred"])] == ["hello"]
     finally:
         await engine.close()
+
+
+async def test_private_repository_with_credentials(make_manager, git_server, docker_host):
+    """A repository behind HTTP basic auth (git http-backend): the credentials reach git for
+    the ref and the clone, and nowhere else (log, labels, API answer)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from r2d_core.models import Credentials
+    from tests.test_refs import PASSWORD, USER, _GitHTTP
+
+    handler = type("Handler", (_GitHTTP,), {"root": str(git_server.repos["hello"].path.parent)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hello"
+        m = await make_manager(allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
+        with pytest.raises(InvalidRequest, match="credentials"):
+            await m.submit(repo=url, ref="v1", owner="pat", name="private")
+        build = (
+            await m.submit(
+                repo=url,
+                ref="v1",
+                owner="pat",
+                name="private",
+                credentials=Credentials(USER, PASSWORD),
+            )
+        ).build
+        await wait_done(build)
+        assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
+        assert PASSWORD not in "\n".join(messages(build))
+        assert (
+            PASSWORD not in str(build.to_dict()) and build.credentials is None
+        )  # dropped when done
+        engine = DockerEngine(host=docker_host)
+        try:
+            info = await engine.inspect_image(build.image)
+        finally:
+            await engine.close()
+        assert PASSWORD not in str(info["Config"]["Labels"])
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -24,6 +24,12 @@ class _GitHTTP(BaseHTTPRequestHandler):
     root = ""
 
     def do_GET(self) -> None:
+        self._backend(b"")
+
+    def do_POST(self) -> None:  # the fetch itself (git-upload-pack)
+        self._backend(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+
+    def _backend(self, body_in: bytes) -> None:
         expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != expected:
             self.send_response(401)
@@ -36,12 +42,15 @@ class _GitHTTP(BaseHTTPRequestHandler):
             "GIT_HTTP_EXPORT_ALL": "1",
             "PATH_INFO": path,
             "QUERY_STRING": query,
-            "REQUEST_METHOD": "GET",
+            "REQUEST_METHOD": self.command,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body_in)),
+            "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
             "REMOTE_USER": USER,
             "PATH": os.environ["PATH"],
         }
         out = subprocess.run(
-            ["git", "http-backend"], env=env, capture_output=True, timeout=20
+            ["git", "http-backend"], env=env, input=body_in, capture_output=True, timeout=60
         ).stdout
         head, _, body = out.partition(b"\r\n\r\n")
         status = 200
