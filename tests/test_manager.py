@@ -394,7 +394,8 @@ async def test_forced_rebuild_replaces_or_restores_the_image(make_manager, git_s
         await engine.close()
 
 
-async def test_private_repository_with_credentials(make_manager, git_server, docker_host):
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_private_repository_with_credentials(make_manager, git_server, docker_host, builder):
     """A repository behind HTTP basic auth (git http-backend): the credentials reach git for
     the ref and the clone, and nowhere else (log, labels, API answer)."""
     import threading
@@ -408,14 +409,14 @@ async def test_private_repository_with_credentials(make_manager, git_server, doc
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hello"
-        m = await make_manager(allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
+        m = await make_manager(builder, allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
         with pytest.raises(InvalidRequest, match="credentials"):
-            await m.submit(repo=url, ref="v1", owner="pat", name="private")
+            await m.submit(repo=url, ref="v1", owner=f"pat-{builder}", name="private")
         build = (
             await m.submit(
                 repo=url,
                 ref="v1",
-                owner="pat",
+                owner=f"pat-{builder}",
                 name="private",
                 credentials=Credentials(USER, PASSWORD),
             )
