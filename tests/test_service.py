@@ -490,3 +490,24 @@ async def test_queued_build_stream_sends_state_and_keepalives(callers, git_serve
     finally:
         for build_id in ids:
             await admin.request("DELETE", f"api/builds/{build_id}")
+
+
+async def test_delete_one_version(callers, git_server):
+    frank = await callers.token("frank")
+    repo = git_server.repos["hello"]
+    for ref in ("v1", "v2"):
+        r = await frank.request(
+            "POST",
+            "api/builds",
+            json={"repo": git_server.url("hello"), "ref": ref, "name": "twover"},
+        )
+        assert r.status_code in (200, 202), r.text
+        if r.status_code == 202:
+            assert (await wait_build(frank, r.json()["id"]))["state"] == "built"
+    image = (await frank.request("GET", "api/images/frank/twover")).json()
+    assert {v["sha"] for v in image["versions"]} == {repo.tags["v1"], repo.tags["v2"]}
+    r = await frank.request("DELETE", f"api/images/frank/twover?tag={repo.tags['v1']}")
+    assert r.status_code == 200 and len(r.json()["deleted"]) == 1, r.text
+    left = (await frank.request("GET", "api/images/frank/twover")).json()["versions"]
+    assert [v["sha"] for v in left] == [repo.tags["v2"]]
+    assert (await frank.request("DELETE", "api/images/frank/twover")).status_code == 200
