@@ -32,6 +32,7 @@ from . import metrics
 from .builders import Builder, BuildProcess, LocalProcessBuilder, RecoveredBuild
 from .engine import DockerEngine
 from .errors import Conflict, InvalidRequest, NotFound, R2DError, RateLimited, Unavailable
+from .logs import LogBuffer
 from .models import (
     Build,
     BuildState,
@@ -348,8 +349,8 @@ class BuildManager(LoggingConfigurable):
             started=recovered.started,
             state=BuildState.FETCHING,
             recovered=True,
+            log=self._new_log(),
         )
-        build.log = self._new_log()
         self._builds[build.id] = build
         if recovered.running:
             self._active[build.image] = build
@@ -464,8 +465,8 @@ class BuildManager(LoggingConfigurable):
             credentials=credentials,
             previous_image_id=previous_image_id,
             push_only=push_only,
+            log=self._new_log(),
         )
-        build.log = self._new_log()
         self._builds[build.id] = build
         self._active[image] = build
         self._queue.append(build)
@@ -474,9 +475,7 @@ class BuildManager(LoggingConfigurable):
         self._schedule()
         return SubmitResult(build=build)
 
-    def _new_log(self):  # type: ignore[no-untyped-def]
-        from .logs import LogBuffer
-
+    def _new_log(self) -> LogBuffer:
         return LogBuffer(self.max_log_lines)
 
     # ---- scheduling -------------------------------------------------------------------------------

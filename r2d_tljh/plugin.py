@@ -134,7 +134,6 @@ class HubContext(ContextProvider):
             base_url=f"{hub_prefix}{self.path}/",
             hub_url=hub_prefix,
             logout_url=f"{hub_prefix}logout",
-            builder_kind=manager.builder.kind,
             keepalive_interval=R2DPlugin(config=config).keepalive_interval,
         )
 

@@ -66,15 +66,10 @@ class R2DContext:
     hub_url: str = "/hub/"
     logout_url: str = "/hub/logout"
     keepalive_interval: float = 15.0
-    builder_kind: str = ""
 
     def registry_info(self) -> dict[str, Any]:
         registry = self.manager.registry
-        configured = bool(registry is not None and getattr(registry, "configured", False))
-        return {
-            "configured": configured,
-            "url": getattr(registry, "url", None) if configured else None,
-        }
+        return {"configured": registry.configured, "url": registry.url or None}
 
 
 class ContextProvider:
