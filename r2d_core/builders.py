@@ -27,7 +27,7 @@ import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from traitlets import Dict, Instance, Int, List, Unicode, default
@@ -73,10 +73,8 @@ class RecoveredBuild:
     fields: dict[str, str]
     process: BuildProcess
     running: bool
-    exit_code: int | None = None
     started: float | None = None
     finished: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Builder(LoggingConfigurable):
@@ -376,10 +374,8 @@ class DockerBuilder(Builder):
                     fields=fields,
                     process=_ContainerProcess(self.engine, summary["Id"], follow=running),
                     running=running,
-                    exit_code=None if running else state.get("ExitCode"),
                     started=parse_time(state.get("StartedAt")),
                     finished=None if running else parse_time(state.get("FinishedAt")),
-                    extra={"container_id": summary["Id"]},
                 )
             )
         return recovered
