@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,9 +71,55 @@ def tljh_service_config(docker_host: str) -> str:
     )
 
 
+TLJH_TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "tljh.md"
+TLJH_CONFIG_D = "/opt/tljh/config/jupyterhub_config.d/"
+
+
+def tljh_recipes() -> dict[str, str]:
+    """The TLJH tutorial's recipes, exactly as written: every fenced ``python`` block whose first
+    line is ``# /opt/tljh/config/jupyterhub_config.d/<file>``, by file name."""
+    text = TLJH_TUTORIAL.read_text()
+    recipes = {}
+    for block in re.findall(r"^```python\n(.*?)^```", text, re.M | re.S):
+        first = block.split("\n", 1)[0]
+        if first.startswith(f"# {TLJH_CONFIG_D}"):
+            recipes[first[len(f"# {TLJH_CONFIG_D}") :].strip()] = block
+    return recipes
+
+
+#: the recipes the behaviour suite runs through (adapter "tljh-recipes"), and who is in the groups
+#: they grant to (set with load_groups, as the tutorial allows)
+SUITE_RECIPES = (
+    "repo2docker-path.py",
+    "repo2docker-roles.py",
+    "repo2docker-viewers.py",
+    "repo2docker-admins.py",
+)
+RECIPE_GROUPS = {
+    "repo2docker-viewers": {"users": ["carol"]},
+    "repo2docker-admins": {"users": ["admin1"]},
+}
+
+
 def adapter_hub(docker_host: str, adapter: str) -> Hub:
-    """A Hub (not started) for ``adapter``: "service" (the standalone service, managed by the Hub)
-    or "tljh" (the TLJH plugin inside the Hub)."""
+    """A Hub (not started) for ``adapter``: "service" (the standalone service, managed by the Hub),
+    "tljh" (the TLJH plugin inside the Hub), or "tljh-recipes": the plugin configured by the TLJH
+    tutorial's recipes as written (path /hub/images/, default roles off, carol in the read-only
+    group, admin1 in the admin group) instead of the suite's own viewer and admin roles."""
+    if adapter == "tljh-recipes":
+        recipes = tljh_recipes()
+        hub = make_hub(
+            docker_host,
+            mode="tljh",
+            service_name="images",  # where the path recipe puts it (the URLs the tests use)
+            tljh_set_path=False,
+            tljh_default_roles=True,  # turned off by the recipe, not by the test's own file
+            roles=[r for r in ROLES if r["name"] not in ("r2d-viewer", "r2d-admin")],
+            groups={**GROUPS, **RECIPE_GROUPS},
+            config_d={name: recipes[name] for name in SUITE_RECIPES},
+        )
+        hub.config.service_config = tljh_service_config(docker_host)
+        return hub
     if adapter == "tljh":
         hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
         hub.config.service_config = tljh_service_config(docker_host)

@@ -27,7 +27,7 @@ from tests.service_support import (
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 
-@pytest.fixture(scope="session", params=["service", "tljh"])
+@pytest.fixture(scope="session", params=["service", "tljh", "tljh-recipes"])
 def hub(request, docker_host, local_images, git_server):
     with running(adapter_hub(docker_host, request.param)) as hub:
         yield hub

@@ -91,6 +91,8 @@ class HubConfig:
     #: after the hook in name order the way TLJH's jupyterhub_config.py loads them
     tljh_admins: list[str] = field(default_factory=list)
     tljh_default_roles: bool = False
+    #: whether the test's own file sets R2DPlugin.path to service_name (off: an admin file does)
+    tljh_set_path: bool = True
     config_d: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,7 +139,7 @@ for _ec in sorted(_glob.glob(_os.path.join({config_dir!r}, "jupyterhub_config.d"
 _TLJH_HARNESS_FILE = """
 # the service's own traits
 {config}
-c.R2DPlugin.path = {path!r}
+{path}
 {default_roles}
 c.JupyterHub.load_roles.extend({roles!r})
 c.JupyterHub.load_groups.update({groups!r})
@@ -259,7 +261,7 @@ class Hub:
         c = self.config
         harness = _TLJH_HARNESS_FILE.format(
             config=c.service_config,
-            path=c.service_name,
+            path=f"c.R2DPlugin.path = {c.service_name!r}" if c.tljh_set_path else "",
             default_roles=""
             if c.tljh_default_roles
             else "c.R2DPlugin.add_default_roles = False  # the suite's roles say who does what",
