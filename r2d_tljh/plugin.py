@@ -245,8 +245,8 @@ class _Registration:
                 setattr(app, name, value)
             settings = self.settings()
             app.log.info(
-                "repo2docker-service: UI and API at %s%s/, default roles %s",
-                app.hub_prefix if app.has_trait("hub_prefix") else "/hub/",
+                "repo2docker-service: UI and API at %shub/%s/, default roles %s",
+                app.base_url,
                 settings.path,
                 "on" if settings.add_default_roles else "off",
             )
