@@ -95,6 +95,12 @@ class HubContext(ContextProvider):
         self._context: R2DContext | None = None
         self._lock: asyncio.Lock | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> HubContext:
+        # one shared runtime object: traitlets deep-copies config values into the Hub's traits,
+        # and a copy would make the same handlers compare unequal (and be replaced, and warned
+        # about, once more)
+        return self
+
     async def get(self, handler: Any) -> R2DContext:
         if self._context is not None:
             return self._context
@@ -166,7 +172,7 @@ class _Registration:
         self.config = config
         self._handlers: dict[str, list[tuple[str, type, dict[str, Any]]]] = {}
         self._busy = False
-        self.log: Any = None
+        self._announced: tuple[str, bool] | None = None
 
     def settings(self) -> R2DPlugin:
         return R2DPlugin(config=self.config)
@@ -227,7 +233,6 @@ class _Registration:
 
     def attach(self, app: Any) -> None:
         """Plan again whenever the Hub loads (or reloads) one of the traits the plugin touches."""
-        self.log = app.log
         app.observe(lambda _change: self.apply_to_hub(app), names=list(_OBSERVED))
 
     def apply_to_hub(self, app: Any) -> None:
@@ -242,14 +247,17 @@ class _Registration:
                 list(app.extra_handlers), list(app.load_roles), dict(app.custom_scopes), extra
             )
             for name, value in values.items():
-                setattr(app, name, value)
+                if getattr(app, name) != value:
+                    setattr(app, name, value)
             settings = self.settings()
-            app.log.info(
-                "repo2docker-service: UI and API at %shub/%s/, default roles %s",
-                app.base_url,
-                settings.path,
-                "on" if settings.add_default_roles else "off",
-            )
+            if self._announced != (settings.path, settings.add_default_roles):
+                self._announced = (settings.path, settings.add_default_roles)
+                app.log.info(
+                    "repo2docker-service: UI and API at %shub/%s/, default roles %s",
+                    app.base_url,
+                    settings.path,
+                    "on" if settings.add_default_roles else "off",
+                )
         finally:
             self._busy = False
 

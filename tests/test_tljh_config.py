@@ -198,3 +198,41 @@ def test_planning_is_idempotent():
             load_roles=first.load_roles, extra_user_scopes=first.extra_user_scopes, **args
         )
         assert again == first
+
+
+def test_roles_appended_before_the_hook(load_tljh):
+    """``.append`` without an assignment leaves a lazy value, not a list, when the hook runs
+    (the old hook iterated it: TypeError)."""
+    app = load_tljh(main='c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self"]})\n')
+    assert roles_of(app)["user"]["scopes"] == ["self", BUILD_OWN, DELETE_OWN]
+
+
+def test_lazy_values_without_a_hub():
+    from traitlets.config import Config
+
+    from r2d_tljh.plugin import configure
+
+    c = Config()
+    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self"]})
+    c.JupyterHub.extra_handlers.append((r"/mine", object, {}))
+    c.Authenticator.admin_users.add("ops")
+    configure(c)
+    assert {r["name"]: r for r in c.JupyterHub.load_roles}["repo2docker-admin"]["users"] == ["ops"]
+    assert c.JupyterHub.load_roles[0]["scopes"] == ["self", BUILD_OWN, DELETE_OWN]
+    assert c.JupyterHub.extra_handlers[0] == (r"/mine", object, {})  # the admin's handler stays
+
+
+def test_other_extra_handlers_stay(load_tljh):
+    from jupyterhub.handlers import BaseHandler
+
+    app = load_tljh(
+        **{
+            "mine": """
+            from jupyterhub.handlers import BaseHandler
+            c.JupyterHub.extra_handlers = [(r"/mine", BaseHandler)]
+            c.R2DPlugin.path = "moved"
+            """
+        }
+    )
+    assert (r"/mine", BaseHandler) in app.extra_handlers
+    assert paths_of(app) == {"mine", "moved"}
