@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import types
 
 import httpx
 import pluggy
@@ -15,19 +16,22 @@ from tests.service_support import make_hub, tljh_service_config, wait_build
 
 
 def _plugin_manager() -> pluggy.PluginManager:
-    class Specs:
-        hookspec = pluggy.HookspecMarker("tljh")
+    """As TLJH's tljh.utils.get_plugin_manager: hookspecs from a module (tljh.hooks)."""
+    hookspec = pluggy.HookspecMarker("tljh")
 
-        @hookspec
-        def tljh_custom_jupyterhub_config(c):  # type: ignore[no-untyped-def]
-            pass
+    @hookspec
+    def tljh_custom_jupyterhub_config(c):  # type: ignore[no-untyped-def]
+        pass
 
-        @hookspec
-        def tljh_extra_hub_pip_packages():  # type: ignore[no-untyped-def]
-            pass
+    @hookspec
+    def tljh_extra_hub_pip_packages():  # type: ignore[no-untyped-def]
+        pass
 
+    hooks = types.ModuleType("tljh.hooks")
+    hooks.tljh_custom_jupyterhub_config = tljh_custom_jupyterhub_config  # type: ignore[attr-defined]
+    hooks.tljh_extra_hub_pip_packages = tljh_extra_hub_pip_packages  # type: ignore[attr-defined]
     pm = pluggy.PluginManager("tljh")
-    pm.add_hookspecs(Specs)
+    pm.add_hookspecs(hooks)
     pm.load_setuptools_entrypoints("tljh")
     return pm
 
