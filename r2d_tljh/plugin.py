@@ -217,12 +217,16 @@ class _Registration:
 
     def apply_to_config(self, with_roles: bool) -> None:
         """Write the plan into ``config`` now (from the values it holds so far)."""
+        from jupyterhub.app import JupyterHub
+
         hub = self.config.JupyterHub
+        # JupyterHub < 6 has no extra_user_scopes: the plan then extends the user role instead
+        has_extra = JupyterHub.class_traits().get("extra_user_scopes") is not None
         values = self.plan(
             resolve_config_value(hub.get("extra_handlers"), []),
             resolve_config_value(hub.get("load_roles"), []),
             resolve_config_value(hub.get("custom_scopes"), {}),
-            resolve_config_value(hub.get("extra_user_scopes"), set()),
+            resolve_config_value(hub.get("extra_user_scopes"), set()) if has_extra else None,
         )
         hub.extra_handlers = values["extra_handlers"]
         hub.custom_scopes = values["custom_scopes"]
@@ -277,12 +281,17 @@ def configure(c: Config, app: Any | None = None) -> None:
     ``jupyterhub_config.d`` files loaded after the hook are obeyed: ``R2DPlugin.path``,
     ``R2DPlugin.add_default_roles``, their own ``user`` role (extended) and admin users. Outside
     a Hub (``app`` None and no Hub loading) everything is applied to ``c`` at once."""
-    registration = _Registration(c)
     app = app if app is not None else _loading_hub()
+    registration = getattr(app, "_r2d_tljh_registration", None)
+    if registration is not None:  # the hook ran again for this Hub: one registration only
+        registration.config = c
+    else:
+        registration = _Registration(c)
     # handlers and scopes go into c now as well: a config dump shows them, and the Hub loading
     # extra_handlers is what triggers the final planning
     registration.apply_to_config(with_roles=app is None)
-    if app is not None:
+    if app is not None and getattr(app, "_r2d_tljh_registration", None) is None:
+        app._r2d_tljh_registration = registration
         registration.attach(app)
 
 

@@ -236,3 +236,29 @@ def test_other_extra_handlers_stay(load_tljh):
     )
     assert (r"/mine", BaseHandler) in app.extra_handlers
     assert paths_of(app) == {"mine", "moved"}
+
+
+def test_hook_called_twice_registers_once(load_tljh):
+    app = load_tljh(
+        main="",
+        **{"again": "c.R2DPlugin.path = 'twice'"},
+    )
+    from r2d_tljh.plugin import configure
+
+    configure(app.config, app)  # as if a second plugin manager called the hook again
+    app.update_config(app.config)
+    assert paths_of(app) == {"twice"}
+    assert len(app.extra_handlers) == len({spec[0] for spec in app.extra_handlers})
+
+
+def test_jupyterhub_without_extra_user_scopes_gets_a_user_role():
+    from r2d_tljh.settings import plan_hub_config
+
+    plan = plan_hub_config(
+        add_default_roles=True,
+        load_roles=[],
+        custom_scopes={},
+        extra_user_scopes=None,
+        admin_users=set(),
+    )
+    assert {"name": "user", "scopes": ["self", BUILD_OWN, DELETE_OWN]} in plan.load_roles
