@@ -179,3 +179,51 @@ async def test_registry_push_recipe(
             timeout=10,
         )
         assert tags.status_code == 200 and done["image"].rsplit(":", 1)[1] in tags.json()["tags"]
+
+
+async def test_viewers_read_everything_and_build_nothing_admin_group_does_all(
+    docker_host, local_images, git_server
+):
+    """The viewer and admin-group recipes combined with default roles off, as the tutorial
+    suggests, and members added the admin-panel way (the Hub's REST API) after the Hub started."""
+    recipes = tljh_recipes()
+    config_d = {
+        name: recipes[name]
+        for name in ("repo2docker-roles.py", "repo2docker-viewers.py", "repo2docker-admins.py")
+    }
+    with started(tljh_hub(docker_host, config_d)) as hub:
+        ops, carol, bob = (caller(hub, user) for user in ("ops", "carol", "bob"))
+        hub.set_groups("repo2docker-admins", ["ops"])
+        hub.set_groups("repo2docker-viewers", ["carol"])
+        name = f"bobs{int(time.time())}"
+        body = {"repo": git_server.url("hello"), "ref": "v1", "name": name}
+        try:
+            # nobody builds by default any more, not even in their own namespace
+            assert (await bob.request("POST", "api/builds", json=body)).status_code == 403
+            assert (await bob.request("GET", "api/images")).status_code == 403
+            # the admin group builds for anyone
+            r = await ops.request("POST", "api/builds", json={**body, "owner": "bob"})
+            assert r.status_code == 202, r.text
+            build_id = r.json()["id"]
+            assert (await wait_build(ops, build_id))["state"] == "built"
+            # the viewer reads it all, log included, and changes nothing
+            images = (await carol.request("GET", "api/images")).json()["images"]
+            assert [i for i in images if i["owner"] == "bob" and i["name"] == name]
+            assert all(not i["can_build"] and not i["can_delete"] for i in images)
+            assert (await carol.request("GET", f"api/images/bob/{name}")).status_code == 200
+            log = await carol.request("GET", f"api/builds/{build_id}/logs?format=text")
+            assert log.status_code == 200, log.text
+            for request in (
+                ("POST", "api/builds", {"json": body}),
+                ("POST", "api/builds", {"json": {**body, "owner": "bob", "force": True}}),
+                ("DELETE", f"api/images/bob/{name}", {}),
+            ):
+                method, path, kwargs = request
+                r = await carol.request(method, path, **kwargs)
+                assert r.status_code == 403, (request, r.text)
+            # and the admin group deletes anyone's
+            r = await ops.request("DELETE", f"api/images/bob/{name}")
+            assert r.status_code == 200 and r.json()["deleted"], r.text
+        finally:
+            for who in (ops, carol, bob):
+                await who.client.aclose()
