@@ -18,9 +18,9 @@ import pytest
 from tests.service_support import (
     SERVICE,
     Callers,
-    adapter_hub,
     make_hub,
     running,
+    suite_hub,
     wait_build,
 )
 
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 @pytest.fixture(scope="session", params=["service", "tljh", "tljh-recipes"])
 def hub(request, docker_host, local_images, git_server):
-    with running(adapter_hub(docker_host, request.param)) as hub:
+    with running(suite_hub(docker_host, request.param)) as hub:
         yield hub
 
 
