@@ -32,6 +32,7 @@ from . import metrics
 from .builders import Builder, BuildProcess, LocalProcessBuilder, RecoveredBuild
 from .engine import DockerEngine
 from .errors import Conflict, InvalidRequest, NotFound, R2DError, RateLimited, Unavailable
+from .lifecycle import LifecyclePolicy
 from .logs import LogBuffer
 from .models import (
     Build,
@@ -232,6 +233,13 @@ class BuildManager(LoggingConfigurable):
     def _default_registry(self) -> Registry:
         return Registry(parent=self)
 
+    #: retention, quotas, disk guard and pruning (configured by ``c.LifecyclePolicy.*``)
+    lifecycle = Instance(LifecyclePolicy)
+
+    @default("lifecycle")
+    def _default_lifecycle(self) -> LifecyclePolicy:
+        return LifecyclePolicy(parent=self, manager=self)
+
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -264,6 +272,7 @@ class BuildManager(LoggingConfigurable):
 
     async def start(self) -> None:
         """Load state from Docker; if the engine is down, keep trying in the background."""
+        await self.lifecycle.start()
         try:
             await self._sync()
         except Unavailable as e:
@@ -277,6 +286,7 @@ class BuildManager(LoggingConfigurable):
     async def stop(self) -> None:
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
+        await self.lifecycle.stop()
         for task in (self._reconnect_task, self._images_refresh):
             if task is not None:
                 task.cancel()
@@ -407,6 +417,7 @@ class BuildManager(LoggingConfigurable):
 
         active = self._active.get(image)
         if active is not None:
+            self.lifecycle.touch(image)
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
 
@@ -425,6 +436,7 @@ class BuildManager(LoggingConfigurable):
                 else:
                     # the index is fresh enough unless it does not know this image yet
                     await self._refresh_images(force=image not in self._images)
+                    self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
                     return SubmitResult(image=self._group(owner, name))
             previous_image_id = None if push_only else existing.get("Id")
@@ -441,11 +453,16 @@ class BuildManager(LoggingConfigurable):
                             "refusing to build over it"
                         )
                     await self._refresh_images(force=True)
+                    self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
                     return SubmitResult(image=self._group(owner, name))
 
+        if not push_only:
+            # quotas and the disk guard, before anything is queued (a push adds no image)
+            await self.lifecycle.check_submit(owner, name, image)
         active = self._active.get(image)  # again: another request may have queued it meanwhile
         if active is not None:
+            self.lifecycle.touch(image)
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
         if len(self._queue) >= self.max_queued_builds:
@@ -470,6 +487,7 @@ class BuildManager(LoggingConfigurable):
         self._builds[build.id] = build
         self._active[image] = build
         self._queue.append(build)
+        self.lifecycle.touch(image)
         metrics.SUBMISSIONS.labels("queued").inc()
         self.log.info("Queued build %s: %s@%s (%s) for %s", build.id, repo, ref, sha[:12], owner)
         self._schedule()
@@ -612,6 +630,8 @@ class BuildManager(LoggingConfigurable):
                     await self._push(build)
                 # the index knows the image before anyone hears the build is done
                 await self._refresh_quietly()
+                for line in await self.lifecycle.after_build(build):
+                    build.log.append(build.state.value, line)
                 self._finish(build, exit_code=0)
                 return
             error = f"repo2docker finished but the image {build.image} is not in the Docker engine"
@@ -758,6 +778,13 @@ class BuildManager(LoggingConfigurable):
             del self._builds[build.id]
             task = asyncio.ensure_future(self.builder.forget(build))
             task.add_done_callback(lambda t: t.exception())
+
+    async def forget_build(self, build: Build) -> None:
+        """Drop a finished build from memory and its build container (and log) from Docker."""
+        if not build.done:
+            raise Conflict(f"build {build.id} is {build.state.value}, not finished")
+        self._builds.pop(build.id, None)
+        await self.builder.forget(build)
 
     # ---- builds: queries and cancel ----------------------------------------------------------------
     def get_build(self, build_id: str) -> Build:

@@ -1,0 +1,799 @@
+"""The image lifecycle policy: what the service deletes on its own, and what it refuses to build.
+
+A service that runs for months must bound what accumulates on the Docker engine and in the
+registry. :class:`LifecyclePolicy` (``c.LifecyclePolicy.*``) holds every rule; all of them are off
+by default except two that only remove what nobody can use (untagged images carrying our labels,
+and build containers this service has forgotten):
+
+* **keep_versions** — the newest N versions of each image (owner, name) stay; when a build of a
+  new version succeeds (after its push), older ones are deleted locally and from the registry.
+* **max_unused_days** — a version unused for D days is deleted (see :func:`last_used`).
+* **max_images_per_owner**, **max_bytes_per_owner** — a build that would add an image beyond the
+  owner's limit is refused (409 :class:`~r2d_core.errors.QuotaExceeded`) before it is queued.
+* **min_free_bytes**, **min_free_percent** — the disk guard: with less free space in the engine's
+  data root, new builds are refused (503 :class:`~r2d_core.errors.InsufficientStorage`).
+* pruning — stale build containers, our dangling images and the BuildKit cache beyond
+  **build_cache_max_bytes**, every **prune_interval** seconds and (the cache) after each build.
+
+State stays in memory and in Docker (the service is stateless): "last requested" times live in
+memory only, and after a restart an image's creation time is the floor. Every deletion is logged
+(what, whose, why) and counted in ``r2d_lifecycle_deleted_total{kind,reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Callable, Float, Int, Integer, TraitError, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from . import metrics
+from .errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded, R2DError
+from .models import LABEL_PREFIX, Build, ImageGroup, ImageVersion
+
+if TYPE_CHECKING:
+    from .manager import BuildManager
+
+__all__ = [
+    "ByteSize",
+    "DiskSpace",
+    "LifecyclePolicy",
+    "format_bytes",
+    "last_used",
+    "parse_bytes",
+    "unused_versions",
+    "versions_beyond",
+]
+
+DAY = 86400.0
+#: an exited build container this service does not know is removed only after this long, so a
+#: container another process is still reading (a service restarting) is never taken from it
+ORPHAN_GRACE = 3600.0
+
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """``"10G"`` → 10 GiB. Units K, M, G, T, P are powers of 1024 (as JupyterHub's ``mem_limit``);
+    ``Gi``, ``GB`` and ``GiB`` mean the same. A plain number is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value!r}")
+        return int(value)
+    match = _BYTES_RE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 500M, 10G, 1.5T or a number of bytes)")
+    number, unit, _ = match.groups()
+    return int(float(number) * 1024 ** _UNITS[unit.lower()])
+
+
+def format_bytes(value: int | float) -> str:
+    """``1536`` → ``"1.5 KiB"``: sizes in messages, as ``du -h`` would say them."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ByteSize(Integer):  # type: ignore[type-arg]
+    """An integer number of bytes that also accepts ``"10G"``-style strings (config and CLI)."""
+
+    info_text = "a size in bytes, or a string such as 500M, 10G, 1.5T"
+
+    def validate(self, obj: Any, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = parse_bytes(value)
+            except ValueError as e:
+                raise TraitError(f"{self.name}: {e}") from None
+        return super().validate(obj, value)
+
+    def from_string(self, s: str) -> int:
+        return parse_bytes(s)
+
+
+def _env(name: str, parse: Any, fallback: Any) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return fallback
+    try:
+        return parse(raw)
+    except ValueError:
+        raise TraitError(f"environment variable {name}={raw!r} is not valid") from None
+
+
+def _env_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+# ---- pure rules ----------------------------------------------------------------------------------
+def newest_first(versions: Iterable[ImageVersion]) -> list[ImageVersion]:
+    return sorted(versions, key=lambda v: v.created or 0.0, reverse=True)
+
+
+def versions_beyond(versions: Sequence[ImageVersion], keep: int) -> list[ImageVersion]:
+    """The versions ``keep_versions=keep`` drops: all but the ``keep`` newest (by creation time).
+    ``keep`` 0 keeps everything."""
+    if keep <= 0:
+        return []
+    return newest_first(versions)[keep:]
+
+
+def last_used(version: ImageVersion, requested: Mapping[str, float]) -> float:
+    """When ``version`` was last used, as far as the service can tell: the latest of its creation
+    (build) time and the last time this process saw it requested (built, joined, answered as
+    "exists already") or running in a container. Spawns that pull it straight from the engine or
+    the registry are not seen, except through the containers they run."""
+    return max(version.created or 0.0, requested.get(version.reference, 0.0))
+
+
+def unused_versions(
+    versions: Iterable[ImageVersion], requested: Mapping[str, float], *, now: float, days: float
+) -> list[ImageVersion]:
+    """Versions whose :func:`last_used` is more than ``days`` before ``now`` (0 days: none)."""
+    if days <= 0:
+        return []
+    cutoff = now - days * DAY
+    return [v for v in versions if last_used(v, requested) < cutoff]
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space of the engine's data root, and where the number comes from."""
+
+    free: int
+    total: int | None
+    #: ``statvfs <path>`` or ``estimate`` (data_root_size minus what ``/system/df`` reports)
+    source: str
+
+
+def _df_used(df: Mapping[str, Any]) -> int:
+    """Bytes the engine's objects take according to ``/system/df``."""
+    used = int(df.get("LayersSize") or 0)
+    used += sum(int(c.get("SizeRw") or 0) for c in df.get("Containers") or [])
+    used += sum(int((v.get("UsageData") or {}).get("Size") or 0) for v in df.get("Volumes") or [])
+    used += sum(int(r.get("Size") or 0) for r in df.get("BuildCache") or [] if not r.get("Shared"))
+    return used
+
+
+def build_cache_size(df: Mapping[str, Any]) -> int:
+    """Bytes of BuildKit cache that pruning can free (records shared with images excluded)."""
+    return sum(int(r.get("Size") or 0) for r in df.get("BuildCache") or [] if not r.get("Shared"))
+
+
+class LifecyclePolicy(LoggingConfigurable):
+    """Retention, quotas, the disk guard and pruning (``c.LifecyclePolicy.*``)."""
+
+    # ---- retention ------------------------------------------------------------------------------
+    keep_versions = Int(
+        config=True,
+        help="""Versions kept per image (owner, name), newest first by build time; when a build of
+        a new version succeeds (and after its push), older versions are deleted locally and from
+        the registry. Default 0 (keep all); env ``R2D_KEEP_VERSIONS``.""",
+    )
+
+    @default("keep_versions")
+    def _default_keep_versions(self) -> int:
+        return _env("R2D_KEEP_VERSIONS", int, 0)
+
+    max_unused_days = Float(
+        config=True,
+        help="""Delete versions unused for this many days: not built, requested (a build request
+        answered with it, or joining its build) or running in a container on the engine since.
+        "Last requested" is kept in memory; after a restart the image's build time is the floor,
+        so a restart can only make an image look *older*, never keep one forever. Checked every
+        ``prune_interval``. Default 0 (off); env ``R2D_MAX_UNUSED_DAYS``.""",
+    )
+
+    @default("max_unused_days")
+    def _default_max_unused_days(self) -> float:
+        return _env("R2D_MAX_UNUSED_DAYS", float, 0.0)
+
+    # ---- quotas ---------------------------------------------------------------------------------
+    max_images_per_owner = Int(
+        config=True,
+        help="""Images one owner may have; every built version counts (each is a separate image
+        in Docker and the registry), and so do their builds in progress. A build that would add
+        one more is refused with 409 before it is queued. With ``keep_versions``, a new version
+        of an image at its limit replaces the oldest and adds nothing. Default 0 (no limit); env
+        ``R2D_MAX_IMAGES_PER_OWNER``.""",
+    )
+
+    @default("max_images_per_owner")
+    def _default_max_images(self) -> int:
+        return _env("R2D_MAX_IMAGES_PER_OWNER", int, 0)
+
+    max_bytes_per_owner = ByteSize(
+        config=True,
+        help="""Bytes one owner's images may take (e.g. ``"20G"``), as Docker reports image sizes
+        (layers shared with other images count for each), registry-only versions by their
+        registry size. A new build is refused with 409 while the owner is at or over it (its
+        size is not known before it is built). Default 0 (no limit); env
+        ``R2D_MAX_BYTES_PER_OWNER``.""",
+    )
+
+    @default("max_bytes_per_owner")
+    def _default_max_bytes(self) -> int:
+        return _env("R2D_MAX_BYTES_PER_OWNER", parse_bytes, 0)
+
+    # ---- disk guard -----------------------------------------------------------------------------
+    min_free_bytes = ByteSize(
+        config=True,
+        help="""The disk guard: new builds are refused (503, naming the free space) while the
+        engine's data root has less free space than this (e.g. ``"10G"``; like conda-store's
+        ``storage_threshold``). Requests answered with an existing image still work. Default 0
+        (off); env ``R2D_MIN_FREE_BYTES``.""",
+    )
+
+    @default("min_free_bytes")
+    def _default_min_free_bytes(self) -> int:
+        return _env("R2D_MIN_FREE_BYTES", parse_bytes, 0)
+
+    min_free_percent = Float(
+        config=True,
+        help="""The disk guard as a share of the data root's size (e.g. 10 for 10 %); with
+        ``min_free_bytes`` too, the larger demand holds. Needs the total size: a local path
+        (``data_root_path``) or ``data_root_size``. Default 0 (off); env
+        ``R2D_MIN_FREE_PERCENT``.""",
+    )
+
+    @default("min_free_percent")
+    def _default_min_free_percent(self) -> float:
+        return _env("R2D_MIN_FREE_PERCENT", float, 0.0)
+
+    @validate("min_free_percent")
+    def _check_percent(self, proposal: Any) -> float:
+        if not 0 <= proposal["value"] < 100:
+            raise TraitError(f"min_free_percent must be from 0 to 100, not {proposal['value']}")
+        return proposal["value"]
+
+    data_root_path = Unicode(
+        config=True,
+        help="""A path on the filesystem of the engine's data root, as this process sees it
+        (e.g. ``/var/lib/docker``, or where it is mounted into the service's container); its free
+        space is measured with ``statvfs``. Default empty: the engine's ``DockerRootDir`` when
+        the engine is reached through a local unix socket and that directory exists here (a
+        service on the engine's host, as with TLJH), else ``data_root_size`` gives an estimate.
+        Env ``R2D_DATA_ROOT_PATH``.""",
+    )
+
+    @default("data_root_path")
+    def _default_data_root_path(self) -> str:
+        return os.environ.get("R2D_DATA_ROOT_PATH", "")
+
+    data_root_size = ByteSize(
+        config=True,
+        help="""The size of the engine's data root, for a service that cannot see that filesystem
+        (e.g. z2jh, the engine on a node): free space is then estimated as this minus what the
+        engine's ``/system/df`` reports (images, containers, volumes, build cache). The estimate
+        misses whatever else fills that disk (logs, other programs). Default 0 (no estimate);
+        env ``R2D_DATA_ROOT_SIZE``.""",
+    )
+
+    @default("data_root_size")
+    def _default_data_root_size(self) -> int:
+        return _env("R2D_DATA_ROOT_SIZE", parse_bytes, 0)
+
+    disk_check_ttl = Float(
+        30.0,
+        config=True,
+        help="""Seconds a free-space measurement is reused by the disk guard (``/system/df``
+        is costly on a large engine). Default 30; env ``R2D_DISK_CHECK_TTL``.""",
+    )
+
+    @default("disk_check_ttl")
+    def _default_disk_check_ttl(self) -> float:
+        return _env("R2D_DISK_CHECK_TTL", float, 30.0)
+
+    # ---- pruning --------------------------------------------------------------------------------
+    prune_interval = Float(
+        config=True,
+        help="""Seconds between runs of the periodic lifecycle task (retention, unused versions,
+        stale build containers, dangling images, build cache); the first run comes one interval
+        after the start. 0 turns the periodic task off (the build-time checks stay). Default 3600;
+        env ``R2D_PRUNE_INTERVAL``.""",
+    )
+
+    @default("prune_interval")
+    def _default_prune_interval(self) -> float:
+        return _env("R2D_PRUNE_INTERVAL", float, 3600.0)
+
+    max_build_age_days = Float(
+        config=True,
+        help="""Finished builds older than this many days are forgotten and their build containers
+        (which hold their logs) removed, even within ``BuildManager.build_history``. Default 0
+        (only ``build_history`` bounds them); env ``R2D_MAX_BUILD_AGE_DAYS``.""",
+    )
+
+    @default("max_build_age_days")
+    def _default_max_build_age(self) -> float:
+        return _env("R2D_MAX_BUILD_AGE_DAYS", float, 0.0)
+
+    prune_dangling_images = Bool(
+        config=True,
+        help="""Remove untagged images that carry this service's labels (never anybody else's
+        images on the engine; never one a container uses). Harmless, so on by default; env
+        ``R2D_PRUNE_DANGLING_IMAGES=0`` turns it off.""",
+    )
+
+    @default("prune_dangling_images")
+    def _default_prune_dangling(self) -> bool:
+        return _env("R2D_PRUNE_DANGLING_IMAGES", _env_bool, True)
+
+    build_cache_max_bytes = ByteSize(
+        config=True,
+        help="""Keep at most this much BuildKit cache (e.g. ``"20G"``): beyond it, the engine drops
+        its least recently used cache (``POST /build/prune?keep-storage=N``), after each build and
+        every ``prune_interval``. The cache belongs to the whole engine, so this also prunes
+        cache of builds not made by this service. Default 0 (off); env
+        ``R2D_BUILD_CACHE_MAX_BYTES``.""",
+    )
+
+    @default("build_cache_max_bytes")
+    def _default_build_cache_max(self) -> int:
+        return _env("R2D_BUILD_CACHE_MAX_BYTES", parse_bytes, 0)
+
+    #: the clock (``time.time``); tests move it to make images old
+    now = Callable(time.time)
+
+    #: the :class:`~r2d_core.manager.BuildManager` whose images and builds this policy governs
+    manager = AnyTrait()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._requested: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._space: DiskSpace | None = None
+        self._space_at = -float("inf")
+        self._auto_path: str | None = None
+        self._auto_resolved = False
+        self._warned_unmeasurable = False
+
+    @property
+    def _m(self) -> BuildManager:
+        return self.manager  # type: ignore[no-any-return]
+
+    # ---- start and stop -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.prune_interval > 0 and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._periodic())
+        self.log.info("Lifecycle policy: %s", self.describe())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def describe(self) -> str:
+        """The active rules in one line (logged at start)."""
+        rules = []
+        if self.keep_versions:
+            rules.append(f"keep {self.keep_versions} versions per image")
+        if self.max_unused_days:
+            rules.append(f"drop versions unused for {self.max_unused_days:g} days")
+        if self.max_images_per_owner:
+            rules.append(f"at most {self.max_images_per_owner} images per owner")
+        if self.max_bytes_per_owner:
+            rules.append(f"at most {format_bytes(self.max_bytes_per_owner)} per owner")
+        if self.min_free_bytes or self.min_free_percent:
+            rules.append("disk guard on")
+        if self.build_cache_max_bytes:
+            rules.append(f"build cache at most {format_bytes(self.build_cache_max_bytes)}")
+        if self.prune_interval > 0:
+            rules.append(f"periodic task every {self.prune_interval:g}s")
+        return ", ".join(rules) or "nothing deleted or refused automatically"
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            try:
+                await self.run_once()
+            except Exception:  # the loop must outlive any one failure; the next run tries again
+                self.log.exception("Lifecycle: the periodic task failed")
+
+    # ---- usage ----------------------------------------------------------------------------------
+    def touch(self, reference: str) -> None:
+        """Note that ``reference`` was requested now (built, joined or answered as existing)."""
+        self._requested[reference] = self.now()
+
+    # ---- checks before queueing -----------------------------------------------------------------
+    async def check_submit(self, owner: str, name: str, image: str) -> None:
+        """Refuse a build of ``image`` that would exceed a limit (raises; else returns)."""
+        await self.check_quota(owner, name, image)
+        await self.check_disk()
+
+    async def check_quota(self, owner: str, name: str, image: str) -> None:
+        if not (self.max_images_per_owner or self.max_bytes_per_owner):
+            return
+        groups = await self._m.list_images([owner])
+        versions = [v for g in groups for v in g.versions]
+        known = {v.reference for v in versions}
+        if image in known:
+            return  # a rebuild or push of a version the owner has: nothing is added
+        pending = {
+            b.image
+            for b in self._m.list_builds([owner])
+            if not b.done and b.image not in known and b.image != image
+        }
+        count = len(versions) + len(pending)
+        group = next((g for g in groups if g.name == name), None)
+        if self.keep_versions and group is not None and len(group.versions) >= self.keep_versions:
+            count -= 1  # this build's success removes the oldest version of that image
+        limit = self.max_images_per_owner
+        if limit and count + 1 > limit:
+            metrics.LIFECYCLE_REFUSED.labels("max_images_per_owner").inc()
+            building = f", {len(pending)} of them being built" if pending else ""
+            raise QuotaExceeded(
+                f"{owner} has {count} of {limit} images{building} "
+                "(c.LifecyclePolicy.max_images_per_owner; every version counts); "
+                "delete one first",
+                limit="max_images_per_owner",
+                owner=owner,
+                count=count,
+                maximum=limit,
+            )
+        used = sum(v.size or 0 for v in versions)
+        limit_bytes = self.max_bytes_per_owner
+        if limit_bytes and used >= limit_bytes:
+            metrics.LIFECYCLE_REFUSED.labels("max_bytes_per_owner").inc()
+            raise QuotaExceeded(
+                f"{owner}'s images take {format_bytes(used)} of {format_bytes(limit_bytes)} "
+                "(c.LifecyclePolicy.max_bytes_per_owner); delete some first",
+                limit="max_bytes_per_owner",
+                owner=owner,
+                bytes=used,
+                maximum=limit_bytes,
+            )
+
+    async def check_disk(self) -> None:
+        if not (self.min_free_bytes or self.min_free_percent):
+            return
+        space = await self.disk_space()
+        if space is None:
+            return
+        need, limit = self._needed(space)
+        if space.free >= need:
+            return
+        # what is ours to drop anyway may be enough: prune, then measure again once
+        await self._prune_for_space()
+        space = await self.disk_space(fresh=True) or space
+        need, limit = self._needed(space)
+        if space.free >= need:
+            return
+        metrics.LIFECYCLE_REFUSED.labels(limit).inc()
+        raise InsufficientStorage(
+            f"the Docker engine's data root has {format_bytes(space.free)} free, less than the "
+            f"{format_bytes(need)} c.LifecyclePolicy.{limit} demands; new builds are refused "
+            "until an administrator frees space (delete images, prune the engine)",
+            limit=limit,
+            free_bytes=space.free,
+            min_free_bytes=need,
+        )
+
+    def _needed(self, space: DiskSpace) -> tuple[int, str]:
+        by_percent = (
+            int(space.total * self.min_free_percent / 100)
+            if self.min_free_percent and space.total
+            else 0
+        )
+        if by_percent > self.min_free_bytes:
+            return by_percent, "min_free_percent"
+        return self.min_free_bytes, "min_free_bytes"
+
+    async def _prune_for_space(self) -> None:
+        with contextlib.suppress(R2DError):
+            if self.prune_dangling_images:
+                await self.prune_dangling()
+            if self.build_cache_max_bytes:
+                await self.prune_build_cache()
+
+    async def disk_space(self, fresh: bool = False) -> DiskSpace | None:
+        """Free space of the engine's data root, or None when it cannot be measured here."""
+        if not fresh and time.monotonic() - self._space_at < self.disk_check_ttl:
+            return self._space
+        path = self.data_root_path or await self._auto_data_root()
+        space: DiskSpace | None = None
+        if path:
+            st = await asyncio.to_thread(os.statvfs, path)
+            space = DiskSpace(
+                free=st.f_bavail * st.f_frsize,
+                total=st.f_blocks * st.f_frsize,
+                source=f"statvfs {path}",
+            )
+        elif self.data_root_size:
+            used = _df_used(await self._m.engine.disk_usage())
+            space = DiskSpace(
+                free=max(0, self.data_root_size - used),
+                total=self.data_root_size,
+                source="estimate",
+            )
+        elif not self._warned_unmeasurable:
+            self._warned_unmeasurable = True
+            self.log.warning(
+                "Lifecycle: the disk guard cannot measure the engine's data root from here (no "
+                "local DockerRootDir): set c.LifecyclePolicy.data_root_path to where it is "
+                "mounted, or c.LifecyclePolicy.data_root_size for an estimate; builds are not "
+                "refused for lack of space meanwhile"
+            )
+        if space is not None:
+            metrics.ENGINE_FREE_BYTES.set(space.free)
+        self._space, self._space_at = space, time.monotonic()
+        return space
+
+    async def _auto_data_root(self) -> str | None:
+        if not self._auto_resolved:
+            root = (await self._m.engine.info()).get("DockerRootDir") or ""
+            local = bool(root) and self._m.engine.socket_path is not None
+            local = local and await asyncio.to_thread(os.path.isdir, root)
+            self._auto_path = root if local else None
+            self._auto_resolved = True
+            self.log.info(
+                "Lifecycle: disk guard measures %s",
+                f"statvfs {root}" if local else "nothing local (engine's data root not visible)",
+            )
+        return self._auto_path
+
+    # ---- after a build --------------------------------------------------------------------------
+    async def after_build(self, build: Build) -> list[str]:
+        """Apply the rules a successful build triggers; returns lines for the build's log.
+        Never raises: a lifecycle failure does not fail the build."""
+        self.touch(build.image)
+        lines: list[str] = []
+        try:
+            if self.keep_versions:
+                async with self._lock:
+                    group = await self._group(build.owner, build.name)
+                    if group is not None:
+                        lines += await self._retain(group, keep=build.image)
+            if self.build_cache_max_bytes:
+                await self.prune_build_cache()
+        except R2DError as e:
+            self.log.warning("Lifecycle: after build %s: %s", build.id, e)
+        return lines
+
+    async def _group(self, owner: str, name: str) -> ImageGroup | None:
+        groups = await self._m.list_images([owner])
+        return next((g for g in groups if g.name == name), None)
+
+    async def _retain(self, group: ImageGroup, keep: str | None = None) -> list[str]:
+        lines = []
+        drop = [
+            v for v in versions_beyond(group.versions, self.keep_versions) if v.reference != keep
+        ]
+        if not drop:
+            return lines
+        protected = await self._protected()
+        for version in drop:
+            why = (
+                f"keep_versions={self.keep_versions}: {len(group.versions)} versions of "
+                f"{group.owner}'s image {group.name!r}, this is not among the newest"
+            )
+            if await self._delete(version, "keep_versions", why, protected):
+                lines.append(
+                    f"Deleted older version {version.reference} "
+                    f"(c.LifecyclePolicy.keep_versions = {self.keep_versions})"
+                )
+        return lines
+
+    async def _protected(self) -> dict[str, str]:
+        """Images not to delete now, with why: builds in progress, and images containers use."""
+        protected = {
+            b.image: f"build {b.id} is in progress" for b in self._m.list_builds() if not b.done
+        }
+        with contextlib.suppress(R2DError):
+            by_image = await self._m.engine.containers_by_image()
+            for version in await self._index():
+                for container in by_image.get(version.image_id or "", []):
+                    name = (container.get("Names") or ["?"])[0].lstrip("/")
+                    protected.setdefault(version.reference, f"container {name} uses it")
+                    if container.get("State") == "running":
+                        self.touch(version.reference)  # running is using
+        return protected
+
+    async def _index(self) -> list[ImageVersion]:
+        return [v for g in await self._m.list_images() for v in g.versions]
+
+    async def _delete(
+        self, version: ImageVersion, reason: str, why: str, protected: Mapping[str, str]
+    ) -> bool:
+        if version.reference in protected:
+            self.log.info(
+                "Lifecycle: keeping %s (%s) although %s",
+                version.reference,
+                protected[version.reference],
+                why,
+            )
+            return False
+        try:
+            result = await self._m.delete_image(version.owner, version.name, version.tag)
+        except NotFound:
+            return False  # gone already
+        for error in result["errors"]:
+            self.log.warning(
+                "Lifecycle: could not delete %s %s (%s): %s",
+                error["image"],
+                "from the registry" if error["where"] == "registry" else "locally",
+                reason,
+                error["message"],
+            )
+        if version.reference not in result["deleted"]:
+            return False
+        where = " and ".join(
+            w
+            for w, present in (("locally", version.local), ("in the registry", version.pushed))
+            if present
+        )
+        self.log.info(
+            "Lifecycle: deleted %s's image %s %s (%s)", version.owner, version.reference, where, why
+        )
+        self._requested.pop(version.reference, None)
+        metrics.LIFECYCLE_DELETED.labels("image", reason).inc()
+        if version.size and version.local:
+            metrics.LIFECYCLE_RECLAIMED_BYTES.labels("image").inc(version.size)
+        return True
+
+    # ---- the periodic task ----------------------------------------------------------------------
+    async def run_once(self) -> dict[str, int]:
+        """One pass of every rule; returns how many objects each step deleted. A step whose
+        peer is unreachable is skipped (logged) and the others still run."""
+        report: dict[str, int] = {}
+        steps = (
+            ("keep_versions", self.enforce_retention),
+            ("unused", self.drop_unused),
+            ("build_containers", self.prune_build_containers),
+            ("dangling_images", self.prune_dangling),
+            ("build_cache", self.prune_build_cache),
+        )
+        for name, step in steps:
+            try:
+                report[name] = await step()
+            except R2DError as e:
+                self.log.warning("Lifecycle: %s skipped: %s", name.replace("_", " "), e)
+                report[name] = 0
+        # "last requested" of images that are gone is not needed any more (bounds the dict)
+        with contextlib.suppress(R2DError):
+            known = {v.reference for v in await self._index()}
+            for reference in [r for r in self._requested if r not in known]:
+                del self._requested[reference]
+        return report
+
+    async def enforce_retention(self) -> int:
+        if not self.keep_versions:
+            return 0
+        async with self._lock:
+            deleted = 0
+            for group in await self._m.list_images():
+                deleted += len(await self._retain(group))
+            return deleted
+
+    async def drop_unused(self) -> int:
+        if not self.max_unused_days:
+            return 0
+        async with self._lock:
+            protected = await self._protected()  # also marks images running containers use
+            now = self.now()
+            deleted = 0
+            for group in await self._m.list_images():
+                for version in unused_versions(
+                    group.versions, self._requested, now=now, days=self.max_unused_days
+                ):
+                    idle = (now - last_used(version, self._requested)) / DAY
+                    why = (
+                        f"unused for {idle:.1f} days, more than c.LifecyclePolicy.max_unused_days"
+                        f" = {self.max_unused_days:g}"
+                    )
+                    deleted += await self._delete(version, "unused", why, protected)
+            return deleted
+
+    async def prune_build_containers(self) -> int:
+        """Forget finished builds beyond ``max_build_age_days`` and ``build_history`` (removing
+        their containers), and remove exited build containers this service no longer knows."""
+        now = self.now()
+        deleted = 0
+        done = [b for b in self._m.list_builds() if b.done]  # newest first
+        for index, build in enumerate(done):
+            reason = ""
+            if index >= self._m.build_history:
+                reason = "build_history"
+            elif self.max_build_age_days and (build.finished or build.created) < (
+                now - self.max_build_age_days * DAY
+            ):
+                reason = "max_build_age"
+            if reason:
+                await self._m.forget_build(build)
+                self.log.info(
+                    "Lifecycle: forgot %s's build %s of %s (%s) and removed its container",
+                    build.owner,
+                    build.id,
+                    build.image,
+                    reason,
+                )
+                metrics.LIFECYCLE_DELETED.labels("build_container", reason).inc()
+                deleted += 1
+        known = {b.id for b in self._m.list_builds()}
+        for summary in await self._m.engine.list_build_containers():
+            labels = summary.get("Labels") or {}
+            build_id = labels.get(f"{LABEL_PREFIX}build-id", "")
+            if summary.get("State") == "running" or build_id in known:
+                continue
+            if time.time() - float(summary.get("Created") or 0) < ORPHAN_GRACE:
+                continue
+            await self._m.engine.remove_container(summary["Id"])
+            self.log.info(
+                "Lifecycle: removed build container %s of %s's build %s, which this service no "
+                "longer remembers (orphaned)",
+                summary["Id"][:12],
+                labels.get(f"{LABEL_PREFIX}owner", "?"),
+                build_id,
+            )
+            metrics.LIFECYCLE_DELETED.labels("build_container", "orphaned").inc()
+            deleted += 1
+        return deleted
+
+    async def prune_dangling(self) -> int:
+        """Remove untagged images with our labels (none in use by a container)."""
+        if not self.prune_dangling_images:
+            return 0
+        deleted = 0
+        for image in await self._m.engine.list_dangling_images():
+            try:
+                await self._m.engine.remove_image(image["Id"])
+            except (Conflict, NotFound):
+                continue  # a container uses it, or it went meanwhile
+            labels = image.get("Labels") or {}
+            self.log.info(
+                "Lifecycle: removed untagged image %s of %s's %r (dangling)",
+                image["Id"][7:19],
+                labels.get(f"{LABEL_PREFIX}owner", "?"),
+                labels.get(f"{LABEL_PREFIX}name", "?"),
+            )
+            metrics.LIFECYCLE_DELETED.labels("dangling_image", "dangling").inc()
+            metrics.LIFECYCLE_RECLAIMED_BYTES.labels("dangling_image").inc(
+                int(image.get("Size") or 0)
+            )
+            deleted += 1
+        return deleted
+
+    async def prune_build_cache(self) -> int:
+        """Shrink the BuildKit cache to ``build_cache_max_bytes``; returns cache records dropped."""
+        limit = self.build_cache_max_bytes
+        if not limit:
+            return 0
+        size = build_cache_size(await self._m.engine.disk_usage())
+        if size <= limit:
+            return 0
+        result = await self._m.engine.prune_build_cache(limit)
+        dropped = len(result.get("CachesDeleted") or [])
+        reclaimed = int(result.get("SpaceReclaimed") or 0)
+        self.log.info(
+            "Lifecycle: build cache was %s, more than c.LifecyclePolicy.build_cache_max_bytes = "
+            "%s: pruned %d records, %s freed",
+            format_bytes(size),
+            format_bytes(limit),
+            dropped,
+            format_bytes(reclaimed),
+        )
+        metrics.LIFECYCLE_DELETED.labels("build_cache", "cache_size").inc(dropped)
+        metrics.LIFECYCLE_RECLAIMED_BYTES.labels("build_cache").inc(reclaimed)
+        return dropped
