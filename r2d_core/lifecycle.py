@@ -269,9 +269,10 @@ class LifecyclePolicy(LoggingConfigurable):
         config=True,
         help="""A path on the filesystem of the engine's data root, as this process sees it
         (e.g. ``/var/lib/docker``, or where it is mounted into the service's container); its free
-        space is measured with ``statvfs``. Default empty: the engine's ``DockerRootDir`` when
-        the engine is reached through a local unix socket and that directory exists here (a
-        service on the engine's host, as with TLJH), else ``data_root_size`` gives an estimate.
+        space is measured with ``statvfs``. Default empty: with ``data_root_size`` set, an
+        estimate; else the engine's ``DockerRootDir`` when the engine is reached through a local
+        unix socket and that directory exists here (a service on the engine's host, as with
+        TLJH); else the disk guard cannot measure (a warning says so) and refuses nothing.
         Env ``R2D_DATA_ROOT_PATH``.""",
     )
 
@@ -284,7 +285,8 @@ class LifecyclePolicy(LoggingConfigurable):
         help="""The size of the engine's data root, for a service that cannot see that filesystem
         (e.g. z2jh, the engine on a node): free space is then estimated as this minus what the
         engine's ``/system/df`` reports (images, containers, volumes, build cache). The estimate
-        misses whatever else fills that disk (logs, other programs). Default 0 (no estimate);
+        misses whatever else fills that disk (logs, other programs); ``data_root_path`` wins when
+        both are set. Default 0 (no estimate);
         env ``R2D_DATA_ROOT_SIZE``.""",
     )
 
@@ -512,7 +514,11 @@ class LifecyclePolicy(LoggingConfigurable):
         """Free space of the engine's data root, or None when it cannot be measured here."""
         if not fresh and time.monotonic() - self._space_at < self.disk_check_ttl:
             return self._space
-        path = self.data_root_path or await self._auto_data_root()
+        # an explicit path, else an explicit size (the estimate), else the engine's own root if
+        # this process can see it
+        path = self.data_root_path
+        if not path and not self.data_root_size:
+            path = await self._auto_data_root() or ""
         space: DiskSpace | None = None
         if path:
             st = await asyncio.to_thread(os.statvfs, path)
@@ -589,7 +595,7 @@ class LifecyclePolicy(LoggingConfigurable):
                 f"keep_versions={self.keep_versions}: {len(group.versions)} versions of "
                 f"{group.owner}'s image {group.name!r}, this is not among the newest"
             )
-            if await self._delete(version, "keep_versions", why, protected):
+            if await self._delete(version, "keep_versions", why, protected, lines):
                 lines.append(
                     f"Deleted older version {version.reference} "
                     f"(c.LifecyclePolicy.keep_versions = {self.keep_versions})"
@@ -615,8 +621,15 @@ class LifecyclePolicy(LoggingConfigurable):
         return [v for g in await self._m.list_images() for v in g.versions]
 
     async def _delete(
-        self, version: ImageVersion, reason: str, why: str, protected: Mapping[str, str]
+        self,
+        version: ImageVersion,
+        reason: str,
+        why: str,
+        protected: Mapping[str, str],
+        lines: list[str] | None = None,
     ) -> bool:
+        """Delete one version locally and in the registry; failures are logged (and added to
+        ``lines``, a build's log), never raised."""
         if version.reference in protected:
             self.log.info(
                 "Lifecycle: keeping %s (%s) although %s",
@@ -630,10 +643,13 @@ class LifecyclePolicy(LoggingConfigurable):
         except NotFound:
             return False  # gone already
         for error in result["errors"]:
+            where = "from the registry" if error["where"] == "registry" else "locally"
+            if lines is not None:
+                lines.append(f"Could not delete {error['image']} {where}: {error['message']}")
             self.log.warning(
                 "Lifecycle: could not delete %s %s (%s): %s",
                 error["image"],
-                "from the registry" if error["where"] == "registry" else "locally",
+                where,
                 reason,
                 error["message"],
             )
@@ -654,23 +670,29 @@ class LifecyclePolicy(LoggingConfigurable):
         return True
 
     # ---- the periodic task ----------------------------------------------------------------------
-    async def run_once(self) -> dict[str, int]:
-        """One pass of every rule; returns how many objects each step deleted. A step whose
-        peer is unreachable is skipped (logged) and the others still run."""
+    async def run_once(self, owners: Iterable[str] | None = None) -> dict[str, int]:
+        """One pass of every rule; returns how many objects each step deleted. ``owners`` limits
+        it to those owners' images and builds (the BuildKit cache is the engine's, not an
+        owner's). A step whose peer is unreachable is skipped (logged); the others still run."""
+        owner_set = set(owners) if owners is not None else None
         report: dict[str, int] = {}
         steps = (
             ("keep_versions", self.enforce_retention),
             ("unused", self.drop_unused),
             ("build_containers", self.prune_build_containers),
             ("dangling_images", self.prune_dangling),
-            ("build_cache", self.prune_build_cache),
         )
         for name, step in steps:
             try:
-                report[name] = await step()
+                report[name] = await step(owner_set)
             except R2DError as e:
                 self.log.warning("Lifecycle: %s skipped: %s", name.replace("_", " "), e)
                 report[name] = 0
+        try:
+            report["build_cache"] = await self.prune_build_cache()
+        except R2DError as e:
+            self.log.warning("Lifecycle: build cache skipped: %s", e)
+            report["build_cache"] = 0
         # "last requested" of images that are gone is not needed any more (bounds the dict)
         with contextlib.suppress(R2DError):
             known = {v.reference for v in await self._index()}
@@ -678,23 +700,25 @@ class LifecyclePolicy(LoggingConfigurable):
                 del self._requested[reference]
         return report
 
-    async def enforce_retention(self) -> int:
+    async def enforce_retention(self, owners: Iterable[str] | None = None) -> int:
+        """Apply ``keep_versions`` to every image (of ``owners``)."""
         if not self.keep_versions:
             return 0
         async with self._lock:
             deleted = 0
-            for group in await self._m.list_images():
+            for group in await self._m.list_images(owners):
                 deleted += len(await self._retain(group))
             return deleted
 
-    async def drop_unused(self) -> int:
+    async def drop_unused(self, owners: Iterable[str] | None = None) -> int:
+        """Delete versions (of ``owners``) unused for ``max_unused_days``."""
         if not self.max_unused_days:
             return 0
         async with self._lock:
             protected = await self._protected()  # also marks images running containers use
             now = self.now()
             deleted = 0
-            for group in await self._m.list_images():
+            for group in await self._m.list_images(owners):
                 for version in unused_versions(
                     group.versions, self._requested, now=now, days=self.max_unused_days
                 ):
@@ -706,13 +730,17 @@ class LifecyclePolicy(LoggingConfigurable):
                     deleted += await self._delete(version, "unused", why, protected)
             return deleted
 
-    async def prune_build_containers(self) -> int:
+    async def prune_build_containers(self, owners: Iterable[str] | None = None) -> int:
         """Forget finished builds beyond ``max_build_age_days`` and ``build_history`` (removing
-        their containers), and remove exited build containers this service no longer knows."""
+        their containers), and remove exited build containers this service no longer knows
+        (after :data:`ORPHAN_GRACE`)."""
+        owner_set = set(owners) if owners is not None else None
         now = self.now()
         deleted = 0
         done = [b for b in self._m.list_builds() if b.done]  # newest first
         for index, build in enumerate(done):
+            if owner_set is not None and build.owner not in owner_set:
+                continue
             reason = ""
             if index >= self._m.build_history:
                 reason = "build_history"
@@ -735,37 +763,44 @@ class LifecyclePolicy(LoggingConfigurable):
         for summary in await self._m.engine.list_build_containers():
             labels = summary.get("Labels") or {}
             build_id = labels.get(f"{LABEL_PREFIX}build-id", "")
+            owner = labels.get(f"{LABEL_PREFIX}owner", "")
             if summary.get("State") == "running" or build_id in known:
                 continue
-            if time.time() - float(summary.get("Created") or 0) < ORPHAN_GRACE:
+            if owner_set is not None and owner not in owner_set:
+                continue
+            if now - float(summary.get("Created") or 0) < ORPHAN_GRACE:
                 continue
             await self._m.engine.remove_container(summary["Id"])
             self.log.info(
                 "Lifecycle: removed build container %s of %s's build %s, which this service no "
                 "longer remembers (orphaned)",
                 summary["Id"][:12],
-                labels.get(f"{LABEL_PREFIX}owner", "?"),
+                owner or "?",
                 build_id,
             )
             metrics.LIFECYCLE_DELETED.labels("build_container", "orphaned").inc()
             deleted += 1
         return deleted
 
-    async def prune_dangling(self) -> int:
-        """Remove untagged images with our labels (none in use by a container)."""
+    async def prune_dangling(self, owners: Iterable[str] | None = None) -> int:
+        """Remove untagged images with our labels (of ``owners``; none a container uses)."""
         if not self.prune_dangling_images:
             return 0
+        owner_set = set(owners) if owners is not None else None
         deleted = 0
         for image in await self._m.engine.list_dangling_images():
+            labels = image.get("Labels") or {}
+            owner = labels.get(f"{LABEL_PREFIX}owner", "")
+            if owner_set is not None and owner not in owner_set:
+                continue
             try:
                 await self._m.engine.remove_image(image["Id"])
             except (Conflict, NotFound):
                 continue  # a container uses it, or it went meanwhile
-            labels = image.get("Labels") or {}
             self.log.info(
                 "Lifecycle: removed untagged image %s of %s's %r (dangling)",
                 image["Id"][7:19],
-                labels.get(f"{LABEL_PREFIX}owner", "?"),
+                owner,
                 labels.get(f"{LABEL_PREFIX}name", "?"),
             )
             metrics.LIFECYCLE_DELETED.labels("dangling_image", "dangling").inc()
