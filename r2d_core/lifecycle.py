@@ -362,6 +362,7 @@ class LifecyclePolicy(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._requested: dict[str, float] = {}
+        self._pending: set[asyncio.Task[list[str]]] = set()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._space: DiskSpace | None = None
@@ -381,6 +382,8 @@ class LifecyclePolicy(LoggingConfigurable):
         self.log.info("Lifecycle policy: %s", self.describe())
 
     async def stop(self) -> None:
+        for pending in list(self._pending):
+            pending.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -420,12 +423,13 @@ class LifecyclePolicy(LoggingConfigurable):
         self._requested[reference] = self.now()
 
     # ---- checks before queueing -----------------------------------------------------------------
-    async def check_submit(self, owner: str, name: str, image: str) -> None:
-        """Refuse a build of ``image`` that would exceed a limit (raises; else returns)."""
-        await self.check_quota(owner, name, image)
+    async def check_submit(self, owner: str, image: str) -> None:
+        """Refuse a new build of ``image`` for ``owner`` that would exceed a limit (raises
+        :class:`QuotaExceeded` or :class:`InsufficientStorage`; else returns)."""
+        await self.check_quota(owner, image)
         await self.check_disk()
 
-    async def check_quota(self, owner: str, name: str, image: str) -> None:
+    async def check_quota(self, owner: str, image: str) -> None:
         if not (self.max_images_per_owner or self.max_bytes_per_owner):
             return
         groups = await self._m.list_images([owner])
@@ -439,7 +443,8 @@ class LifecyclePolicy(LoggingConfigurable):
             if not b.done and b.image not in known and b.image != image
         }
         count = len(versions) + len(pending)
-        group = next((g for g in groups if g.name == name), None)
+        repository = image.rsplit(":", 1)[0]
+        group = next((g for g in groups if g.repository == repository), None)
         if self.keep_versions and group is not None and len(group.versions) >= self.keep_versions:
             count -= 1  # this build's success removes the oldest version of that image
         limit = self.max_images_per_owner
@@ -561,9 +566,22 @@ class LifecyclePolicy(LoggingConfigurable):
         return self._auto_path
 
     # ---- after a build --------------------------------------------------------------------------
+    def build_done(self, build: Build) -> None:
+        """``build`` ended built: apply :meth:`after_build` in a task (the manager's hook must
+        not block); :meth:`settle` waits for such tasks."""
+        task = asyncio.create_task(self.after_build(build))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle(self) -> None:
+        """Wait until the work started by finished builds is done."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
     async def after_build(self, build: Build) -> list[str]:
-        """Apply the rules a successful build triggers; returns lines for the build's log.
-        Never raises: a lifecycle failure does not fail the build."""
+        """Apply the rules a successful build triggers: ``keep_versions`` for its image, the build
+        cache limit. Returns what it did, one line each; never raises (a lifecycle failure does
+        not concern the build, which is done already)."""
         self.touch(build.image)
         lines: list[str] = []
         try:

@@ -4,6 +4,7 @@ pruning of build containers, dangling images and the BuildKit cache. Pure rules 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -138,6 +139,7 @@ async def build(m: BuildManager, git_server, owner: str, ref: str, name: str = "
     assert result.build is not None, result
     await wait_done(result.build)
     assert result.build.state == BuildState.BUILT, (result.build.error, messages(result.build))
+    await m.lifecycle.settle()  # what the build's success set off (retention, cache) is done
     return result.build
 
 
@@ -161,8 +163,9 @@ def registry_no_delete():
 @pytest.mark.docker
 @pytest.mark.registry
 async def test_keep_versions_removes_the_oldest_locally_and_in_the_registry(
-    lifecycle_manager, git_server, docker_host
+    lifecycle_manager, git_server, docker_host, caplog
 ):
+    caplog.set_level(logging.INFO)
     require_registry_binary()
     registry = RegistryServer("anonymous")
     registry.start()
@@ -176,7 +179,11 @@ async def test_keep_versions_removes_the_oldest_locally_and_in_the_registry(
         assert set(await m.registry.client().tags(path)) == {v1.sha, v2.sha}
 
         v3 = await build(m, git_server, "keeper", "main", push=True)
-        assert any(f"Deleted older version {v1.image}" in line for line in messages(v3))
+        deleted = [r.getMessage() for r in caplog.records if "Lifecycle: deleted" in r.getMessage()]
+        assert deleted == [
+            f"Lifecycle: deleted keeper's image {v1.image} locally and in the registry "
+            "(keep_versions=2: 3 versions of keeper's image 'img', this is not among the newest)"
+        ]
         [group] = await m.list_images(["keeper"])
         assert [v.tag for v in group.versions] == [v3.sha, v2.sha]
         assert await inspect(docker_host, v1.image) is None
@@ -193,13 +200,14 @@ async def test_keep_versions_removes_the_oldest_locally_and_in_the_registry(
 @pytest.mark.docker
 @pytest.mark.registry
 async def test_keep_versions_warns_when_the_registry_refuses_deletes(
-    lifecycle_manager, git_server, docker_host, registry_no_delete
+    lifecycle_manager, git_server, docker_host, registry_no_delete, caplog
 ):
+    caplog.set_level(logging.INFO)
     m = await lifecycle_manager(registry=registry_no_delete, keep_versions=1)
     v1 = await build(m, git_server, "nodelete", "v1", push=True)
-    v2 = await build(m, git_server, "nodelete", "v2", push=True)
-    log = "\n".join(messages(v2))
-    assert f"Could not delete {v1.image} from the registry" in log
+    await build(m, git_server, "nodelete", "v2", push=True)
+    log = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"Lifecycle: could not delete {v1.image} from the registry (keep_versions)" in log
     assert "storage.delete.enabled" in log  # the message says how to fix it
     assert await inspect(docker_host, v1.image) is None  # local deletion still happened
     [group] = await m.list_images(["nodelete"])
@@ -235,6 +243,7 @@ async def test_per_owner_image_limit_refuses_before_queueing(lifecycle_manager, 
     third = (await m.submit(repo=repo, ref="main", owner="quota-a", name="q")).build
     assert third is not None
     await wait_done(third)
+    await m.lifecycle.settle()
     assert [v.reference for v in (await m.get_image("quota-a", "q")).versions] == [
         third.image,
         second.image,
