@@ -25,103 +25,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Callable, Float, Int, Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Callable, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import metrics
+from .diskspace import DiskSpace, build_cache_size, estimate_space, statvfs_space
 from .errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded, R2DError
 from .models import LABEL_PREFIX, Build, ImageGroup, ImageVersion
+from .sizes import ByteSize, env_bool, env_value, format_bytes, parse_bytes
 
 if TYPE_CHECKING:
     from .manager import BuildManager
 
-__all__ = [
-    "ByteSize",
-    "DiskSpace",
-    "LifecyclePolicy",
-    "format_bytes",
-    "last_used",
-    "parse_bytes",
-    "unused_versions",
-    "versions_beyond",
-]
+__all__ = ["LifecyclePolicy", "last_used", "newest_first", "unused_versions", "versions_beyond"]
 
 DAY = 86400.0
 #: an exited build container this service does not know is removed only after this long, so a
 #: container another process is still reading (a service restarting) is never taken from it
 ORPHAN_GRACE = 3600.0
-
-_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
-def parse_bytes(value: str | int | float) -> int:
-    """``"10G"`` → 10 GiB. Units K, M, G, T, P are powers of 1024 (as JupyterHub's ``mem_limit``);
-    ``Gi``, ``GB`` and ``GiB`` mean the same. A plain number is bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value!r}")
-        return int(value)
-    match = _BYTES_RE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (use e.g. 500M, 10G, 1.5T or a number of bytes)")
-    number, unit, _ = match.groups()
-    return int(float(number) * 1024 ** _UNITS[unit.lower()])
-
-
-def format_bytes(value: int | float) -> str:
-    """``1536`` → ``"1.5 KiB"``: sizes in messages, as ``du -h`` would say them."""
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-class ByteSize(Integer):  # type: ignore[type-arg]
-    """An integer number of bytes that also accepts ``"10G"``-style strings (config and CLI)."""
-
-    info_text = "a size in bytes, or a string such as 500M, 10G, 1.5T"
-
-    def validate(self, obj: Any, value: Any) -> int:
-        if isinstance(value, str):
-            try:
-                value = parse_bytes(value)
-            except ValueError as e:
-                raise TraitError(f"{self.name}: {e}") from None
-        return super().validate(obj, value)
-
-    def from_string(self, s: str) -> int:
-        return parse_bytes(s)
-
-
-def _env(name: str, parse: Any, fallback: Any) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return fallback
-    try:
-        return parse(raw)
-    except ValueError:
-        raise TraitError(f"environment variable {name}={raw!r} is not valid") from None
-
-
-def _env_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
 
 
 # ---- pure rules ----------------------------------------------------------------------------------
@@ -155,30 +81,6 @@ def unused_versions(
     return [v for v in versions if last_used(v, requested) < cutoff]
 
 
-@dataclass(frozen=True)
-class DiskSpace:
-    """Free space of the engine's data root, and where the number comes from."""
-
-    free: int
-    total: int | None
-    #: ``statvfs <path>`` or ``estimate`` (data_root_size minus what ``/system/df`` reports)
-    source: str
-
-
-def _df_used(df: Mapping[str, Any]) -> int:
-    """Bytes the engine's objects take according to ``/system/df``."""
-    used = int(df.get("LayersSize") or 0)
-    used += sum(int(c.get("SizeRw") or 0) for c in df.get("Containers") or [])
-    used += sum(int((v.get("UsageData") or {}).get("Size") or 0) for v in df.get("Volumes") or [])
-    used += sum(int(r.get("Size") or 0) for r in df.get("BuildCache") or [] if not r.get("Shared"))
-    return used
-
-
-def build_cache_size(df: Mapping[str, Any]) -> int:
-    """Bytes of BuildKit cache that pruning can free (records shared with images excluded)."""
-    return sum(int(r.get("Size") or 0) for r in df.get("BuildCache") or [] if not r.get("Shared"))
-
-
 class LifecyclePolicy(LoggingConfigurable):
     """Retention, quotas, the disk guard and pruning (``c.LifecyclePolicy.*``)."""
 
@@ -192,7 +94,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("keep_versions")
     def _default_keep_versions(self) -> int:
-        return _env("R2D_KEEP_VERSIONS", int, 0)
+        return env_value("R2D_KEEP_VERSIONS", int, 0)
 
     max_unused_days = Float(
         config=True,
@@ -205,7 +107,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("max_unused_days")
     def _default_max_unused_days(self) -> float:
-        return _env("R2D_MAX_UNUSED_DAYS", float, 0.0)
+        return env_value("R2D_MAX_UNUSED_DAYS", float, 0.0)
 
     # ---- quotas ---------------------------------------------------------------------------------
     max_images_per_owner = Int(
@@ -219,7 +121,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("max_images_per_owner")
     def _default_max_images(self) -> int:
-        return _env("R2D_MAX_IMAGES_PER_OWNER", int, 0)
+        return env_value("R2D_MAX_IMAGES_PER_OWNER", int, 0)
 
     max_bytes_per_owner = ByteSize(
         config=True,
@@ -232,7 +134,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("max_bytes_per_owner")
     def _default_max_bytes(self) -> int:
-        return _env("R2D_MAX_BYTES_PER_OWNER", parse_bytes, 0)
+        return env_value("R2D_MAX_BYTES_PER_OWNER", parse_bytes, 0)
 
     # ---- disk guard -----------------------------------------------------------------------------
     min_free_bytes = ByteSize(
@@ -245,7 +147,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("min_free_bytes")
     def _default_min_free_bytes(self) -> int:
-        return _env("R2D_MIN_FREE_BYTES", parse_bytes, 0)
+        return env_value("R2D_MIN_FREE_BYTES", parse_bytes, 0)
 
     min_free_percent = Float(
         config=True,
@@ -257,7 +159,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("min_free_percent")
     def _default_min_free_percent(self) -> float:
-        return _env("R2D_MIN_FREE_PERCENT", float, 0.0)
+        return env_value("R2D_MIN_FREE_PERCENT", float, 0.0)
 
     @validate("min_free_percent")
     def _check_percent(self, proposal: Any) -> float:
@@ -292,7 +194,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("data_root_size")
     def _default_data_root_size(self) -> int:
-        return _env("R2D_DATA_ROOT_SIZE", parse_bytes, 0)
+        return env_value("R2D_DATA_ROOT_SIZE", parse_bytes, 0)
 
     disk_check_ttl = Float(
         30.0,
@@ -303,7 +205,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("disk_check_ttl")
     def _default_disk_check_ttl(self) -> float:
-        return _env("R2D_DISK_CHECK_TTL", float, 30.0)
+        return env_value("R2D_DISK_CHECK_TTL", float, 30.0)
 
     # ---- pruning --------------------------------------------------------------------------------
     prune_interval = Float(
@@ -316,7 +218,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("prune_interval")
     def _default_prune_interval(self) -> float:
-        return _env("R2D_PRUNE_INTERVAL", float, 3600.0)
+        return env_value("R2D_PRUNE_INTERVAL", float, 3600.0)
 
     max_build_age_days = Float(
         config=True,
@@ -327,7 +229,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("max_build_age_days")
     def _default_max_build_age(self) -> float:
-        return _env("R2D_MAX_BUILD_AGE_DAYS", float, 0.0)
+        return env_value("R2D_MAX_BUILD_AGE_DAYS", float, 0.0)
 
     prune_dangling_images = Bool(
         config=True,
@@ -338,7 +240,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("prune_dangling_images")
     def _default_prune_dangling(self) -> bool:
-        return _env("R2D_PRUNE_DANGLING_IMAGES", _env_bool, True)
+        return env_value("R2D_PRUNE_DANGLING_IMAGES", env_bool, True)
 
     build_cache_max_bytes = ByteSize(
         config=True,
@@ -351,7 +253,7 @@ class LifecyclePolicy(LoggingConfigurable):
 
     @default("build_cache_max_bytes")
     def _default_build_cache_max(self) -> int:
-        return _env("R2D_BUILD_CACHE_MAX_BYTES", parse_bytes, 0)
+        return env_value("R2D_BUILD_CACHE_MAX_BYTES", parse_bytes, 0)
 
     #: the clock (``time.time``); tests move it to make images old
     now = Callable(time.time)
@@ -526,19 +428,9 @@ class LifecyclePolicy(LoggingConfigurable):
             path = await self._auto_data_root() or ""
         space: DiskSpace | None = None
         if path:
-            st = await asyncio.to_thread(os.statvfs, path)
-            space = DiskSpace(
-                free=st.f_bavail * st.f_frsize,
-                total=st.f_blocks * st.f_frsize,
-                source=f"statvfs {path}",
-            )
+            space = await asyncio.to_thread(statvfs_space, path)
         elif self.data_root_size:
-            used = _df_used(await self._m.engine.disk_usage())
-            space = DiskSpace(
-                free=max(0, self.data_root_size - used),
-                total=self.data_root_size,
-                source="estimate",
-            )
+            space = estimate_space(self.data_root_size, await self._m.engine.disk_usage())
         elif not self._warned_unmeasurable:
             self._warned_unmeasurable = True
             self.log.warning(

@@ -12,20 +12,13 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from r2d_core.builders import DockerBuilder
+from r2d_core.diskspace import build_cache_size, engine_usage
 from r2d_core.engine import DockerEngine
 from r2d_core.errors import InsufficientStorage, QuotaExceeded, http_status
-from r2d_core.lifecycle import (
-    DAY,
-    LifecyclePolicy,
-    build_cache_size,
-    format_bytes,
-    last_used,
-    parse_bytes,
-    unused_versions,
-    versions_beyond,
-)
+from r2d_core.lifecycle import DAY, LifecyclePolicy, last_used, unused_versions, versions_beyond
 from r2d_core.manager import BuildManager
 from r2d_core.models import LABEL_PREFIX, BuildState, ImageVersion
+from r2d_core.sizes import format_bytes, parse_bytes
 from tests.harness.registry import RegistryServer
 from tests.registry_fixtures import require_registry_binary
 from tests.test_manager import make_config, messages, wait_done
@@ -94,9 +87,15 @@ def test_unused_means_neither_built_nor_requested_since():
     assert unused_versions([old], {}, now=now, days=0) == []
 
 
-def test_build_cache_size_counts_what_pruning_can_free():
+def test_engine_usage_and_build_cache_count_what_pruning_can_free():
     df = {"BuildCache": [{"Size": 10, "Shared": True}, {"Size": 5}, {"Size": 7, "Shared": False}]}
     assert build_cache_size(df) == 12
+    df |= {
+        "LayersSize": 100,
+        "Containers": [{"SizeRw": 3}, {}],
+        "Volumes": [{"UsageData": {"Size": 20}}, {"UsageData": None}],
+    }
+    assert engine_usage(df) == 100 + 3 + 20 + 12
 
 
 def test_errors_map_to_their_statuses():
