@@ -33,10 +33,10 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Callable, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from . import metrics
-from .diskspace import DiskSpace, build_cache_size, estimate_space, statvfs_space
-from .errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded, R2DError
-from .models import LABEL_PREFIX, Build, ImageGroup, ImageVersion
+from . import metrics, pruning
+from .diskspace import DiskSpace, estimate_space, statvfs_space
+from .errors import InsufficientStorage, NotFound, QuotaExceeded, R2DError
+from .models import Build, ImageGroup, ImageVersion
 from .sizes import ByteSize, env_bool, env_value, format_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["LifecyclePolicy", "last_used", "newest_first", "unused_versions", "versions_beyond"]
 
 DAY = 86400.0
-#: an exited build container this service does not know is removed only after this long, so a
-#: container another process is still reading (a service restarting) is never taken from it
-ORPHAN_GRACE = 3600.0
 
 
 # ---- pure rules ----------------------------------------------------------------------------------
@@ -642,103 +639,25 @@ class LifecyclePolicy(LoggingConfigurable):
 
     async def prune_build_containers(self, owners: Iterable[str] | None = None) -> int:
         """Forget finished builds beyond ``max_build_age_days`` and ``build_history`` (removing
-        their containers), and remove exited build containers this service no longer knows
-        (after :data:`ORPHAN_GRACE`)."""
-        owner_set = set(owners) if owners is not None else None
-        now = self.now()
-        deleted = 0
-        done = [b for b in self._m.list_builds() if b.done]  # newest first
-        for index, build in enumerate(done):
-            if owner_set is not None and build.owner not in owner_set:
-                continue
-            reason = ""
-            if index >= self._m.build_history:
-                reason = "build_history"
-            elif self.max_build_age_days and (build.finished or build.created) < (
-                now - self.max_build_age_days * DAY
-            ):
-                reason = "max_build_age"
-            if reason:
-                await self._m.forget_build(build)
-                self.log.info(
-                    "Lifecycle: forgot %s's build %s of %s (%s) and removed its container",
-                    build.owner,
-                    build.id,
-                    build.image,
-                    reason,
-                )
-                metrics.LIFECYCLE_DELETED.labels("build_container", reason).inc()
-                deleted += 1
-        known = {b.id for b in self._m.list_builds()}
-        for summary in await self._m.engine.list_build_containers():
-            labels = summary.get("Labels") or {}
-            build_id = labels.get(f"{LABEL_PREFIX}build-id", "")
-            owner = labels.get(f"{LABEL_PREFIX}owner", "")
-            if summary.get("State") == "running" or build_id in known:
-                continue
-            if owner_set is not None and owner not in owner_set:
-                continue
-            if now - float(summary.get("Created") or 0) < ORPHAN_GRACE:
-                continue
-            await self._m.engine.remove_container(summary["Id"])
-            self.log.info(
-                "Lifecycle: removed build container %s of %s's build %s, which this service no "
-                "longer remembers (orphaned)",
-                summary["Id"][:12],
-                owner or "?",
-                build_id,
-            )
-            metrics.LIFECYCLE_DELETED.labels("build_container", "orphaned").inc()
-            deleted += 1
-        return deleted
+        their containers), and remove exited build containers this service no longer knows."""
+        return await pruning.prune_build_containers(
+            self._m,
+            self.log,
+            now=self.now(),
+            max_age=self.max_build_age_days * DAY,
+            owners=owners,
+        )
 
     async def prune_dangling(self, owners: Iterable[str] | None = None) -> int:
         """Remove untagged images with our labels (of ``owners``; none a container uses)."""
         if not self.prune_dangling_images:
             return 0
-        owner_set = set(owners) if owners is not None else None
-        deleted = 0
-        for image in await self._m.engine.list_dangling_images():
-            labels = image.get("Labels") or {}
-            owner = labels.get(f"{LABEL_PREFIX}owner", "")
-            if owner_set is not None and owner not in owner_set:
-                continue
-            try:
-                await self._m.engine.remove_image(image["Id"])
-            except (Conflict, NotFound):
-                continue  # a container uses it, or it went meanwhile
-            self.log.info(
-                "Lifecycle: removed untagged image %s of %s's %r (dangling)",
-                image["Id"][7:19],
-                owner,
-                labels.get(f"{LABEL_PREFIX}name", "?"),
-            )
-            metrics.LIFECYCLE_DELETED.labels("dangling_image", "dangling").inc()
-            metrics.LIFECYCLE_RECLAIMED_BYTES.labels("dangling_image").inc(
-                int(image.get("Size") or 0)
-            )
-            deleted += 1
-        return deleted
+        return await pruning.prune_dangling_images(self._m.engine, self.log, owners=owners)
 
     async def prune_build_cache(self) -> int:
         """Shrink the BuildKit cache to ``build_cache_max_bytes``; returns cache records dropped."""
-        limit = self.build_cache_max_bytes
-        if not limit:
+        if not self.build_cache_max_bytes:
             return 0
-        size = build_cache_size(await self._m.engine.disk_usage())
-        if size <= limit:
-            return 0
-        result = await self._m.engine.prune_build_cache(limit)
-        dropped = len(result.get("CachesDeleted") or [])
-        reclaimed = int(result.get("SpaceReclaimed") or 0)
-        self.log.info(
-            "Lifecycle: build cache was %s, more than c.LifecyclePolicy.build_cache_max_bytes = "
-            "%s: pruned %d records, %s freed",
-            format_bytes(size),
-            format_bytes(limit),
-            dropped,
-            format_bytes(reclaimed),
+        return await pruning.prune_build_cache(
+            self._m.engine, self.log, limit=self.build_cache_max_bytes
         )
-        metrics.LIFECYCLE_DELETED.labels("build_cache", "cache_size").inc(dropped)
-        metrics.LIFECYCLE_RECLAIMED_BYTES.labels("build_cache").inc(reclaimed)
-        return dropped
