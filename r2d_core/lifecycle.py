@@ -325,8 +325,10 @@ class LifecyclePolicy(LoggingConfigurable):
     async def check_submit(self, owner: str, image: str) -> None:
         """Refuse a new build of ``image`` for ``owner`` that would exceed a limit (raises
         :class:`QuotaExceeded` or :class:`InsufficientStorage`; else returns)."""
-        await self.check_quota(owner, image)
         await self.check_disk()
+        # last, and with no await between its count and the manager's enqueue: two requests at
+        # once cannot both take the owner's last free place
+        await self.check_quota(owner, image)
 
     async def check_quota(self, owner: str, image: str) -> None:
         if not (self.max_images_per_owner or self.max_bytes_per_owner):

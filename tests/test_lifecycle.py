@@ -4,6 +4,7 @@ pruning of build containers, dangling images and the BuildKit cache. Pure rules 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -402,3 +403,19 @@ async def test_old_builds_are_forgotten_with_their_containers(
     assert dockerd.docker("inspect", container, check=False).returncode != 0
     # the image itself stays: only the build (and its log) went
     assert (await m.get_image("aged", "img")).versions[0].reference == done.image
+
+
+@pytest.mark.docker
+async def test_two_requests_at_once_cannot_both_take_the_last_place(lifecycle_manager, git_server):
+    m = await lifecycle_manager(max_images_per_owner=1)
+    repo = git_server.url("hello")
+    results = await asyncio.gather(
+        m.submit(repo=repo, ref="v1", owner="racer", name="a"),
+        m.submit(repo=repo, ref="v2", owner="racer", name="b"),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    queued = [r.build for r in results if not isinstance(r, BaseException)]
+    assert len(refused) == 1 and len(queued) == 1, results
+    assert "racer has 1 of 1 images, 1 of them being built" in str(refused[0])
+    await m.cancel(queued[0].id)
