@@ -419,3 +419,24 @@ async def test_two_requests_at_once_cannot_both_take_the_last_place(lifecycle_ma
     assert len(refused) == 1 and len(queued) == 1, results
     assert "racer has 1 of 1 images, 1 of them being built" in str(refused[0])
     await m.cancel(queued[0].id)
+
+
+@pytest.mark.docker
+async def test_the_periodic_task_runs_every_prune_interval(
+    lifecycle_manager, dockerd, local_images
+):
+    # only a rule that touches nothing but our own garbage: the engine is the session's
+    m = await lifecycle_manager(prune_interval=0.3)
+    dockerd.docker("create", "--name", "r2d-periodic-src", local_images["busybox"], "true")
+    try:
+        dangling = dockerd.docker(
+            "commit", "--change", f"LABEL {LABEL_PREFIX}owner=periodic", "r2d-periodic-src"
+        ).stdout.strip()
+    finally:
+        dockerd.docker("rm", "r2d-periodic-src")
+    deadline = time.monotonic() + 30
+    while dockerd.docker("image", "inspect", dangling, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the periodic task never pruned the dangling image"
+        await asyncio.sleep(0.2)
+    await m.stop()
+    assert m.lifecycle._task is None  # stopped with the manager
