@@ -268,7 +268,7 @@ class LifecyclePolicy(LoggingConfigurable):
         self._space_at = -float("inf")
         self._auto_path: str | None = None
         self._auto_resolved = False
-        self._warned_unmeasurable = False
+        self._unmeasurable = ""
 
     @property
     def _m(self) -> BuildManager:
@@ -426,17 +426,25 @@ class LifecyclePolicy(LoggingConfigurable):
         if not path and not self.data_root_size:
             path = await self._auto_data_root() or ""
         space: DiskSpace | None = None
+        problem = ""
         if path:
-            space = await asyncio.to_thread(statvfs_space, path)
+            try:
+                space = await asyncio.to_thread(statvfs_space, path)
+            except OSError as e:  # a wrong data_root_path must not turn build requests into 500s
+                problem = f"statvfs {path} failed ({e.strerror or e}): fix c.LifecyclePolicy.data_root_path"
         elif self.data_root_size:
             space = estimate_space(self.data_root_size, await self._m.engine.disk_usage())
-        elif not self._warned_unmeasurable:
-            self._warned_unmeasurable = True
+        else:
+            problem = (
+                "no local DockerRootDir: set c.LifecyclePolicy.data_root_path to where it is "
+                "mounted, or c.LifecyclePolicy.data_root_size for an estimate"
+            )
+        if problem and problem != self._unmeasurable:
+            self._unmeasurable = problem  # warned once per cause, not at every request
             self.log.warning(
-                "Lifecycle: the disk guard cannot measure the engine's data root from here (no "
-                "local DockerRootDir): set c.LifecyclePolicy.data_root_path to where it is "
-                "mounted, or c.LifecyclePolicy.data_root_size for an estimate; builds are not "
-                "refused for lack of space meanwhile"
+                "Lifecycle: the disk guard cannot measure the engine's data root (%s); builds are "
+                "not refused for lack of space meanwhile",
+                problem,
             )
         if space is not None:
             metrics.ENGINE_FREE_BYTES.set(space.free)

@@ -440,3 +440,17 @@ async def test_the_periodic_task_runs_every_prune_interval(
         await asyncio.sleep(0.2)
     await m.stop()
     assert m.lifecycle._task is None  # stopped with the manager
+
+
+@pytest.mark.docker
+async def test_a_wrong_data_root_path_warns_and_refuses_nothing(
+    lifecycle_manager, git_server, caplog, tmp_path
+):
+    caplog.set_level(logging.WARNING)
+    m = await lifecycle_manager(min_free_bytes="1P", data_root_path=str(tmp_path / "missing"))
+    for ref in ("v1", "v2"):
+        result = await m.submit(repo=git_server.url("hello"), ref=ref, owner="misconf", name="x")
+        assert result.build is not None  # not a 500, not a refusal
+        await m.cancel(result.build.id)
+    warnings = [r.getMessage() for r in caplog.records if "disk guard cannot" in r.getMessage()]
+    assert len(warnings) == 1 and "fix c.LifecyclePolicy.data_root_path" in warnings[0]
