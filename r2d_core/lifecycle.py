@@ -289,6 +289,14 @@ class LifecyclePolicy(LoggingConfigurable):
                 await self._task
             self._task = None
 
+    def limits(self) -> dict[str, int]:
+        """The per-owner limits and retention callers may plan with (0: none), for ``GET api/``."""
+        return {
+            "keep_versions": self.keep_versions,
+            "max_images_per_owner": self.max_images_per_owner,
+            "max_bytes_per_owner": self.max_bytes_per_owner,
+        }
+
     def describe(self) -> str:
         """The active rules in one line (logged at start)."""
         rules = []

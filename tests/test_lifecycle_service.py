@@ -41,6 +41,9 @@ async def test_per_owner_limit_and_retention_through_the_api(quota_callers, git_
     await delete_all(alice, "alice")
     await delete_all(bob, "bob")
     repo = git_server.url("hello")
+    limits = (await alice.request("GET", "api/")).json()["limits"]
+    assert limits["max_images_per_owner"] == 1 and limits["keep_versions"] == 1
+    assert limits["max_bytes_per_owner"] == 0
 
     r = await alice.request("POST", "api/builds", json={"repo": repo, "ref": "v1", "name": "lc"})
     assert r.status_code == 202, r.text
