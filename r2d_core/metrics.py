@@ -32,9 +32,9 @@ BUILDS_IN_PROGRESS = Gauge("r2d_builds_in_progress", "Builds running now")
 # ---- image lifecycle policy (r2d_core/lifecycle.py) ---------------------------------------------
 LIFECYCLE_DELETED = Counter(
     "r2d_lifecycle_deleted_total",
-    "Objects the lifecycle policy deleted, by kind (image, build_container, dangling_image, "
-    "build_cache) and reason (keep_versions, unused, build_history, max_build_age, orphaned, "
-    "dangling, cache_size)",
+    "Objects the lifecycle policy deleted, by kind (image, build_container, build, "
+    "dangling_image, build_cache) and reason (keep_versions, unused, build_history, "
+    "max_build_age, orphaned, dangling, cache_size)",
     ["kind", "reason"],
 )
 LIFECYCLE_RECLAIMED_BYTES = Counter(

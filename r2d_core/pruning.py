@@ -50,14 +50,19 @@ async def prune_build_containers(
             reason = "max_build_age"
         if reason:
             await manager.forget_build(build)
+            # DockerBuilder builds live in containers (with their logs); local ones only in memory
+            in_container = manager.builder.kind == "docker"
             log.info(
-                "Lifecycle: forgot %s's build %s of %s (%s) and removed its container",
+                "Lifecycle: forgot %s's build %s of %s%s (%s)",
                 build.owner,
                 build.id,
                 build.image,
+                " and removed its container" if in_container else "",
                 reason,
             )
-            metrics.LIFECYCLE_DELETED.labels("build_container", reason).inc()
+            metrics.LIFECYCLE_DELETED.labels(
+                "build_container" if in_container else "build", reason
+            ).inc()
             deleted += 1
     known = {b.id for b in manager.list_builds()}
     for summary in await manager.engine.list_build_containers():
