@@ -454,3 +454,10 @@ async def test_a_wrong_data_root_path_warns_and_refuses_nothing(
         await m.cancel(result.build.id)
     warnings = [r.getMessage() for r in caplog.records if "disk guard cannot" in r.getMessage()]
     assert len(warnings) == 1 and "fix c.LifecyclePolicy.data_root_path" in warnings[0]
+
+
+def test_generated_config_file_lists_the_policy():
+    from r2d_tornado.app import R2DService
+
+    text = R2DService().generate_config_file()
+    assert "c.LifecyclePolicy.keep_versions" in text and "R2D_MIN_FREE_BYTES" in text

@@ -1,5 +1,5 @@
-"""The lifecycle policy through the real API behind a real JupyterHub: per-owner limits and
-retention on both adapters (standalone service and TLJH plugin), the disk guard on the service."""
+"""The lifecycle policy through the real API behind a real JupyterHub, on both adapters (standalone
+service and TLJH plugin): per-owner limits, retention and the disk guard."""
 
 from __future__ import annotations
 
@@ -78,9 +78,9 @@ async def test_per_owner_limit_and_retention_through_the_api(quota_callers, git_
     await wait_build(bob, (await bob.request("GET", "api/builds")).json()["builds"][0]["id"])
 
 
-@pytest.fixture(scope="module")
-async def guarded_callers(docker_host, local_images, git_server):
-    hub = adapter_hub(docker_host, "service")
+@pytest.fixture(scope="module", params=["service", "tljh"])
+async def guarded_callers(request, docker_host, local_images, git_server):
+    hub = adapter_hub(docker_host, request.param)
     hub.config.service_config += "\nc.LifecyclePolicy.min_free_bytes = '1P'\n"
     with running(hub):
         callers = Callers(hub)
