@@ -6,8 +6,10 @@ from ._version import __version__
 from .errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     R2DError,
     RateLimited,
     Unauthorized,
@@ -20,8 +22,10 @@ from .errors import (
 __all__ = [
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "QuotaExceeded",
     "R2DError",
     "RateLimited",
     "Unauthorized",

@@ -13,9 +13,11 @@ messages are written for the person who has to act on them, and never contain cr
     ├── Forbidden           403  identity known, permission missing
     ├── NotFound            404  no such build, image or tag
     ├── Conflict            409  would overwrite another owner's image, build already finished, ...
+    │   └── QuotaExceeded   409  a new image would exceed the owner's image or byte limit
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
-        └── UpstreamError   502  a peer answered, but not as the API says it should
+        ├── UpstreamError   502  a peer answered, but not as the API says it should
+        └── InsufficientStorage 503  the engine's disk is too full for new builds
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 __all__ = [
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "QuotaExceeded",
     "R2DError",
     "RateLimited",
     "Unauthorized",
@@ -81,6 +85,17 @@ class Conflict(R2DError):
     code = "conflict"
 
 
+class QuotaExceeded(Conflict):
+    """The owner is at a limit of :class:`~r2d_core.lifecycle.LifecyclePolicy`.
+
+    409, not 403 (the caller may build, nothing is wrong with their permissions) nor 413 (nothing
+    is wrong with the request body): the owner's current state conflicts with the request, and the
+    owner can resolve it (delete images) and send it again. ``limit`` names the setting.
+    """
+
+    code = "quota_exceeded"
+
+
 class RateLimited(R2DError):
     status = 429
     code = "rate_limited"
@@ -98,6 +113,13 @@ class Unavailable(R2DError):
 class UpstreamError(Unavailable):
     status = 502
     code = "upstream_error"
+
+
+class InsufficientStorage(Unavailable):
+    """The Docker engine's data root has less free space than the disk guard demands (503, like
+    every "try again later" of the engine; ``free_bytes`` and ``min_free_bytes`` say how much)."""
+
+    code = "insufficient_storage"
 
 
 def http_status(error: BaseException) -> int:

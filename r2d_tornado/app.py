@@ -25,6 +25,7 @@ from traitlets.config import Application, catch_config_error
 from r2d_core import __version__
 from r2d_core.builders import DockerBuilder, LocalProcessBuilder
 from r2d_core.engine import DockerEngine
+from r2d_core.lifecycle import LifecyclePolicy
 from r2d_core.manager import BuildManager
 from r2d_core.scopes import Authorizer, HubGroups
 
@@ -79,7 +80,15 @@ class R2DService(Application):
     version = __version__
     description = "Build images from repositories with repo2docker, as a JupyterHub service."
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
-    classes = [BuildManager, DockerEngine, LocalProcessBuilder, DockerBuilder, HubGroups, HubOAuth]
+    classes = [
+        BuildManager,
+        DockerEngine,
+        LocalProcessBuilder,
+        DockerBuilder,
+        LifecyclePolicy,
+        HubGroups,
+        HubOAuth,
+    ]
 
     @default("log_level")
     def _default_log_level(self) -> int:

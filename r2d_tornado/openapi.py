@@ -97,6 +97,8 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "message": string,
                         "field": string,
                         "scope": string,
+                        # lifecycle refusals: the c.LifecyclePolicy setting that refused
+                        "limit": string,
                     },
                 },
                 "Permissions": {
@@ -303,9 +305,16 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             "An image for this commit exists; nothing was built",
                         ),
                         "400": _error("Invalid input; `field` names it"),
-                        "409": _error("Would overwrite another owner's image"),
+                        "409": _error(
+                            "Would overwrite another owner's image; or the owner is at a limit "
+                            "(`error` `quota_exceeded`, `limit` names the setting)"
+                        ),
                         "429": _error("Queue full"),
                         **_ERRORS,
+                        "503": _error(
+                            "Docker engine unavailable; or the disk guard refuses new builds "
+                            "(`error` `insufficient_storage`, with `free_bytes`, `min_free_bytes`)"
+                        ),
                     },
                 },
             },
