@@ -13,9 +13,13 @@ messages are written for the person who has to act on them, and never contain cr
     ├── Forbidden           403  identity known, permission missing
     ├── NotFound            404  no such build, image or tag
     ├── Conflict            409  would overwrite another owner's image, build already finished, ...
+    ├── PayloadTooLarge     413  a request body over the documented limit
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
         └── UpstreamError   502  a peer answered, but not as the API says it should
+
+Anything else reaching an adapter is a bug: :func:`error_response` answers it with 500 and a body
+that says nothing about the internals (the adapter logs the traceback).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "NotFound",
+    "PayloadTooLarge",
     "R2DError",
     "RateLimited",
     "Unauthorized",
     "Unavailable",
     "UnknownRef",
     "UpstreamError",
+    "error_response",
     "http_status",
 ]
 
@@ -81,6 +87,11 @@ class Conflict(R2DError):
     code = "conflict"
 
 
+class PayloadTooLarge(R2DError):
+    status = 413
+    code = "too_large"
+
+
 class RateLimited(R2DError):
     status = 429
     code = "rate_limited"
@@ -105,3 +116,17 @@ def http_status(error: BaseException) -> int:
     if isinstance(error, R2DError):
         return error.status
     return 500
+
+
+def error_response(error: BaseException) -> tuple[int, dict[str, object]]:
+    """The HTTP status and JSON body an adapter answers for ``error``.
+
+    An :class:`R2DError` says what went wrong; anything else is a bug in the service: 500 with a
+    generic message (the adapter logs the exception; its text may name internals).
+    """
+    if isinstance(error, R2DError):
+        return error.status, error.to_dict()
+    return 500, {
+        "error": "internal",
+        "message": "the service failed unexpectedly; the administrator finds the details in its log",
+    }
