@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import httpserver, web
@@ -31,50 +31,12 @@ from r2d_core.scopes import Authorizer, HubGroups
 from .auth import ServiceAuthBase
 from .handlers import R2DContext, make_handlers
 from .hubconfig import hub_config_snippet
+from .logscrub import ScrubbedSummary, scrub_uri
 
 __all__ = ["R2DService", "main", "scrub_uri"]
 
-#: query parameters whose name contains one of these never reach the log (JupyterHub's list in
-#: jupyterhub/log.py, plus password/secret/credential)
-SECRET_PARAMS = (
-    "token",
-    "auth",
-    "key",
-    "code",
-    "state",
-    "xsrf",
-    "password",
-    "secret",
-    "credential",
-)
 
-
-def scrub_uri(uri: str) -> str:
-    """``uri`` with the values of secret-bearing query parameters replaced by ``[secret]``.
-
-    Names are compared decoded and case-insensitively (``%5Fxsrf``, ``Token``); the rest of the URI
-    is kept as sent, so the log still shows what was asked.
-    """
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    query, hash_, _fragment = query.partition("#")
-    parts = query.split("&")
-    for i, part in enumerate(parts):
-        key, _, value = part.partition("=")
-        name = unquote_plus(key).lower()
-        if any(secret in name for secret in SECRET_PARAMS):
-            parts[i] = f"{key}=[secret]"
-        elif "?" in unquote_plus(value):
-            # a URL in a parameter (next=/hub/...?token=...): scrubbed the same way
-            inner = unquote_plus(value)
-            scrubbed = scrub_uri(inner)
-            if scrubbed != inner:
-                parts[i] = f"{key}={quote(scrubbed, safe='/[]')}"
-    return path + "?" + "&".join(parts) + (hash_ + "[secret]" if hash_ else "")
-
-
-class _CallbackHandler(HubOAuthCallbackHandler):
+class _CallbackHandler(ScrubbedSummary, HubOAuthCallbackHandler):
     @property
     def hub_auth(self):  # type: ignore[override]
         return self.settings["hub_auth"]

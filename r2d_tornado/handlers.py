@@ -44,6 +44,8 @@ from r2d_core.schema import parse_json_body, validate_body, validate_query
 from r2d_core.scopes import ACTIONS, Authorizer, Permissions, parse_permissions, scope_for
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
 
+from .logscrub import ScrubbedSummary
+
 __all__ = ["ContextProvider", "Identity", "R2DContext", "make_handlers"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -107,7 +109,7 @@ def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
     return wrapper
 
 
-class R2DHandler(web.RequestHandler):
+class R2DHandler(ScrubbedSummary, web.RequestHandler):
     """Shared logic of every handler (a mixin placed before the adapter's base class)."""
 
     identity: Identity
