@@ -33,7 +33,7 @@ __all__ = [
     "BUILD_REQUEST",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
-    "QUERY_PARAMETERS",
+    "PARAMETERS",
     "REQUEST_SCHEMAS",
     "STATES",
     "parse_json_body",
@@ -120,9 +120,9 @@ _OWNER_QUERY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
-#: query parameters by operation (``"METHOD path"`` as in the OpenAPI document), as OpenAPI
-#: Parameter Objects; ``array`` parameters may be repeated (``?state=a&state=b``)
-QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
+#: query (and header) parameters by operation (``"METHOD path"`` as in the OpenAPI document), as
+#: OpenAPI Parameter Objects; ``array`` parameters may be repeated (``?state=a&state=b``)
+PARAMETERS: dict[str, list[dict[str, Any]]] = {
     "get /api/images": [_OWNER_QUERY],
     "delete /api/images/{owner}/{name}": [
         {
@@ -166,6 +166,13 @@ QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
             "description": "with `format=text`: `0` stops at the current end of the log",
             "schema": {"type": "integer", "enum": [0, 1]},
         },
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "description": "resume after this line number (what an EventSource sends when it "
+            "reconnects)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
     ],
 }
 
@@ -200,7 +207,7 @@ def _query_schema(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_QUERY_VALIDATORS = {op: _validator(_query_schema(ps)) for op, ps in QUERY_PARAMETERS.items()}
+_QUERY_VALIDATORS = {op: _validator(_query_schema(ps)) for op, ps in PARAMETERS.items()}
 
 # a JSON string (escapes included), so that brackets inside strings are not counted
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -308,17 +315,23 @@ def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
     return value
 
 
-def validate_query(operation: str, arguments: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """The typed query parameters of ``operation`` (``"get /api/builds"``), validated.
+def validate_query(
+    operation: str,
+    arguments: Mapping[str, Sequence[str]],
+    headers: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The typed query (and header) parameters of ``operation`` (``"get /api/builds"``), validated.
 
-    ``arguments`` maps each name to its (decoded) values, as tornado's ``request.arguments`` after
-    decoding. Parameters the operation does not define are ignored (cache busters, ``_xsrf``);
-    a non-array parameter given more than once is refused.
+    ``arguments`` maps each query parameter's name to its (decoded) values; ``headers`` each
+    header parameter's name, as the document spells it, to its values. Parameters the operation
+    does not define are ignored (cache busters, ``_xsrf``, other headers); a non-array parameter
+    given more than once is refused.
     """
-    parameters = {p["name"]: p for p in QUERY_PARAMETERS.get(operation, [])}
+    parameters = {p["name"]: p for p in PARAMETERS.get(operation, [])}
     values: dict[str, Any] = {}
     for name, parameter in parameters.items():
-        given = list(arguments.get(name, ()))
+        source = (headers or {}) if parameter["in"] == "header" else arguments
+        given = list(source.get(name, ()))
         if not given:
             continue
         schema = parameter["schema"]

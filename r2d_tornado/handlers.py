@@ -31,6 +31,7 @@ from r2d_core import __version__
 from r2d_core.errors import (
     Forbidden,
     InvalidRequest,
+    NotFound,
     R2DError,
     Unauthorized,
     Unavailable,
@@ -40,7 +41,7 @@ from r2d_core.manager import BuildManager
 from r2d_core.metrics import METRICS_SCOPE
 from r2d_core.metrics import REGISTRY as METRICS_REGISTRY
 from r2d_core.models import Build, Credentials, ImageGroup
-from r2d_core.schema import parse_json_body, validate_body, validate_query
+from r2d_core.schema import PARAMETERS, parse_json_body, validate_body, validate_query
 from r2d_core.scopes import ACTIONS, Authorizer, Permissions, parse_permissions, scope_for
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
 
@@ -197,12 +198,18 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         return validate_body(schema, data)
 
     def query(self, operation: str) -> dict[str, Any]:
-        """The query parameters of ``operation`` (as the OpenAPI document names it), validated."""
+        """The query (and header) parameters of ``operation`` (as the OpenAPI document names it),
+        validated."""
         arguments = {
             name: self.get_query_arguments(name, strip=False)
             for name in self.request.query_arguments
         }
-        return validate_query(operation, arguments)
+        headers = {
+            p["name"]: self.request.headers.get_list(p["name"])
+            for p in PARAMETERS.get(operation, [])
+            if p["in"] == "header"
+        }
+        return validate_query(operation, arguments, headers)
 
     async def can(self, action: str, owner: str) -> bool:
         return await self.ctx.authorizer.allowed(self.permissions, action, owner)
@@ -488,6 +495,14 @@ class MetricsHandler(R2DHandler):
         self.finish(generate_latest(METRICS_REGISTRY))
 
 
+class APINotFoundHandler(R2DHandler):
+    """Any other path under ``api/`` (or an id the routes refuse): a JSON 404, as the document
+    says, not tornado's HTML page."""
+
+    async def prepare(self) -> None:
+        self.r2d_send_error(NotFound(f"no such API endpoint: {self.request.path}"))
+
+
 class OpenAPIHandler(R2DHandler):
     @r2d_api
     async def get(self) -> None:
@@ -588,6 +603,7 @@ _ROUTES: list[tuple[str, type[R2DHandler]]] = [
     (r"api/builds/([0-9a-f]+)/logs/?", BuildLogsHandler),
     (r"health/?", HealthHandler),
     (r"metrics/?", MetricsHandler),
+    (r"api/.*", APINotFoundHandler),
     (r"", PageHandler),
 ]
 

@@ -9,7 +9,7 @@ from r2d_core.metrics import METRICS_SCOPE
 from r2d_core.schema import (
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
-    QUERY_PARAMETERS,
+    PARAMETERS,
     REQUEST_SCHEMAS,
     STATES,
 )
@@ -41,8 +41,8 @@ _BAD_QUERY = {"400": _error("Invalid query parameter; `field` names it")}
 
 
 def _query(operation: str) -> list[dict[str, Any]]:
-    """The operation's query parameters: the very ones the handlers validate against."""
-    return [dict(p) for p in QUERY_PARAMETERS[operation]]
+    """The operation's query/header parameters: the very ones the handlers validate against."""
+    return [dict(p) for p in PARAMETERS[operation]]
 
 
 def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]:
@@ -339,20 +339,31 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                     "(data: Build), `done` (data: Build; the stream ends). Resume with `Last-Event-ID` "
                     "or `?since=N`. Comments `: keepalive` every 15 s. `?format=text` gives text/plain "
                     "(`&follow=0` without following).",
-                    "parameters": [
-                        build_id,
-                        *_query("get /api/builds/{build_id}/logs"),
-                        {
-                            "name": "Last-Event-ID",
-                            "in": "header",
-                            "schema": {"type": "integer", "minimum": 0},
-                        },
-                    ],
+                    "parameters": [build_id, *_query("get /api/builds/{build_id}/logs")],
                     "responses": {
                         "200": {
                             "description": "The log",
                             "content": {
-                                "text/event-stream": {"schema": string},
+                                # the schema of each event (OpenAPI 3.2's itemSchema, as
+                                # schemathesis reads it for 3.0 documents too)
+                                "text/event-stream": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["event", "data"],
+                                        "properties": {
+                                            "event": {
+                                                "type": "string",
+                                                "enum": ["log", "state", "done"],
+                                            },
+                                            "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                            "data": {
+                                                "type": "string",
+                                                "description": "JSON: `{phase, message, time}` "
+                                                "(log) or a Build (state, done)",
+                                            },
+                                        },
+                                    }
+                                },
                                 "text/plain": {"schema": string},
                             },
                         },
