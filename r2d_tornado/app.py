@@ -230,7 +230,9 @@ class R2DService(Application):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.manager.start()
-        server = httpserver.HTTPServer(self.web_app, xheaders=True)
+        # tornado reads a whole body before any handler runs: read at most this much (the API
+        # answers 413 above MAX_BODY_BYTES itself; beyond this the connection is closed, 400)
+        server = httpserver.HTTPServer(self.web_app, xheaders=True, max_body_size=8 * 1024 * 1024)
         server.listen(self.port, self.ip)
         self.log.info(
             "repo2docker-service %s at http://%s:%d%s (builder: %s)",
