@@ -180,8 +180,20 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
             )
         else:
             message = reason
+        if status_code == 405:
+            # RFC 9110: a 405 lists the methods the resource has
+            self.set_header("Allow", ", ".join(self.r2d_methods()))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": "http_error", "message": message}))
+
+    @classmethod
+    def r2d_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements."""
+        return [
+            m
+            for m in cls.SUPPORTED_METHODS
+            if getattr(cls, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)
+        ]
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -178,7 +178,7 @@ def _schemathesis(
         f"Authorization: token {token}",
         "--checks",
         "not_a_server_error,status_code_conformance,content_type_conformance,"
-        "response_schema_conformance,negative_data_rejection",
+        "response_schema_conformance,negative_data_rejection,ignored_auth,unsupported_method",
         # bounded: at most this many examples per operation (--max-time would repeat fuzzing
         # until the time is spent); the subprocess timeout bounds the whole run
         "--max-examples",
