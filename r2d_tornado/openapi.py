@@ -86,7 +86,8 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "title": "repo2docker-service",
             "version": __version__,
             "description": "Build container images from repositories with repo2docker, as a JupyterHub "
-            "service. Authenticate with a JupyterHub OAuth cookie (writes need `X-XSRFToken`) or "
+            "service. Authenticate with a JupyterHub OAuth cookie (scripted requests, reads "
+            "included, need `X-XSRFToken` or `?_xsrf=`) or "
             "`Authorization: token <JupyterHub API token>`. Permissions are the custom scopes "
             "`custom:repo2docker:read|build|delete`, optionally filtered with `!user`, `!user=NAME`, "
             "`!group=NAME`. Request bodies are JSON of at most "
