@@ -40,12 +40,16 @@ class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
             if self.get_cookie(self.hub_auth.cookie_name) and _needs_check_xsrf(self):
-                # logged in, but a write or a scripted read came without the XSRF token (HubOAuth
-                # then ignores the cookie): say so, not "log in"
-                raise Forbidden(
-                    "this request carries the login cookie but no valid XSRF token: send the "
-                    "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
-                )
+                try:
+                    self.check_xsrf_cookie()  # HubOAuth's check (get_user patched it in)
+                except web.HTTPError:
+                    # logged in, but a write or a scripted read came without the XSRF token
+                    # (HubOAuth then ignores the cookie): say so, not "log in"
+                    raise Forbidden(
+                        "this request carries the login cookie but no valid XSRF token: send the "
+                        "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
+                    ) from None
+                # the token was fine: the login itself expired (401 below)
             return None
         access = self.hub_auth.access_scopes
         if access and not self.hub_auth.check_scopes(access, model):
