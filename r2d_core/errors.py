@@ -14,10 +14,14 @@ messages are written for the person who has to act on them, and never contain cr
     ├── NotFound            404  no such build, image or tag
     ├── Conflict            409  would overwrite another owner's image, build already finished, ...
     │   └── QuotaExceeded   409  a new image would exceed the owner's image or byte limit
+    ├── PayloadTooLarge     413  a request body over the documented limit
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
         ├── UpstreamError   502  a peer answered, but not as the API says it should
         └── InsufficientStorage 503  the engine's disk is too full for new builds
+
+Anything else reaching an adapter is a bug: :func:`error_response` answers it with 500 and a body
+that says nothing about the internals (the adapter logs the traceback).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaExceeded",
     "R2DError",
     "RateLimited",
@@ -35,6 +40,7 @@ __all__ = [
     "Unavailable",
     "UnknownRef",
     "UpstreamError",
+    "error_response",
     "http_status",
 ]
 
@@ -96,6 +102,11 @@ class QuotaExceeded(Conflict):
     code = "quota_exceeded"
 
 
+class PayloadTooLarge(R2DError):
+    status = 413
+    code = "too_large"
+
+
 class RateLimited(R2DError):
     status = 429
     code = "rate_limited"
@@ -127,3 +138,17 @@ def http_status(error: BaseException) -> int:
     if isinstance(error, R2DError):
         return error.status
     return 500
+
+
+def error_response(error: BaseException) -> tuple[int, dict[str, object]]:
+    """The HTTP status and JSON body an adapter answers for ``error``.
+
+    An :class:`R2DError` says what went wrong; anything else is a bug in the service: 500 with a
+    generic message (the adapter logs the exception; its text may name internals).
+    """
+    if isinstance(error, R2DError):
+        return error.status, error.to_dict()
+    return 500, {
+        "error": "internal",
+        "message": "the service failed unexpectedly; the administrator finds the details in its log",
+    }

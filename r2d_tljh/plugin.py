@@ -42,15 +42,24 @@ hookimpl = HookimplMarker("tljh")
 
 
 class TLJHBase(BaseHandler):
-    """Identity from the Hub's own request handling (cookie or API token, XSRF checked by the Hub)."""
+    """Identity from the Hub's own request handling (cookie or API token, XSRF checked by the Hub).
+
+    XSRF is checked on reads too, as JupyterHub's own ``APIHandler`` and ``HubOAuth`` (the
+    standalone service) do: a cookie-authenticated scripted GET (``Sec-Fetch-Mode: cors``, ...)
+    needs the token, navigations do not (JupyterHub's ``_needs_check_xsrf`` decides).
+    """
 
     _accept_token_auth = True
+    # BaseHandler spares GET (page views); the API answers data, so only HEAD/OPTIONS are spared
+    _xsrf_safe_methods = frozenset({"HEAD", "OPTIONS"})
 
     def check_xsrf_cookie(self) -> None:
         # Without any cookie there is no ambient credential to forge: let authentication answer
         # (401 logged out, or the token's identity) instead of a 403 about a missing XSRF token.
         if not self.request.cookies:
             return
+        if getattr(self, "_token_authenticated", False):
+            return  # an API token is no ambient credential
         super().check_xsrf_cookie()
 
     async def r2d_identify(self) -> Identity | None:

@@ -33,7 +33,8 @@ ROLES: list[dict[str, Any]] = [
     # read everything, change nothing
     {"name": "r2d-viewer", "users": ["carol"], "scopes": [ACCESS, READ]},
     # everything everywhere
-    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE]},
+    # (and the metrics, with JupyterHub's own scope for them)
+    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE, "read:metrics"]},
     # build for the members of group "team" (frank)
     {"name": "r2d-team-builder", "users": ["erin"], "scopes": [ACCESS, f"{BUILD}!group=team"]},
     # may open the service, holds no repo2docker scope
