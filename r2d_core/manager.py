@@ -46,7 +46,7 @@ from .models import (
     short_error,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
-from .netpolicy import parse_networks
+from .netpolicy import NetPolicy, parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
 from .validation import (
@@ -230,7 +230,12 @@ class BuildManager(LoggingConfigurable):
         help="Finished builds remembered (and their containers kept); default 200.",
     )
     ref_timeout = Float(
-        30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
+        30.0,
+        config=True,
+        help="""Seconds, in total, for resolving a ref: connecting, TLS and reading the whole ref
+        advertisement (capped at 4 MiB); a short sha looked up in a clone gets the same again.
+        A server that sends slowly is cut off at this deadline (error ``ref_timeout``, 504).
+        Default 30.""",
     )
     image_cache_ttl = Float(
         5.0,
@@ -432,7 +437,13 @@ class BuildManager(LoggingConfigurable):
             except Unavailable as e:
                 self._mark_unavailable(e)
                 raise
-        sha = await resolve_ref(repo, ref, credentials=credentials, timeout=self.ref_timeout)
+        sha = await resolve_ref(
+            repo,
+            ref,
+            credentials=credentials,
+            timeout=self.ref_timeout,
+            policy=NetPolicy(self.allowed_networks),
+        )
         image = self.image_for(owner, name, sha, ref)
         if push:
             self._check_push_target(image)
