@@ -23,10 +23,23 @@ __all__ = [
     "HostileHTTPServer",
 ]
 
-#: what the flood servers send at most: ~32 MiB of empty pkt-lines
-FLOOD_BYTES = 32 * 1024 * 1024
+#: what the flood servers send: just under 32 MiB (the old cap) of empty pkt-lines, then a flush
+FLOOD_BYTES = 32 * 1024 * 1024 - 64 * 1024
 _SERVICE_HEAD = b"001e# service=git-upload-pack\n0000"
 _AD_TYPE = "application/x-git-upload-pack-advertisement"
+
+
+def _send_flood(write: Any) -> int:
+    """Send FLOOD_BYTES of empty ``0004`` packets, the last four a flush that ends the
+    advertisement: under a 32 MiB cap, so a client without a packet bound parses all ~8M packets."""
+    block = b"0004" * (64 * 1024 // 4)
+    sent = 0
+    while sent + len(block) < FLOOD_BYTES:
+        write(block)
+        sent += len(block)
+    tail = b"0004" * ((FLOOD_BYTES - sent - 4) // 4) + b"0000"
+    write(tail)
+    return sent + len(tail)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -55,12 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", _AD_TYPE)
         self.send_header("Content-Length", str(len(_SERVICE_HEAD) + FLOOD_BYTES))
         self.end_headers()
-        block = b"0004" * (64 * 1024 // 4)
         try:
             self.wfile.write(_SERVICE_HEAD)
-            for _ in range(FLOOD_BYTES // len(block)):
-                self.wfile.write(block)
-                self.server.sent += len(block)
+            self.server.sent += _send_flood(self.wfile.write)
         except OSError:
             pass  # the client hung up: what it should do
 
@@ -132,10 +142,7 @@ class _GitHandler(socketserver.BaseRequestHandler):
             sock.recv(4096)  # the upload-pack request
             self.server.requests += 1
             if self.server.mode == "flood":
-                block = b"0004" * (64 * 1024 // 4)
-                for _ in range(FLOOD_BYTES // len(block)):
-                    sock.sendall(block)
-                    self.server.sent += len(block)
+                self.server.sent += _send_flood(sock.sendall)
             else:
                 sock.sendall(b"fff0")
                 while not self.server.stopping.is_set():
