@@ -111,7 +111,10 @@ class BuildManager(LoggingConfigurable):
         config=True,
         help=f"""Template of image references, with the fields ``{{prefix}}``, ``{{owner}}``,
         ``{{name}}``, ``{{sha}}``, ``{{short_sha}}``, ``{{ref}}``. Owner and name are escaped so no
-        two owners can share an image repository. Default ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
+        two owners can share an image repository; for that, each field before the tag must be
+        followed by ``-``, ``_``, ``.``, ``/`` or the tag (``{{sha}}``/``{{short_sha}}`` need no
+        separator), and ``{{ref}}`` may only appear in the tag. Default
+        ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
     )
 
     @validate("image_name_template")
