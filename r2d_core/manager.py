@@ -143,8 +143,8 @@ class BuildManager(LoggingConfigurable):
     @default("allowed_repo_patterns")
     def _default_allowed(self) -> list[str]:
         env = os.environ.get("R2D_ALLOWED_REPO_PATTERNS")
-        if env:
-            return [p.strip() for p in env.split(",") if p.strip()]
+        if env:  # traitlets does not validate dynamic defaults: check the env value here
+            return self._check_patterns({"value": [p.strip() for p in env.split(",") if p.strip()]})
         return list(DEFAULT_ALLOWED_REPO_PATTERNS)
 
     @validate("allowed_repo_patterns")
@@ -172,7 +172,7 @@ class BuildManager(LoggingConfigurable):
     @default("allowed_networks")
     def _default_allowed_networks(self) -> list[str]:
         env = os.environ.get("R2D_ALLOWED_NETWORKS", "")
-        return [n.strip() for n in env.split(",") if n.strip()]
+        return self._check_networks({"value": [n.strip() for n in env.split(",") if n.strip()]})
 
     @validate("allowed_networks")
     def _check_networks(self, proposal: Any) -> list[str]:
@@ -275,6 +275,8 @@ class BuildManager(LoggingConfigurable):
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # settings read from the environment are checked now, not at the first build request
+        self.allowed_repo_patterns, self.allowed_networks  # noqa: B018
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._active: dict[str, Build] = {}  # image reference -> queued or running build
         self._queue: list[Build] = []
