@@ -79,7 +79,8 @@ _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PRO
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
-_HEX4 = re.compile(rb"^[0-9a-fA-F]{4}$")
+#: "<sha> <refname>[\0capabilities]" (the refname ends at NUL; the line's newline is stripped)
+_REF_LINE = re.compile(rb"([0-9a-f]{40}) ([^\0]+)")
 
 
 def _parse(url: str | RepoURL) -> RepoURL:
@@ -228,9 +229,12 @@ class AdvertisementParser:
         try:
             while not self.done and pos + 4 <= len(view):
                 head = bytes(view[pos : pos + 4])
-                if not _HEX4.match(head):
+                if not head.isalnum():  # int() would also take "+1f", " 1f" and "0_1f"
                     raise _not_git()
-                length = int(head, 16)
+                try:
+                    length = int(head, 16)
+                except ValueError:
+                    raise _not_git() from None
                 self._packets += 1
                 if self._packets > self._max_packets:
                     raise InvalidRequest(
@@ -274,11 +278,9 @@ class AdvertisementParser:
             if first and not line.startswith(b"# service="):
                 raise _not_git()
             return
-        sha, _, rest = line.partition(b" ")
-        name = rest.split(b"\0", 1)[0].decode(errors="replace")
-        sha_text = sha.decode(errors="replace")
-        if _FULL_SHA.match(sha_text) and name and name != "capabilities^{}":
-            self.refs[name] = sha_text
+        match = _REF_LINE.match(line)
+        if match is not None and match[2] != b"capabilities^{}":
+            self.refs[match[2].decode(errors="replace")] = match[1].decode()
 
 
 async def _feed(parser: AdvertisementParser, chunk: bytes) -> bool:
