@@ -18,7 +18,8 @@ messages are written for the person who has to act on them, and never contain cr
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
         ├── UpstreamError   502  a peer answered, but not as the API says it should
-        └── InsufficientStorage 503  the engine's disk is too full for new builds
+        ├── InsufficientStorage 503  the engine's disk is too full for new builds
+        └── RefTimeout      504  the git server did not send its refs within ref_timeout
 
 Anything else reaching an adapter is a bug: :func:`error_response` answers it with 500 and a body
 that says nothing about the internals (the adapter logs the traceback).
@@ -36,6 +37,7 @@ __all__ = [
     "QuotaExceeded",
     "R2DError",
     "RateLimited",
+    "RefTimeout",
     "Unauthorized",
     "Unavailable",
     "UnknownRef",
@@ -131,6 +133,13 @@ class InsufficientStorage(Unavailable):
     every "try again later" of the engine; ``free_bytes`` and ``min_free_bytes`` say how much)."""
 
     code = "insufficient_storage"
+
+
+class RefTimeout(Unavailable):
+    """Resolving a ref took longer than ``BuildManager.ref_timeout`` (in total, not per read)."""
+
+    status = 504
+    code = "ref_timeout"
 
 
 def http_status(error: BaseException) -> int:

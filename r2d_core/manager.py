@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -51,12 +50,14 @@ from .models import (
     parse_time,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
+from .netpolicy import NetPolicy, parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
 from .runner import BuildRunner
 from .scheduler import Scheduler
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
+    check_allowed_pattern,
     default_name_for_repo,
     validate_name,
     validate_owner,
@@ -108,7 +109,10 @@ class BuildManager(LoggingConfigurable):
         config=True,
         help=f"""Template of image references, with the fields ``{{prefix}}``, ``{{owner}}``,
         ``{{name}}``, ``{{sha}}``, ``{{short_sha}}``, ``{{ref}}``. Owner and name are escaped so no
-        two owners can share an image repository. Default ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
+        two owners can share an image repository; for that, each field before the tag must be
+        followed by ``-``, ``_``, ``.``, ``/`` or the tag (``{{sha}}``/``{{short_sha}}`` need no
+        separator), and ``{{ref}}`` may only appear in the tag. Default
+        ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
     )
 
     @validate("image_name_template")
@@ -123,16 +127,22 @@ class BuildManager(LoggingConfigurable):
     allowed_repo_patterns = List(
         Unicode(),
         config=True,
-        help="""Regular expressions; a repository URL must match one to be built. Default
-        ``["^https://"]``; env ``R2D_ALLOWED_REPO_PATTERNS`` (comma-separated). Local paths,
+        help=f"""Regular expressions (``re.search``); a repository URL must match one to be built.
+        They are matched against the URL's canonical form (lower-case scheme and host, default
+        port dropped, no user name but for ssh, path without ``//``, ``.`` or trailing ``/``).
+        Default ``{list(DEFAULT_ALLOWED_REPO_PATTERNS)!r}``: https to any host *name* (not an IP
+        address); safe because the network policy (``allowed_networks``) refuses hosts that resolve
+        to internal addresses. Env ``R2D_ALLOWED_REPO_PATTERNS`` (comma-separated). A pattern that
+        names a host must pin it: ``^https://github\\.com`` is refused because it also matches
+        ``https://github.com.evil.example/``; write ``^https://github\\.com/``. Local paths,
         ``file://`` and git remote helpers are refused whatever this says.""",
     )
 
     @default("allowed_repo_patterns")
     def _default_allowed(self) -> list[str]:
         env = os.environ.get("R2D_ALLOWED_REPO_PATTERNS")
-        if env:
-            return [p.strip() for p in env.split(",") if p.strip()]
+        if env:  # traitlets does not validate dynamic defaults: check the env value here
+            return self._check_patterns({"value": [p.strip() for p in env.split(",") if p.strip()]})
         return list(DEFAULT_ALLOWED_REPO_PATTERNS)
 
     @validate("allowed_repo_patterns")
@@ -141,11 +151,35 @@ class BuildManager(LoggingConfigurable):
 
         for pattern in proposal["value"]:
             try:
-                re.compile(pattern)
-            except re.error as e:
-                raise TraitError(
-                    f"allowed_repo_patterns: {pattern!r} is not a regex ({e})"
-                ) from None
+                check_allowed_pattern(pattern)
+            except ValueError as e:
+                raise TraitError(f"allowed_repo_patterns: {e}") from None
+        return proposal["value"]
+
+    allowed_networks = List(
+        Unicode(),
+        config=True,
+        help="""Networks (CIDR, e.g. ``10.1.0.0/16``) the service and its builds may fetch
+        repositories from although they are internal. By default (``[]``) a repository host that
+        resolves to any loopback, private, link-local (cloud metadata ``169.254.169.254``), CGNAT,
+        unique-local or multicast address is refused; the address actually connected is checked.
+        Env ``R2D_ALLOWED_NETWORKS`` (comma-separated). Tests on one machine use
+        ``["127.0.0.0/8"]``; an internal GitLab would need its subnet here.""",
+    )
+
+    @default("allowed_networks")
+    def _default_allowed_networks(self) -> list[str]:
+        env = os.environ.get("R2D_ALLOWED_NETWORKS", "")
+        return self._check_networks({"value": [n.strip() for n in env.split(",") if n.strip()]})
+
+    @validate("allowed_networks")
+    def _check_networks(self, proposal: Any) -> list[str]:
+        from traitlets import TraitError
+
+        try:
+            parse_networks(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"allowed_networks: {e}") from None
         return proposal["value"]
 
     max_concurrent_builds = Int(
@@ -197,7 +231,12 @@ class BuildManager(LoggingConfigurable):
         help="Finished builds remembered (and their containers kept); default 200.",
     )
     ref_timeout = Float(
-        30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
+        30.0,
+        config=True,
+        help="""Seconds, in total, for resolving a ref: connecting, TLS and reading the whole ref
+        advertisement (capped at 4 MiB); a short sha looked up in a clone gets the same again.
+        A server that sends slowly is cut off at this deadline (error ``ref_timeout``, 504).
+        Default 30.""",
     )
     image_cache_ttl = Float(
         5.0,
@@ -241,6 +280,8 @@ class BuildManager(LoggingConfigurable):
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # settings read from the environment are checked now, not at the first build request
+        self.allowed_repo_patterns, self.allowed_networks  # noqa: B018
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
@@ -413,7 +454,13 @@ class BuildManager(LoggingConfigurable):
             except Unavailable as e:
                 self._mark_unavailable(e)
                 raise
-        sha = await resolve_ref(repo, ref, credentials=credentials, timeout=self.ref_timeout)
+        sha = await resolve_ref(
+            repo,
+            ref,
+            credentials=credentials,
+            timeout=self.ref_timeout,
+            policy=NetPolicy(self.allowed_networks),
+        )
         image = self.image_for(owner, name, sha, ref)
         if push:
             self.catalog.check_push_target(image)

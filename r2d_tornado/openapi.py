@@ -313,6 +313,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         ),
                         "413": _error(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"),
                         "429": _error("Queue full"),
+                        "504": _error(
+                            "The git server did not send its refs within `ref_timeout` "
+                            "(`error`: `ref_timeout`)"
+                        ),
                         **_ERRORS,
                         "503": _error(
                             "Docker engine unavailable; or the disk guard refuses new builds "

@@ -44,6 +44,8 @@ ROLES: list[dict[str, Any]] = [
 ]
 GROUPS = {"team": {"users": ["frank"]}}
 LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
+#: every test server listens on loopback, which the network policy refuses by default
+LOOPBACK_NETWORKS = ["127.0.0.0/8"]
 USERS = ["alice", "bob", "carol", "admin1", "erin", "frank", "gina", "dave"]
 
 
@@ -51,6 +53,7 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
     return "\n".join(
         [
             f"c.BuildManager.allowed_repo_patterns = {git_patterns or LOOPBACK_GIT!r}",
+            f"c.BuildManager.allowed_networks = {LOOPBACK_NETWORKS!r}",
             f"c.Builder.repo2docker_config = {repo2docker_config(network='none')!r}",
             f"c.DockerBuilder.image = {REPO2DOCKER_IMAGE!r}",
             "c.DockerBuilder.network_mode = 'host'",
@@ -63,23 +66,23 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
     )
 
 
-def tljh_service_config(docker_host: str) -> str:
+def tljh_service_config(docker_host: str, git_patterns: list[str] | None = None) -> str:
     """The same settings for the plugin: it reads them from the Hub's own config."""
     return (
         f"c.DockerEngine.host = {docker_host!r}\n"
-        + service_config()
+        + service_config(git_patterns)
         + "\nc.R2DPlugin.keepalive_interval = 1"
     )
 
 
-def adapter_hub(docker_host: str, adapter: str) -> Hub:
+def adapter_hub(docker_host: str, adapter: str, git_patterns: list[str] | None = None) -> Hub:
     """A Hub (not started) for ``adapter``: "service" (the standalone service, managed by the Hub)
     or "tljh" (the TLJH plugin inside the Hub)."""
     if adapter == "tljh":
         hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
-        hub.config.service_config = tljh_service_config(docker_host)
+        hub.config.service_config = tljh_service_config(docker_host, git_patterns)
         return hub
-    return make_hub(docker_host)
+    return make_hub(docker_host, service_config=service_config(git_patterns))
 
 
 @contextlib.contextmanager
