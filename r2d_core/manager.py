@@ -426,7 +426,7 @@ class BuildManager(LoggingConfigurable):
                     # the index is fresh enough unless it does not know this image yet
                     await self._refresh_images(force=image not in self._images)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self._group(owner, name))
+                    return SubmitResult(image=self._group(owner, name), reference=image)
             previous_image_id = None if push_only else existing.get("Id")
         else:
             previous_image_id = None
@@ -442,7 +442,7 @@ class BuildManager(LoggingConfigurable):
                         )
                     await self._refresh_images(force=True)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self._group(owner, name))
+                    return SubmitResult(image=self._group(owner, name), reference=image)
 
         active = self._active.get(image)  # again: another request may have queued it meanwhile
         if active is not None:

@@ -588,9 +588,11 @@ def make_handlers(
     """
     import re
 
+    from .binder import ROUTES as BINDER_ROUTES  # imports this module: import it late
+
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     specs: list[tuple[str, type, dict[str, Any]]] = []
-    for pattern, logic in _ROUTES:
+    for pattern, logic in [*BINDER_ROUTES, *_ROUTES]:
         cls = type(logic.__name__, (logic, base), {"__module__": base.__module__})
         specs.append(
             (
