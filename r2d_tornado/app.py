@@ -26,6 +26,8 @@ from r2d_core import __version__
 from r2d_core.builders import DockerBuilder, LocalProcessBuilder
 from r2d_core.engine import DockerEngine
 from r2d_core.manager import BuildManager
+from r2d_core.providers import RepoProviders
+from r2d_core.registry.config import Registry
 from r2d_core.scopes import Authorizer, HubGroups
 
 from .auth import ServiceAuthBase
@@ -67,9 +69,20 @@ class GenerateHubConfig(Application):
     def start(self) -> None:
         print(
             hub_config_snippet(
-                name=self.service_name, mode=self.mode, url=self.url, singleuser=self.singleuser
+                name=self.service_name,
+                mode=self.mode,
+                url=self.url,
+                singleuser=self.singleuser,
+                command=_service_command(),
             )
         )
+
+
+def _service_command() -> str:
+    """``r2d-service`` by absolute path when it is installed next to this Python (a venv the
+    Hub's PATH does not include), else the bare name."""
+    path = os.path.join(os.path.dirname(sys.executable), "r2d-service")
+    return path if os.access(path, os.X_OK) else "r2d-service"
 
 
 class R2DService(Application):
@@ -79,7 +92,16 @@ class R2DService(Application):
     version = __version__
     description = "Build images from repositories with repo2docker, as a JupyterHub service."
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
-    classes = [BuildManager, DockerEngine, LocalProcessBuilder, DockerBuilder, HubGroups, HubOAuth]
+    classes = [
+        BuildManager,
+        DockerEngine,
+        LocalProcessBuilder,
+        DockerBuilder,
+        Registry,
+        RepoProviders,
+        HubGroups,
+        HubOAuth,
+    ]
 
     @default("log_level")
     def _default_log_level(self) -> int:
