@@ -262,3 +262,52 @@ async def test_disconnect_does_not_cancel_and_a_second_client_joins(binder_hub, 
         assert r.json()["state"] in ("fetching", "building"), r.json()
         r = await client.delete(hub.service_url + f"api/builds/{build_id}", headers=headers)
         assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def registry_hub(docker_host, local_images, git_server):
+    from tests.harness.registry import RegistryServer
+    from tests.registry_fixtures import require_registry_binary
+
+    require_registry_binary()
+    registry = RegistryServer("anonymous")
+    registry.start()
+    hub = adapter_hub(docker_host, "service")
+    hub.config.service_config += provider_config(git_server) + "\n".join(
+        [
+            f"c.Registry.url = {registry.url!r}",
+            f"c.BuildManager.image_prefix = {registry.host + '/binder-'!r}",
+            "",
+        ]
+    )
+    try:
+        with running(hub) as hub:
+            hub.registry = registry  # type: ignore[attr-defined]
+            yield hub
+    finally:
+        registry.close()
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+async def test_binderhub_client_gets_the_pushed_reference(registry_hub, client_dir, git_server):
+    """With a registry, the build is pushed and imageName is the registry's reference (what a
+    spawner on another node pulls); a second request finds it built."""
+    hub = registry_hub
+    token = await asyncio.to_thread(hub.token_for, "bob")
+    code, events, err = await run_client(hub, client_dir, "gh/r2d/hello/v1", token)
+    assert code == 0, (events, err)
+    image = events[-1]["imageName"]
+    sha = git_server.repos["hello"].tags["v1"]
+    assert image.startswith(hub.registry.host + "/binder-bob-hello") and image.endswith(sha)
+    phases = [e["phase"] for e in events]
+    assert "pushing" in phases and phases.index("pushing") < phases.index("ready"), phases
+    repository, tag = image.split("/", 1)[1].rsplit(":", 1)
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.head(
+            f"{hub.registry.url}/v2/{repository}/manifests/{tag}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+    assert r.status_code == 200, r.text
+    code, again, err = await run_client(hub, client_dir, "gh/r2d/hello/v1", token)
+    assert [e["phase"] for e in again] == ["built", "ready"] and again[-1]["imageName"] == image
