@@ -33,6 +33,7 @@ from r2d_core.scopes import Authorizer, HubGroups
 from .auth import ServiceAuthBase
 from .handlers import R2DContext, make_handlers
 from .hubconfig import hub_config_snippet
+from .launch import LaunchButton
 
 __all__ = ["R2DService", "main"]
 
@@ -99,6 +100,7 @@ class R2DService(Application):
         DockerBuilder,
         Registry,
         RepoProviders,
+        LaunchButton,
         HubGroups,
         HubOAuth,
     ]

@@ -503,6 +503,7 @@ class PageHandler(R2DHandler):
             "user": self.identity.name,
             "xsrf_token": self.r2d_xsrf_token(),
             "version": __version__,
+            "launch_url": _launch_url(self.manager),
         }
         page = _page_template()
         if page is None:
@@ -526,6 +527,12 @@ class PageHandler(R2DHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(html)
+
+
+def _launch_url(manager: BuildManager) -> str:
+    from .launch import launch_url_template
+
+    return launch_url_template(manager)
 
 
 _loader = template.Loader(TEMPLATE_DIR, autoescape="xhtml_escape")
