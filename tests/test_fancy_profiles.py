@@ -10,6 +10,7 @@ submitted form (what a pod would run) instead of creating a pod.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -180,3 +181,31 @@ window.addEventListener("DOMContentLoaded", () => {
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 });
 """
+
+
+KUBESPAWNER_LAUNCH_URL = (
+    "/hub/spawn?opt-profile=byoi&opt-profile-option-byoi--image--unlisted-choice={image}"
+)
+
+
+async def test_launch_url_recipe_for_kubespawner(fancy_hub):
+    """The docs' ``LaunchButton.url`` for KubeSpawner: the Hub spawns from the query, and
+    KubeSpawner resolves the image from the profile's unlisted choice."""
+    from urllib.parse import quote
+
+    from tests.harness.hub import login
+
+    hub = fancy_hub
+    image = "r2d-alice-hello:" + "a" * 40
+    result = Path(hub.spawn_result)
+    result.unlink(missing_ok=True)
+    client = await login(hub, "bob")
+    try:
+        await client.get(hub.url + KUBESPAWNER_LAUNCH_URL.replace("{image}", quote(image, safe="")))
+        deadline = time.monotonic() + 30
+        while not result.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        assert result.exists(), "the spawner was not started from the launch URL"
+        assert json.loads(result.read_text())["image"] == image
+    finally:
+        await client.aclose()
