@@ -104,10 +104,13 @@ def provider_config(git_server) -> str:
     )
 
 
+LAUNCH_CONFIG = "c.LaunchButton.url = '/hub/spawn?opt-image={image}'\n"
+
+
 @pytest.fixture(scope="module", params=["service", "tljh"])
 def binder_hub(request, docker_host, local_images, git_server):
     hub = adapter_hub(docker_host, request.param)
-    hub.config.service_config += provider_config(git_server)
+    hub.config.service_config += provider_config(git_server) + LAUNCH_CONFIG
     with running(hub) as hub:
         yield hub
 
@@ -311,3 +314,18 @@ async def test_binderhub_client_gets_the_pushed_reference(registry_hub, client_d
     assert r.status_code == 200, r.text
     code, again, err = await run_client(hub, client_dir, "gh/r2d/hello/v1", token)
     assert [e["phase"] for e in again] == ["built", "ready"] and again[-1]["imageName"] == image
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+async def test_launch_button_setting_reaches_the_page(binder_hub):
+    """``c.LaunchButton.url`` is read from the service's config file, or from the Hub's own
+    config by the TLJH plugin, and handed to the UI."""
+    from tests.harness.hub import login
+
+    client = await login(binder_hub, "alice")
+    try:
+        page = (await client.get(binder_hub.service_url)).text
+    finally:
+        await client.aclose()
+    assert '"launch_url": "/hub/spawn?opt-image={image}"' in page
