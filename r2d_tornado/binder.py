@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 
 from r2d_core.errors import Forbidden, InvalidRequest, R2DError, Unauthorized, http_status
 from r2d_core.models import Build, BuildState
@@ -90,6 +91,11 @@ class BinderBuildHandler(R2DHandler):
             await self._build()
         except R2DError as e:
             await self._fail(str(e), http_status(e))
+        except Exception:
+            # a bug, not the caller's fault: logged with its traceback, answered as an event
+            # (an EventSource client could not read a 500 page)
+            app_log.exception("BinderHub-compatible build request %s failed", self.request.path)
+            await self._fail("Internal error in repo2docker-service; see the service's log", 500)
         if not self._finished:
             self.finish()
 

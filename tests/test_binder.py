@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r2d_core.errors import InvalidRequest
 from r2d_core.providers import (
@@ -73,6 +76,33 @@ def test_resolve_spec_refuses(provider, spec, says):
     with pytest.raises(InvalidRequest) as info:
         resolve_spec(provider, spec, DEFAULT_URL_TEMPLATES)
     assert says in str(info.value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    provider=st.sampled_from(["gh", "gl", "git", "x"]),
+    spec=st.text(alphabet=st.characters(codec="utf-8"), max_size=120)
+    | st.lists(st.sampled_from(["a", "..", ".", "%2F", "%2E", "@", ":", "-", "%00", "/"])).map(
+        "".join
+    ),
+)
+def test_resolve_spec_never_escapes_its_template(provider, spec):
+    """Any spec is refused with a message or names a URL of its provider's form: a GitHub spec
+    cannot leave github.com/<owner>/<repo> (no '..', no extra segment, no other host)."""
+    try:
+        result = resolve_spec(provider, spec, DEFAULT_URL_TEMPLATES)
+    except InvalidRequest as e:
+        assert str(e)
+        return
+    assert result.ref
+    if provider == "gh":
+        path = result.repo.removeprefix("https://github.com/")
+        owner, repo = path.split("/")
+        assert owner not in ("", ".", "..") and repo not in ("", ".", "..")
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", path), result
+    elif provider == "gl":
+        path = result.repo.removeprefix("https://gitlab.com/").removesuffix(".git")
+        assert all(p not in ("", ".", "..") for p in path.split("/")), result
 
 
 def test_provider_templates_are_checked():
