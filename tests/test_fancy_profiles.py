@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness.hub import PASSWORD
 from tests.service_support import make_hub, running, service_config
-from tests.test_ui_browser import CHROMIUM_ARGS, browser  # noqa: F401  (the module's browser)
+from tests.test_ui_browser import browser  # noqa: F401  (the module's Chromium)
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.hub]
 
