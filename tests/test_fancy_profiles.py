@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.hub]
 pytest.importorskip("kubespawner", reason="jupyterhub-kubespawner not installed")
 pytest.importorskip("jupyterhub_fancy_profiles", reason="jupyterhub-fancy-profiles not installed")
 
+FANCY_USER = "fiona"
 PROFILE_LIST = [
     {
         "display_name": "Build your own image",
@@ -128,7 +129,9 @@ async def test_fancy_profiles_builds_through_the_service(fancy_hub, browser, git
         await page.expose_function("r2dTerminal", lambda text: terminal.append(text))
         await page.add_init_script(TERMINAL_WATCH)
         await page.goto(f"{hub.url}/hub/login?next=/hub/spawn")
-        await page.fill("#username_input", "alice")
+        # a user of its own: nobody else in the session built this repository for them, so the
+        # build really runs (a built image would answer at once, without a log to watch)
+        await page.fill("#username_input", FANCY_USER)
         await page.fill("#password_input", PASSWORD)
         await page.click("#login_submit")
         await page.wait_for_url(re.compile(r".*/hub/spawn.*"))
@@ -149,7 +152,7 @@ async def test_fancy_profiles_builds_through_the_service(fancy_hub, browser, git
             await page.wait_for_timeout(250)
         assert hub.spawn_result.exists(), await page.content()
         spawned: dict[str, Any] = json.loads(Path(hub.spawn_result).read_text())
-        assert spawned["image"] == f"r2d-alice-hello:{sha}", spawned
+        assert spawned["image"] == f"r2d-{FANCY_USER}-hello:{sha}", spawned
         assert spawned["user_options"]["profile"] == "byoi"
         # the image name landed in fancy-profiles' form field, which the Hub submitted
         assert spawned["image"] in spawned["user_options"].values(), spawned
