@@ -32,7 +32,9 @@ class Base(web.RequestHandler):
         return "x"
 
 async def main():
-    ctx = h.R2DContext(manager=None, authorizer=None, base_url="/services/r2d/")
+    from r2d_core.manager import BuildManager  # made, not started: the page needs no engine
+
+    ctx = h.R2DContext(manager=BuildManager(), authorizer=None, base_url="/services/r2d/")
     handlers = [s for s in h.make_handlers("/services/r2d/", Base, ctx)
                 if s[0].endswith("?$") or "static" in s[0]]
     sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
