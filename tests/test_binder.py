@@ -269,8 +269,8 @@ async def test_without_build_only_says_it_never_launches(binder_hub):
 @pytest.mark.docker
 @pytest.mark.hub
 async def test_disconnect_does_not_cancel_and_a_second_client_joins(binder_hub, git_server):
-    """A client that goes away leaves the build running; the next request joins it and replays
-    its log from the start."""
+    """A client that goes away leaves the build running; the next request joins it, replays its
+    log from the start, and hears of a cancel (from the API or the UI) as a failed event."""
     hub = binder_hub
     token = await asyncio.to_thread(hub.token_for, "frank")
     headers = {"Authorization": f"Bearer {token}"}
@@ -281,20 +281,28 @@ async def test_disconnect_does_not_cancel_and_a_second_client_joins(binder_hub, 
                 if "r2d-slow 1" in line:
                     break
         await asyncio.sleep(1)
+        events: list[dict] = []
+        cancelled = False
         async with client.stream("GET", url, headers=headers) as s:
-            first = None
             async for line in s.aiter_lines():
-                if line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    first = first or event
-                    if "r2d-slow 1" in event["message"]:
-                        break
-        assert first is not None and "Joining the running build" in first["message"], first
-        build_id = first["message"].split()[4]
-        r = await client.get(hub.service_url + f"api/builds/{build_id}", headers=headers)
-        assert r.json()["state"] in ("fetching", "building"), r.json()
-        r = await client.delete(hub.service_url + f"api/builds/{build_id}", headers=headers)
-        assert r.status_code == 200, r.text
+                if not line.startswith("data: "):
+                    continue
+                events.append(json.loads(line[6:]))
+                if "r2d-slow 1\n" in events[-1]["message"] and not cancelled:
+                    cancelled = True
+                    assert "Joining the running build" in events[0]["message"], events[0]
+                    build_id = events[0]["message"].split()[4]
+                    r = await client.get(
+                        hub.service_url + f"api/builds/{build_id}", headers=headers
+                    )
+                    assert r.json()["state"] in ("fetching", "building"), r.json()
+                    r = await client.delete(
+                        hub.service_url + f"api/builds/{build_id}", headers=headers
+                    )
+                    assert r.status_code == 200, r.text
+                if events[-1]["phase"] in ("failed", "ready"):
+                    break
+        assert events[-1]["phase"] == "failed" and "cancel" in events[-1]["message"], events[-3:]
 
 
 @pytest.fixture(scope="module")
