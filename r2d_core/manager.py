@@ -487,7 +487,7 @@ class BuildManager(LoggingConfigurable):
                     await self.catalog.refresh(force=not self.catalog.knows(image))
                     self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self.catalog.group(owner, name))
+                    return SubmitResult(image=self.catalog.group(owner, name), reference=image)
             previous_image_id = None if push_only else existing.get("Id")
         else:
             previous_image_id = None
@@ -503,7 +503,7 @@ class BuildManager(LoggingConfigurable):
                     await self.catalog.refresh(force=True)
                     self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self.catalog.group(owner, name))
+                    return SubmitResult(image=self.catalog.group(owner, name), reference=image)
 
         await self.before_queue(owner, image)
         active = self.scheduler.active_build(image)  # again: another request may have queued it

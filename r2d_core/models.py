@@ -177,6 +177,9 @@ class SubmitResult:
     build: Build | None = None
     image: ImageGroup | None = None
     joined: bool = False
+    #: the image reference this request names (also when skipped: the group's newest version
+    #: may be another commit)
+    reference: str | None = None
 
     @property
     def skipped(self) -> bool:

@@ -27,11 +27,14 @@ from r2d_core.builders import DockerBuilder, LocalProcessBuilder
 from r2d_core.engine import DockerEngine
 from r2d_core.lifecycle import LifecyclePolicy
 from r2d_core.manager import BuildManager
+from r2d_core.providers import RepoProviders
+from r2d_core.registry.config import Registry
 from r2d_core.scopes import Authorizer, HubGroups
 
 from .auth import ServiceAuthBase
 from .handlers import R2DContext, make_handlers
 from .hubconfig import hub_config_snippet
+from .launch import LaunchButton
 from .logscrub import ScrubbedSummary, scrub_uri
 
 __all__ = ["R2DService", "main", "scrub_uri"]
@@ -69,9 +72,20 @@ class GenerateHubConfig(Application):
     def start(self) -> None:
         print(
             hub_config_snippet(
-                name=self.service_name, mode=self.mode, url=self.url, singleuser=self.singleuser
+                name=self.service_name,
+                mode=self.mode,
+                url=self.url,
+                singleuser=self.singleuser,
+                command=_service_command(),
             )
         )
+
+
+def _service_command() -> str:
+    """``r2d-service`` by absolute path when it is installed next to this Python (a venv the
+    Hub's PATH does not include), else the bare name."""
+    path = os.path.join(os.path.dirname(sys.executable), "r2d-service")
+    return path if os.access(path, os.X_OK) else "r2d-service"
 
 
 class R2DService(Application):
@@ -87,6 +101,9 @@ class R2DService(Application):
         LocalProcessBuilder,
         DockerBuilder,
         LifecyclePolicy,
+        Registry,
+        RepoProviders,
+        LaunchButton,
         HubGroups,
         HubOAuth,
     ]

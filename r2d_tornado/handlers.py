@@ -545,6 +545,7 @@ class PageHandler(R2DHandler):
             "user": self.identity.name,
             "xsrf_token": self.r2d_xsrf_token(),
             "version": __version__,
+            "launch_url": _launch_url(self.manager),
         }
         page = _page_template()
         if page is None:
@@ -568,6 +569,12 @@ class PageHandler(R2DHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(html)
+
+
+def _launch_url(manager: BuildManager) -> str:
+    from .launch import launch_url_template
+
+    return launch_url_template(manager)
 
 
 _loader = template.Loader(TEMPLATE_DIR, autoescape="xhtml_escape")
@@ -631,9 +638,11 @@ def make_handlers(
     """
     import re
 
+    from .binder import ROUTES as BINDER_ROUTES  # imports this module: import it late
+
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     specs: list[tuple[str, type, dict[str, Any]]] = []
-    for pattern, logic in _ROUTES:
+    for pattern, logic in [*BINDER_ROUTES, *_ROUTES]:
         cls = type(logic.__name__, (logic, base), {"__module__": base.__module__})
         specs.append(
             (

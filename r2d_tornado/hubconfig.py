@@ -72,6 +72,8 @@ def hub_config_snippet(
         "})",
         f'c.JupyterHub.load_groups = {{"{admin_group}": {{"users": []}}, "{readonly_group}": {{"users": []}}}}',
     ]
+    if name == "binder":
+        lines += _fancy_profiles_lines(build)
     if singleuser:
         lines += [
             "",
@@ -97,3 +99,25 @@ def hub_config_snippet(
             f"# JUPYTERHUB_SERVICE_PREFIX=/services/{name}/ and JUPYTERHUB_API_URL pointing at the Hub.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _fancy_profiles_lines(build: str) -> list[str]:
+    """What jupyterhub-fancy-profiles needs: it calls ``/services/binder/build/gh/...`` (path
+    hard-coded) with an API token it creates in the browser."""
+    return [
+        "",
+        "# jupyterhub-fancy-profiles' 'Build your own image' (KubeSpawner's profile_list with",
+        "# dynamic_image_building) calls /services/binder/build/gh/<org>/<repo>/<ref>?build_only=true",
+        "# with a token it creates: POST /hub/api/users/<name>/tokens (cookie + _xsrf), no scopes",
+        "# asked, so the token carries all the user's scopes. That needs 'tokens!user' and",
+        "# 'read:users:name!user' (both in 'self', kept in the 'user' role above) and the user's",
+        f"# '{build}' scope (their own namespace above, or any role you add).",
+        "# from jupyterhub_fancy_profiles import setup_ui",
+        "# setup_ui(c)",
+        "# c.KubeSpawner.profile_list = [{'display_name': 'Build your own image', 'slug': 'byoi',",
+        "#     'profile_options': {'image': {'display_name': 'Image', 'choices': {},",
+        "#         'dynamic_image_building': {'enabled': True},",
+        "#         'unlisted_choice': {'enabled': True, 'display_name': 'Image',",
+        "#             'validation_regex': '^.+:.+$', 'validation_message': 'an image name:tag',",
+        "#             'kubespawner_override': {'image': '{value}'}}}}}]",
+    ]

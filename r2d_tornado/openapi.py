@@ -387,6 +387,54 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                     },
                 }
             },
+            "/build/{provider}/{spec}": {
+                "get": {
+                    "summary": "BinderHub-compatible build (what jupyterhub-fancy-profiles and "
+                    "@jupyterhub/binderhub-client call)",
+                    "description": "The same build as `POST /api/builds`, in the caller's namespace, "
+                    "answered as BinderHub's event stream: unnamed `data:` events with "
+                    "`{phase, message, imageName?}`; phases `waiting`, `fetching`, `building`, "
+                    "`pushing`, `built`, `ready` (the end, with `imageName`), `failed` (the end; "
+                    "with `status_code` for errors such as a missing scope). `spec` is "
+                    "`<owner>/<repo>/<ref>` for `gh`, `<url-escaped group/project>/<ref>` for `gl`, "
+                    "`<url-escaped URL>/<ref>` for `git` (see `RepoProviders.url_templates`). "
+                    "A client that disconnects does not cancel the build.",
+                    "parameters": [
+                        {
+                            "name": "provider",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "spec", "in": "path", "required": True, "schema": string},
+                        {
+                            "name": "build_only",
+                            "in": "query",
+                            "required": True,
+                            "description": "must be `true`: the service never launches servers",
+                            "schema": {"type": "string", "enum": ["true"]},
+                        },
+                        {
+                            "name": "owner",
+                            "in": "query",
+                            "description": "build for this owner (default: the caller)",
+                            "schema": string,
+                        },
+                        {
+                            "name": "name",
+                            "in": "query",
+                            "description": "the image's display name (default: the repository's)",
+                            "schema": string,
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The build's events (errors too, as a `failed` event)",
+                            "content": {"text/event-stream": {"schema": string}},
+                        }
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Health (no authentication)",

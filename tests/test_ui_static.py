@@ -496,3 +496,34 @@ def test_frontend_sources_typecheck_and_are_formatted(node_modules: Path) -> Non
         [npm, "run", "--silent", "lint"], cwd=FRONTEND, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_launch_link_from_the_admins_template(node_modules: Path) -> None:
+    image = "registry.example.org/r2d-alice-hello:0123abc"
+    got = _js(
+        node_modules,
+        ["launchHref", "/hub/spawn?opt-image={image}", image, "hello", "alice"],
+        ["launchHref", "/hub/spawn/{user}/{image_name}?opt-image={image}", image, "a b", "al&ce"],
+        ["launchHref", "", image, "hello", "alice"],
+        ["launchHref", "javascript:alert(1)//{image}", image, "hello", "alice"],
+        ["launchHref", "/hub/spawn", image, "hello", "alice"],
+    )
+    assert got == [
+        "/hub/spawn?opt-image=registry.example.org%2Fr2d-alice-hello%3A0123abc",
+        "/hub/spawn/al%26ce/a%20b?opt-image=registry.example.org%2Fr2d-alice-hello%3A0123abc",
+        None,
+        None,
+        None,
+    ]
+
+
+def test_launch_button_setting_is_checked() -> None:
+    from traitlets import TraitError
+
+    from r2d_tornado.launch import LaunchButton
+
+    assert LaunchButton().url == ""
+    assert LaunchButton(url="/hub/spawn?opt-image={image}").url.endswith("{image}")
+    for bad in ("/hub/spawn", "javascript:x({image})", "hub/spawn?image={image}"):
+        with pytest.raises(TraitError):
+            LaunchButton(url=bad)

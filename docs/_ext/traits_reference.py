@@ -15,6 +15,8 @@ CLASSES = [
     "r2d_core.builders.LocalProcessBuilder",
     "r2d_core.builders.DockerBuilder",
     "r2d_core.registry.config.Registry",
+    "r2d_core.providers.RepoProviders",
+    "r2d_tornado.launch.LaunchButton",
     "r2d_core.scopes.HubGroups",
     "r2d_tljh.settings.R2DPlugin",
 ]

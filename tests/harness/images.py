@@ -1,6 +1,6 @@
 """Local images for the tests, made without pulling, cached across runs as ``docker save`` tarballs.
 
-Three images (names are constants of this module):
+Four images (names are constants of this module):
 
 * :data:`BUSYBOX_IMAGE` — a busybox-static rootfs, ``docker import``-ed (0.3 s to build). The
   fixture repositories' Dockerfiles start ``FROM`` it.
@@ -11,6 +11,10 @@ Three images (names are constants of this module):
   with ``jupyter-repo2docker`` and the host's docker CLI + buildx plugin. It is made in a container
   on top of :data:`DEBIAN_IMAGE` and committed, so it shares the Debian layer: both are saved into
   one tarball that loads in a few seconds.
+* :data:`SINGLEUSER_IMAGE` — :data:`DEBIAN_IMAGE` plus a venv ``/opt/jupyter`` with
+  ``jupyterhub`` (:data:`SINGLEUSER_JUPYTERHUB`) and ``jupyter_server``, running
+  ``jupyterhub-singleuser`` as ``jovyan`` (uid 1000): what DockerSpawner starts, and the base of
+  fixture repositories whose built image must really launch (~75 s to build).
 
 Loading is slow on this machine's disk (creating ~15,000 files takes ~14 s), so the cache also keeps
 a *seed*: the ``image/`` and graph-driver directories of an engine that loaded the tarballs once.
@@ -46,6 +50,7 @@ __all__ = [
     "IMAGES",
     "REPO2DOCKER_IMAGE",
     "REPO2DOCKER_VERSION",
+    "SINGLEUSER_IMAGE",
     "cache_dir",
     "debian_mirror",
     "ensure_images",
@@ -57,13 +62,26 @@ REPO2DOCKER_VERSION = "2026.4.0"
 BUSYBOX_IMAGE = "r2d-test/busybox:latest"
 DEBIAN_IMAGE = "r2d-test/debian:bookworm"
 REPO2DOCKER_IMAGE = f"r2d-test/repo2docker:{REPO2DOCKER_VERSION}"
+#: the jupyterhub the single-user image carries (the Hub's own version: the API must match)
+SINGLEUSER_JUPYTERHUB = "6.1.1"
+SINGLEUSER_IMAGE = f"r2d-test/singleuser:jh{SINGLEUSER_JUPYTERHUB}"
 #: short names accepted by :func:`ensure_images` → image references
-IMAGES = {"busybox": BUSYBOX_IMAGE, "debian": DEBIAN_IMAGE, "repo2docker": REPO2DOCKER_IMAGE}
+IMAGES = {
+    "busybox": BUSYBOX_IMAGE,
+    "debian": DEBIAN_IMAGE,
+    "repo2docker": REPO2DOCKER_IMAGE,
+    "singleuser": SINGLEUSER_IMAGE,
+}
 #: part of the cache path: change it whenever an image recipe below changes
-HARNESS_IMAGES_VERSION = f"1-r2d{REPO2DOCKER_VERSION}"
+HARNESS_IMAGES_VERSION = f"2-r2d{REPO2DOCKER_VERSION}"
 
 #: the tarball ("bundle") each image is saved in; debian and repo2docker share one (shared layer)
-_BUNDLE_OF = {"busybox": "busybox", "debian": "debian", "repo2docker": "debian"}
+_BUNDLE_OF = {
+    "busybox": "busybox",
+    "debian": "debian",
+    "repo2docker": "debian",
+    "singleuser": "singleuser",
+}
 
 DOCKER_BUILDX = "/usr/libexec/docker/cli-plugins/docker-buildx"
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -361,9 +379,78 @@ def _build_debian_and_repo2docker(host: str, log: Path) -> list[str]:
     return [DEBIAN_IMAGE, REPO2DOCKER_IMAGE]
 
 
+_SINGLEUSER_SETUP = f"""set -eux
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends python3 python3-venv ca-certificates
+python3 -m venv /opt/jupyter
+PIP_CERT=/tmp/host-ca.crt /opt/jupyter/bin/pip install --no-cache-dir \\
+    --disable-pip-version-check jupyterhub=={SINGLEUSER_JUPYTERHUB} jupyter_server
+useradd --create-home --uid 1000 --shell /bin/bash jovyan
+apt-get clean
+rm -rf /var/lib/apt/lists/* /tmp/host-ca.crt /root/.cache
+"""
+
+
+def _build_singleuser(host: str, log: Path) -> list[str]:
+    """A single-user server image: set up in a container on the Debian image, committed."""
+    ensure_images(host, ["debian"])
+    name = f"r2d-harness-build-{secrets.token_hex(4)}"
+    env = dict(os.environ, DOCKER_HOST=host)
+    docker = docker_cli()
+    create = [docker, "create", "--name", name, "--network", "host"]
+    _run_logged(
+        [*create, DEBIAN_IMAGE, "sh", "-c", _SINGLEUSER_SETUP],
+        log,
+        "docker create (single-user image)",
+        env=env,
+    )
+    try:
+        _run_logged(
+            [docker, "cp", "-L", HOST_CA_BUNDLE, f"{name}:/tmp/host-ca.crt"],
+            log,
+            "docker cp (CA bundle)",
+            env=env,
+        )
+        _run_logged([docker, "start", "-a", name], log, "single-user image setup", env=env)
+        changes = [
+            "ENV PATH=/opt/jupyter/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "USER jovyan",
+            "WORKDIR /home/jovyan",
+            'CMD ["jupyterhub-singleuser"]',
+        ]
+        _run_logged(
+            [docker, "commit", *(a for c in changes for a in ("-c", c)), name, SINGLEUSER_IMAGE],
+            log,
+            "docker commit (single-user image)",
+            env=env,
+        )
+    finally:
+        docker_run(host, ["rm", "-f", name], check=False)
+    res = docker_run(
+        host,
+        [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            SINGLEUSER_IMAGE,
+            "jupyterhub-singleuser",
+            "--version",
+        ],
+        check=False,
+    )
+    if res.returncode != 0:
+        raise HarnessError(
+            f"{SINGLEUSER_IMAGE} does not run: {res.stdout[-1000:]}{res.stderr[-1000:]}"
+        )
+    return [SINGLEUSER_IMAGE]
+
+
 _RECIPES: dict[str, Callable[[str, Path], list[str]]] = {
     "busybox": _build_busybox,
     "debian": _build_debian_and_repo2docker,
+    "singleuser": _build_singleuser,
 }
 
 

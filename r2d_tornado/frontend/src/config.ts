@@ -7,6 +7,8 @@ export interface PageConfig {
   user: string | null;
   hub_url: string;
   logout_url: string;
+  /** the admin's "Launch" URL template ({image}, {image_name}, {user}); "" for no button */
+  launch_url: string;
 }
 
 function cookie(name: string): string {
@@ -32,5 +34,6 @@ export function readConfig(): PageConfig {
     user: parsed.user ?? null,
     hub_url: parsed.hub_url || "/hub/",
     logout_url: parsed.logout_url || `${parsed.hub_url || "/hub/"}logout`,
+    launch_url: parsed.launch_url || "",
   };
 }

@@ -15,6 +15,7 @@ import hammer from "bootstrap-icons/icons/hammer.svg";
 import hdd from "bootstrap-icons/icons/hdd.svg";
 import key from "bootstrap-icons/icons/key.svg";
 import lock from "bootstrap-icons/icons/lock.svg";
+import playFill from "bootstrap-icons/icons/play-fill.svg";
 import plusLg from "bootstrap-icons/icons/plus-lg.svg";
 import slashCircle from "bootstrap-icons/icons/slash-circle.svg";
 import stopCircle from "bootstrap-icons/icons/stop-circle.svg";
@@ -27,6 +28,7 @@ import { svgIcon } from "./dom";
 const ICONS = {
   refresh: arrowClockwise,
   rebuild: arrowRepeat,
+  launch: playFill,
   image: boxSeam,
   check: check2,
   success: checkCircleFill,

@@ -182,3 +182,19 @@ export async function copyText(text: string): Promise<boolean> {
   area.remove();
   return ok;
 }
+
+/** The "Launch" link for ``image`` from the admin's template (every field URL-encoded), or null
+ *  when no template is configured or it is not a path or http(s) URL. */
+export function launchHref(
+  template: string,
+  image: string,
+  name: string,
+  user: string | null,
+): string | null {
+  if (!template || !template.includes("{image}")) return null;
+  if (!/^(\/|https?:\/\/)/.test(template)) return null;
+  const fields: Record<string, string> = { image, image_name: name, user: user ?? "" };
+  return template.replace(/\{(image|image_name|user)\}/g, (_m, key: string) =>
+    encodeURIComponent(fields[key]),
+  );
+}

@@ -8,7 +8,14 @@ import { checkName, checkOwner, checkRef, checkRepo, compileRules } from "../src
 
 export { phaseLines, phaseSteps } from "../src/phases";
 export { may } from "../src/perms";
-export { defaultNameForRepo, duration, humanSize, stripAnsi, terminalLine } from "../src/util";
+export {
+  defaultNameForRepo,
+  duration,
+  humanSize,
+  launchHref,
+  stripAnsi,
+  terminalLine,
+} from "../src/util";
 export { ownerField };
 
 /** the form's message for ``value`` in ``field`` under the rules of ``info`` (null: accepted) */

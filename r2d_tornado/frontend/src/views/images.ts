@@ -21,7 +21,7 @@ import {
   sourceEl,
   timeEl,
 } from "../ui";
-import { hashFor, humanSize, shortSha } from "../util";
+import { hashFor, humanSize, launchHref, shortSha } from "../util";
 
 interface ImagesAnswer {
   images: Image[];
@@ -272,6 +272,7 @@ export const imagesView: View = async (ctx, route, el, scope) => {
       },
       icon("chevron"),
     );
+    const launch = launchHref(ctx.config.launch_url, img.image, img.name, ctx.config.user);
     const rebuildHref = hashFor(["new"], {
       repo: img.repo,
       ref: img.ref,
@@ -313,6 +314,20 @@ export const imagesView: View = async (ctx, route, el, scope) => {
         h(
           "div",
           { class: "d-inline-flex gap-1" },
+          launch
+            ? h(
+                "a",
+                {
+                  class: "btn btn-sm btn-primary",
+                  href: launch,
+                  "data-testid": "launch-image",
+                  "aria-label": `Launch ${key}`,
+                  title: `Start a server with ${img.image}`,
+                },
+                icon("launch", "me-1"),
+                "Launch",
+              )
+            : null,
           img.can_build && img.repo
             ? h(
                 "a",
