@@ -187,8 +187,37 @@ class BuildManager(LoggingConfigurable):
         return os.environ.get("R2D_ALWAYS_PUSH", "") in ("1", "true", "yes")
 
     max_queued_builds = Int(
-        100, config=True, help="Builds waiting at most; more are refused with 429 (default 100)."
+        config=True,
+        help="""Builds waiting at most, for everybody; more are refused with 429 (default 100;
+        env R2D_MAX_QUEUED_BUILDS).""",
     )
+
+    @default("max_queued_builds")
+    def _default_max_queued(self) -> int:
+        return _env_int("R2D_MAX_QUEUED_BUILDS", 100)
+
+    max_queued_builds_per_owner = Int(
+        config=True,
+        help="""Builds one owner may have waiting; more are refused with 429 and a Retry-After
+        header naming this limit, so one user cannot fill the queue for everybody (default 10;
+        env R2D_MAX_QUEUED_BUILDS_PER_OWNER). Waiting builds start fairly: owners take turns.""",
+    )
+
+    @default("max_queued_builds_per_owner")
+    def _default_max_queued_per_owner(self) -> int:
+        return _env_int("R2D_MAX_QUEUED_BUILDS_PER_OWNER", 10)
+
+    @validate("max_queued_builds", "max_queued_builds_per_owner")
+    def _check_queue_limit(self, proposal: Any) -> int:
+        from traitlets import TraitError
+
+        if proposal["value"] < 1:
+            raise TraitError(
+                f"{proposal['trait'].name} must be at least 1, not {proposal['value']} "
+                "(to refuse builds, remove the build scope from the users' roles)"
+            )
+        return proposal["value"]
+
     max_log_lines = Int(20000, config=True, help="Log lines kept per build (default 20000).")
     build_history = Int(
         200,
@@ -450,7 +479,7 @@ class BuildManager(LoggingConfigurable):
         if active is not None:
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
-        self.scheduler.check_room()
+        self.scheduler.check_room(owner)
         build = Build(
             id=new_build_id(),
             owner=owner,
@@ -501,7 +530,7 @@ class BuildManager(LoggingConfigurable):
         self._update_gauges()
 
     def _update_gauges(self) -> None:
-        metrics.QUEUE_LENGTH.set(len(self.scheduler.waiting))
+        metrics.QUEUE_LENGTH.set(self.scheduler.waiting_count())
         metrics.BUILDS_IN_PROGRESS.set(self.scheduler.running_count())
 
     def queue_position(self, build: Build) -> int | None:
