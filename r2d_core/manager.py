@@ -73,6 +73,13 @@ def _env_int(name: str, fallback: int) -> int:
         return fallback
 
 
+def _env_float(name: str, fallback: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return fallback
+
+
 class BuildManager(LoggingConfigurable):
     """Queue, run, follow, cancel and list builds; list and delete images."""
 
@@ -224,6 +231,39 @@ class BuildManager(LoggingConfigurable):
         config=True,
         help="Finished builds remembered (and their containers kept); default 200.",
     )
+    build_timeout = Float(
+        config=True,
+        help="""Seconds a build may take in all, from leaving the queue to the end of its push;
+        then it is stopped and ends ``failed`` saying so. Builds found again after a restart are
+        held to it from their start. 0 turns it off. Default 3600; env R2D_BUILD_TIMEOUT.""",
+    )
+
+    @default("build_timeout")
+    def _default_build_timeout(self) -> float:
+        return _env_float("R2D_BUILD_TIMEOUT", 3600.0)
+
+    build_inactivity_timeout = Float(
+        config=True,
+        help="""Seconds a build may go without printing anything (a hung download, a step
+        waiting for input); then it is stopped and ends ``failed`` saying so. 0 turns it off.
+        Default 600; env R2D_BUILD_INACTIVITY_TIMEOUT.""",
+    )
+
+    @default("build_inactivity_timeout")
+    def _default_build_inactivity_timeout(self) -> float:
+        return _env_float("R2D_BUILD_INACTIVITY_TIMEOUT", 600.0)
+
+    @validate("build_timeout", "build_inactivity_timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        from traitlets import TraitError
+
+        if proposal["value"] < 0:
+            raise TraitError(
+                f"{proposal['trait'].name} must be 0 (no limit) or a number of seconds, "
+                f"not {proposal['value']}"
+            )
+        return proposal["value"]
+
     ref_timeout = Float(
         30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
     )
@@ -277,6 +317,7 @@ class BuildManager(LoggingConfigurable):
             log=self.log,
         )
         self.runner = BuildRunner(
+            settings=self,
             engine=self.engine,
             builder=self.builder,
             registry=self.registry,
@@ -372,8 +413,19 @@ class BuildManager(LoggingConfigurable):
     def _adopt(self, recovered: RecoveredBuild) -> None:
         fields = recovered.fields
         build_id = fields.get("build-id", "")
-        if not build_id or build_id in self._builds:
+        if not build_id:
             return
+        known = self._builds.get(build_id)
+        if known is not None:
+            if not (known.done and recovered.running):
+                return  # ours already (its task follows it, re-attaching after a lost stream)
+            if known.state == BuildState.CANCELLED or known.stop_reason:
+                # we stopped it, but the kill did not reach the engine: again
+                task = asyncio.ensure_future(recovered.process.cancel())
+                task.add_done_callback(lambda t: t.exception())
+                return
+            # given up for lost while its container kept building: follow it again
+            del self._builds[build_id]
         build = Build(
             id=build_id,
             owner=fields["owner"],
@@ -390,14 +442,21 @@ class BuildManager(LoggingConfigurable):
             recovered=True,
             log=self._new_log(),
         )
+        if not recovered.running:
+            # its real state from the first listing (the log is re-read in the background)
+            build.finished = recovered.finished
+            build.exit_code = recovered.exit_code
+            build.state = BuildState.BUILT if recovered.exit_code == 0 else BuildState.FAILED
+            if recovered.oom_killed:
+                build.error = "the build ran out of memory (killed by the kernel's OOM killer)"
         self._builds[build.id] = build
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
         self.scheduler.hold(build, active=recovered.running)
         self.runner.processes[build.id] = recovered.process
-        self._tasks[build.id] = asyncio.create_task(self.runner.follow(build, recovered.process))
-        if not recovered.running:
-            build.finished = recovered.finished
+        self._tasks[build.id] = asyncio.create_task(
+            self.runner.follow_recovered(build, recovered.process, recovered.running)
+        )
         self._update_gauges()
 
     # ---- submitting -------------------------------------------------------------------------------
@@ -598,10 +657,8 @@ class BuildManager(LoggingConfigurable):
         if self.scheduler.is_waiting(build):
             self.runner.finish_cancelled(build, reason)
             return build
-        process = self.runner.processes.get(build.id)
-        if process is not None:
-            build.log.append(build.state.value, f"Cancelling ({reason})")
-            await process.cancel()
+        build.log.append(build.state.value, f"Cancelling ({reason})")
+        await self.runner.stop(build)  # its repo2docker process, or its push
         task = self._tasks.get(build.id)
         if task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -619,8 +676,32 @@ class BuildManager(LoggingConfigurable):
     async def delete_image(
         self, owner: str, name: str, tag: str | None = None
     ) -> dict[str, list[Any]]:
-        """Delete all versions of an image, or the one with ``tag``; report what failed."""
-        return await self.catalog.delete_image(owner, name, tag)
+        """Delete all versions of an image, or the one with ``tag``; report what failed.
+
+        A version being rebuilt (forced) is deleted too: its backup is not put back when the
+        rebuild does not succeed, and it counts as deleted even though listings do not show it
+        while it is moved aside.
+        """
+        rebuilding = [
+            b
+            for b in self.scheduler.active.values()
+            if b.owner == owner
+            and b.name == name
+            and b.previous_image_id is not None
+            and (tag is None or b.image.rsplit(":", 1)[1] == tag)
+        ]
+        for build in rebuilding:
+            build.restore_previous = False
+        try:
+            result = await self.catalog.delete_image(owner, name, tag)
+        except NotFound:
+            if not rebuilding:
+                raise
+            result = {"deleted": [], "errors": []}
+        for build in rebuilding:
+            if build.image not in result["deleted"]:
+                result["deleted"].append(build.image)
+        return result
 
     # ---- health -----------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
