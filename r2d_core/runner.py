@@ -108,6 +108,7 @@ class BuildRunner:
                     "failed", f"Internal error: {type(e).__name__} (see the service log)"
                 )
             self.finish(build, exit_code=None, error=f"internal error: {type(e).__name__}: {e}")
+            await self._restore_backup(build)
 
     # ---- running ----------------------------------------------------------------------------------
     async def _run(self, build: Build) -> None:
@@ -292,13 +293,19 @@ class BuildRunner:
         try:
             await self._finish_run(build, exit_code, error, ended)
         finally:
-            if build.previous_image_id is not None:
-                with contextlib.suppress(R2DError):
-                    if build.state != BuildState.BUILT and build.restore_previous:
-                        await self.engine.tag_image(build.previous_image_id, build.image)
-                    await self.engine.remove_image(self.backup_tag(build))
-                    await self.catalog.refresh(force=True)
-            build.previous_image_id = None
+            await self._restore_backup(build)
+
+    async def _restore_backup(self, build: Build) -> None:
+        """A forced rebuild is over: put the previous image back unless it succeeded (or the
+        image was deleted meanwhile), and drop the backup tag."""
+        if build.previous_image_id is None:
+            return
+        with contextlib.suppress(R2DError):
+            if build.state != BuildState.BUILT and build.restore_previous:
+                await self.engine.tag_image(build.previous_image_id, build.image)
+            await self.engine.remove_image(self.backup_tag(build))
+            await self.catalog.refresh(force=True)
+        build.previous_image_id = None
 
     @staticmethod
     def backup_tag(build: Build) -> str:

@@ -77,6 +77,24 @@ async def test_unexpected_exception_fails_the_build_and_frees_the_slot(
     await asyncio.wait_for(wait_done(again.build), 20)
 
 
+async def test_unexpected_exception_in_a_forced_rebuild_keeps_the_previous_image(
+    make_manager, git_server, docker_host
+):
+    args = {"repo": git_server.url("hello"), "ref": "v1", "owner": "bug", "name": "kept"}
+    first = (await (await make_manager()).submit(**args)).build
+    await wait_done(first)
+    broken = await make_manager(builder_class=BrokenStart)
+    forced = (await broken.submit(**args, force=True)).build
+    await asyncio.wait_for(wait_done(forced), 20)
+    assert forced.state == BuildState.FAILED and "internal error" in forced.error
+    engine = DockerEngine(host=docker_host)
+    try:
+        info = await engine.inspect_image(first.image)  # moved aside, then put back
+    finally:
+        await engine.close()
+    assert info is not None and info["Config"]["Labels"]["repo2docker-service.build-id"] == first.id
+
+
 # ---- cancel of a push -------------------------------------------------------------------------
 async def _wait_pushing(build: Build, proxy: SlowProxy, start: int) -> None:
     async with asyncio.timeout(120):
