@@ -29,6 +29,8 @@ __all__ = ["BuildRunner", "RunnerSettings"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
+#: a log stream that breaks again and again although the engine answers is given up on
+_MAX_FRUITLESS_REATTACHES = 10
 _PHASES = {
     "fetching": BuildState.FETCHING,
     "building": BuildState.BUILDING,
@@ -172,8 +174,10 @@ class BuildRunner:
         have, and go on — instead of failing a build that is still running.
         """
         seen = 0
+        fruitless = 0  # re-attaches in a row that read nothing new
         while True:
             skip = seen
+            before = seen
             try:
                 async for raw in process.output():
                     if skip:
@@ -186,7 +190,13 @@ class BuildRunner:
             except R2DError as e:
                 if isinstance(e, Unavailable):
                     self.on_unavailable(e)
-                if not process.reattachable or build.cancel_requested or build.stop_reason:
+                fruitless = 0 if seen > before else fruitless + 1
+                if (
+                    not process.reattachable
+                    or build.cancel_requested
+                    or build.stop_reason
+                    or fruitless > _MAX_FRUITLESS_REATTACHES
+                ):
                     return None, f"lost contact with the build: {e}"
                 self.log.warning("Lost contact with build %s (%s); re-attaching", build.id, e)
                 gone = await self._wait_to_reattach(build, process)
