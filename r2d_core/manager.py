@@ -47,12 +47,11 @@ from .models import (
     ImageGroup,
     SubmitResult,
     new_build_id,
-    parse_time,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .refs import resolve_ref
 from .registry.config import Registry
-from .runner import BuildRunner
+from .runner import BuildRunner, recovered_build
 from .scheduler import Scheduler
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
@@ -426,29 +425,7 @@ class BuildManager(LoggingConfigurable):
                 return
             # given up for lost while its container kept building: follow it again
             del self._builds[build_id]
-        build = Build(
-            id=build_id,
-            owner=fields["owner"],
-            name=fields["name"],
-            repo=fields.get("repo", ""),
-            ref=fields.get("ref", ""),
-            sha=fields["sha"],
-            image=fields.get("image", ""),
-            push=fields.get("push") == "1",
-            requested_by=fields.get("requested-by", ""),
-            created=parse_time(fields.get("created")) or recovered.started or time.time(),
-            started=recovered.started,
-            state=BuildState.FETCHING,
-            recovered=True,
-            log=self._new_log(),
-        )
-        if not recovered.running:
-            # its real state from the first listing (the log is re-read in the background)
-            build.finished = recovered.finished
-            build.exit_code = recovered.exit_code
-            build.state = BuildState.BUILT if recovered.exit_code == 0 else BuildState.FAILED
-            if recovered.oom_killed:
-                build.error = "the build ran out of memory (killed by the kernel's OOM killer)"
+        build = recovered_build(recovered, self._new_log())
         self._builds[build.id] = build
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
@@ -682,14 +659,7 @@ class BuildManager(LoggingConfigurable):
         rebuild does not succeed, and it counts as deleted even though listings do not show it
         while it is moved aside.
         """
-        rebuilding = [
-            b
-            for b in self.scheduler.active.values()
-            if b.owner == owner
-            and b.name == name
-            and b.previous_image_id is not None
-            and (tag is None or b.image.rsplit(":", 1)[1] == tag)
-        ]
+        rebuilding = self.scheduler.forced_rebuilds(owner, name, tag)
         for build in rebuilding:
             build.restore_previous = False
         try:

@@ -17,15 +17,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from .builders import Builder, BuildProcess
+from .builders import Builder, BuildProcess, RecoveredBuild
 from .catalog import ImageCatalog
 from .engine import DockerEngine
 from .errors import R2DError, Unavailable
-from .models import Build, BuildState, short_error
+from .logs import LogBuffer
+from .models import Build, BuildState, parse_time, short_error
 from .naming import parse_reference
 from .registry.config import Registry
 
-__all__ = ["BuildRunner", "RunnerSettings"]
+__all__ = ["BuildRunner", "RunnerSettings", "recovered_build"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
@@ -36,6 +37,37 @@ _PHASES = {
     "building": BuildState.BUILDING,
     "pushing": BuildState.PUSHING,
 }
+
+
+def recovered_build(recovered: RecoveredBuild, log: LogBuffer) -> Build:
+    """The build a build container found after a restart stands for, from its labels and state.
+
+    A finished one shows its real outcome at once (exit status, OOM), before its log is re-read.
+    """
+    fields = recovered.fields
+    build = Build(
+        id=fields["build-id"],
+        owner=fields["owner"],
+        name=fields["name"],
+        repo=fields.get("repo", ""),
+        ref=fields.get("ref", ""),
+        sha=fields["sha"],
+        image=fields.get("image", ""),
+        push=fields.get("push") == "1",
+        requested_by=fields.get("requested-by", ""),
+        created=parse_time(fields.get("created")) or recovered.started or time.time(),
+        started=recovered.started,
+        state=BuildState.FETCHING,
+        recovered=True,
+        log=log,
+    )
+    if not recovered.running:
+        build.finished = recovered.finished
+        build.exit_code = recovered.exit_code
+        build.state = BuildState.BUILT if recovered.exit_code == 0 else BuildState.FAILED
+        if recovered.oom_killed:
+            build.error = "the build ran out of memory (killed by the kernel's OOM killer)"
+    return build
 
 
 class RunnerSettings(Protocol):
