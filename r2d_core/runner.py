@@ -131,7 +131,11 @@ class BuildRunner:
             raise  # the service is stopping: a build container goes on, the next process follows
         except Exception as e:
             self.log.exception("Internal error in build %s", build.id)
+            if build.log.closed:
+                return  # it had ended and was released already
             if build.done:
+                # a build that had ended before a restart: keep its outcome, release it
+                self.on_done(build)
                 return
             process = self.processes.get(build.id)
             if process is not None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from traitlets.config import Config
 
-from r2d_core.builders import BuildProcess, LocalProcessBuilder
+from r2d_core.builders import BuildProcess, LocalProcessBuilder, RecoveredBuild
 from r2d_core.engine import DockerEngine
 from r2d_core.manager import BuildManager
 from r2d_core.models import Build, BuildState
@@ -93,6 +93,25 @@ async def test_unexpected_exception_in_a_forced_rebuild_keeps_the_previous_image
     finally:
         await engine.close()
     assert info is not None and info["Config"]["Labels"]["repo2docker-service.build-id"] == first.id
+
+
+class BrokenRecovery(LocalProcessBuilder):
+    """Finds one finished build whose log cannot be read back (an unexpected exception)."""
+
+    async def recover(self) -> list[RecoveredBuild]:
+        fields = {
+            "build-id": "0badc0ffee00", "owner": "bug", "name": "recovered", "sha": "1" * 40,
+            "image": "r2d-bug-recovered:" + "1" * 40, "push": "0",
+        }  # fmt: skip
+        return [RecoveredBuild(fields, _BrokenProcess(), running=False, exit_code=0)]
+
+
+async def test_unexpected_exception_reading_a_recovered_log_releases_the_build(make_manager):
+    m = await make_manager(builder_class=BrokenRecovery)
+    build = m.get_build("0badc0ffee00")
+    assert build.state == BuildState.BUILT  # from the container's exit status, at once
+    await asyncio.wait_for(wait_done(build), 20)  # the log closes: followers are not left hanging
+    assert build.state == BuildState.BUILT and build.log.closed
 
 
 # ---- cancel of a push -------------------------------------------------------------------------
