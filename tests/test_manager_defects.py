@@ -147,6 +147,12 @@ async def test_cancel_stops_a_push_and_a_push_only_build(
         assert build.state == BuildState.CANCELLED  # before: still pushing after 15 s
         assert time.monotonic() - t0 < 10
         assert "cancelled" in build.push_error
+        # the engine stopped pushing: with the brake off, a push still going would end in a
+        # moment (what the proxy still forwards is what sat in socket buffers)
+        proxy.rate = 50_000_000
+        await asyncio.sleep(3)
+        assert not await m.catalog.in_registry(build.image)
+        proxy.rate = 60_000
         [group] = await m.list_images(["cpu"])
         assert group.versions[0].local and not group.versions[0].pushed
 
