@@ -551,8 +551,9 @@ class BuildManager(LoggingConfigurable):
 
     def after_built(self, build: Build) -> None:
         """Called once when ``build`` ended ``built`` (its image is in the index already), before
-        the next waiting build starts. Must not block: start a task for slow work. Default:
-        nothing."""
+        the next waiting build starts — also for builds found again after a restart
+        (``build.recovered``; their image may be gone). Must not block: start a task for slow
+        work; an exception is logged, not raised. Default: nothing."""
 
     # ---- scheduling -------------------------------------------------------------------------------
     def _schedule(self) -> None:
