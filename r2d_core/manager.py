@@ -47,13 +47,12 @@ from .models import (
     ImageGroup,
     SubmitResult,
     new_build_id,
-    parse_time,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .netpolicy import NetPolicy, parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
-from .runner import BuildRunner
+from .runner import BuildRunner, recovered_build
 from .scheduler import Scheduler
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
@@ -71,6 +70,13 @@ __all__ = ["BuildManager"]
 def _env_int(name: str, fallback: int) -> int:
     try:
         return int(os.environ[name])
+    except (KeyError, ValueError):
+        return fallback
+
+
+def _env_float(name: str, fallback: float) -> float:
+    try:
+        return float(os.environ[name])
     except (KeyError, ValueError):
         return fallback
 
@@ -222,14 +228,76 @@ class BuildManager(LoggingConfigurable):
         return os.environ.get("R2D_ALWAYS_PUSH", "") in ("1", "true", "yes")
 
     max_queued_builds = Int(
-        100, config=True, help="Builds waiting at most; more are refused with 429 (default 100)."
+        config=True,
+        help="""Builds waiting at most, for everybody; more are refused with 429 (default 100;
+        env R2D_MAX_QUEUED_BUILDS).""",
     )
+
+    @default("max_queued_builds")
+    def _default_max_queued(self) -> int:
+        return _env_int("R2D_MAX_QUEUED_BUILDS", 100)
+
+    max_queued_builds_per_owner = Int(
+        config=True,
+        help="""Builds one owner may have waiting; more are refused with 429 and a Retry-After
+        header naming this limit, so one user cannot fill the queue for everybody (default 10;
+        env R2D_MAX_QUEUED_BUILDS_PER_OWNER). Waiting builds start fairly: owners take turns.""",
+    )
+
+    @default("max_queued_builds_per_owner")
+    def _default_max_queued_per_owner(self) -> int:
+        return _env_int("R2D_MAX_QUEUED_BUILDS_PER_OWNER", 10)
+
+    @validate("max_queued_builds", "max_queued_builds_per_owner")
+    def _check_queue_limit(self, proposal: Any) -> int:
+        from traitlets import TraitError
+
+        if proposal["value"] < 1:
+            raise TraitError(
+                f"{proposal['trait'].name} must be at least 1, not {proposal['value']} "
+                "(to refuse builds, remove the build scope from the users' roles)"
+            )
+        return proposal["value"]
+
     max_log_lines = Int(20000, config=True, help="Log lines kept per build (default 20000).")
     build_history = Int(
         200,
         config=True,
         help="Finished builds remembered (and their containers kept); default 200.",
     )
+    build_timeout = Float(
+        config=True,
+        help="""Seconds a build may take in all, from leaving the queue to the end of its push;
+        then it is stopped and ends ``failed`` saying so. Builds found again after a restart are
+        held to it from their start. 0 turns it off. Default 3600; env R2D_BUILD_TIMEOUT.""",
+    )
+
+    @default("build_timeout")
+    def _default_build_timeout(self) -> float:
+        return _env_float("R2D_BUILD_TIMEOUT", 3600.0)
+
+    build_inactivity_timeout = Float(
+        config=True,
+        help="""Seconds a build may go without printing anything (a hung download, a step
+        waiting for input); then it is stopped and ends ``failed`` saying so. 0 turns it off.
+        Default 600; env R2D_BUILD_INACTIVITY_TIMEOUT.""",
+    )
+
+    @default("build_inactivity_timeout")
+    def _default_build_inactivity_timeout(self) -> float:
+        return _env_float("R2D_BUILD_INACTIVITY_TIMEOUT", 600.0)
+
+    @validate("build_timeout", "build_inactivity_timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        from traitlets import TraitError
+
+        if proposal["value"] < 0:
+            raise TraitError(
+                f"{proposal['trait'].name} must be 0 (no limit) or a number of seconds, "
+                f"not {proposal['value']}"
+            )
+        return proposal["value"]
+
     ref_timeout = Float(
         30.0,
         config=True,
@@ -297,6 +365,7 @@ class BuildManager(LoggingConfigurable):
             log=self.log,
         )
         self.runner = BuildRunner(
+            settings=self,
             engine=self.engine,
             builder=self.builder,
             registry=self.registry,
@@ -394,32 +463,28 @@ class BuildManager(LoggingConfigurable):
     def _adopt(self, recovered: RecoveredBuild) -> None:
         fields = recovered.fields
         build_id = fields.get("build-id", "")
-        if not build_id or build_id in self._builds:
+        if not build_id:
             return
-        build = Build(
-            id=build_id,
-            owner=fields["owner"],
-            name=fields["name"],
-            repo=fields.get("repo", ""),
-            ref=fields.get("ref", ""),
-            sha=fields["sha"],
-            image=fields.get("image", ""),
-            push=fields.get("push") == "1",
-            requested_by=fields.get("requested-by", ""),
-            created=parse_time(fields.get("created")) or recovered.started or time.time(),
-            started=recovered.started,
-            state=BuildState.FETCHING,
-            recovered=True,
-            log=self._new_log(),
-        )
+        known = self._builds.get(build_id)
+        if known is not None:
+            if not (known.done and recovered.running):
+                return  # ours already (its task follows it, re-attaching after a lost stream)
+            if known.state == BuildState.CANCELLED or known.stop_reason:
+                # we stopped it, but the kill did not reach the engine: again
+                task = asyncio.ensure_future(recovered.process.cancel())
+                task.add_done_callback(lambda t: t.exception())
+                return
+            # given up for lost while its container kept building: follow it again
+            del self._builds[build_id]
+        build = recovered_build(recovered, self._new_log())
         self._builds[build.id] = build
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
         self.scheduler.hold(build, active=recovered.running)
         self.runner.processes[build.id] = recovered.process
-        self._tasks[build.id] = asyncio.create_task(self.runner.follow(build, recovered.process))
-        if not recovered.running:
-            build.finished = recovered.finished
+        self._tasks[build.id] = asyncio.create_task(
+            self.runner.follow_recovered(build, recovered.process, recovered.running)
+        )
         self._update_gauges()
 
     # ---- submitting -------------------------------------------------------------------------------
@@ -511,7 +576,7 @@ class BuildManager(LoggingConfigurable):
             self.lifecycle.touch(image)
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
-        self.scheduler.check_room()
+        self.scheduler.check_room(owner)
         build = Build(
             id=new_build_id(),
             owner=owner,
@@ -549,8 +614,10 @@ class BuildManager(LoggingConfigurable):
 
     def after_built(self, build: Build) -> None:
         """Called once when ``build`` ended ``built`` (its image is in the index already), before
-        the next waiting build starts. Must not block: start a task for slow work. Default:
-        the lifecycle policy's retention and build cache check, in a task."""
+        the next waiting build starts — also for builds found again after a restart
+        (``build.recovered``; their image may be gone). Must not block: start a task for slow
+        work; an exception is logged, not raised. Default: the lifecycle policy's retention
+        and build cache check, in a task."""
         self.lifecycle.build_done(build)
 
     async def forget_build(self, build: Build) -> None:
@@ -572,7 +639,7 @@ class BuildManager(LoggingConfigurable):
         self._update_gauges()
 
     def _update_gauges(self) -> None:
-        metrics.QUEUE_LENGTH.set(len(self.scheduler.waiting))
+        metrics.QUEUE_LENGTH.set(self.scheduler.waiting_count())
         metrics.BUILDS_IN_PROGRESS.set(self.scheduler.running_count())
 
     def queue_position(self, build: Build) -> int | None:
@@ -640,10 +707,8 @@ class BuildManager(LoggingConfigurable):
         if self.scheduler.is_waiting(build):
             self.runner.finish_cancelled(build, reason)
             return build
-        process = self.runner.processes.get(build.id)
-        if process is not None:
-            build.log.append(build.state.value, f"Cancelling ({reason})")
-            await process.cancel()
+        build.log.append(build.state.value, f"Cancelling ({reason})")
+        await self.runner.stop(build)  # its repo2docker process, or its push
         task = self._tasks.get(build.id)
         if task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -661,8 +726,25 @@ class BuildManager(LoggingConfigurable):
     async def delete_image(
         self, owner: str, name: str, tag: str | None = None
     ) -> dict[str, list[Any]]:
-        """Delete all versions of an image, or the one with ``tag``; report what failed."""
-        return await self.catalog.delete_image(owner, name, tag)
+        """Delete all versions of an image, or the one with ``tag``; report what failed.
+
+        A version being rebuilt (forced) is deleted too: its backup is not put back when the
+        rebuild does not succeed, and it counts as deleted even though listings do not show it
+        while it is moved aside.
+        """
+        rebuilding = self.scheduler.forced_rebuilds(owner, name, tag)
+        for build in rebuilding:
+            build.restore_previous = False
+        try:
+            result = await self.catalog.delete_image(owner, name, tag)
+        except NotFound:
+            if not rebuilding:
+                raise
+            result = {"deleted": [], "errors": []}
+        for build in rebuilding:
+            if build.image not in result["deleted"]:
+                result["deleted"].append(build.image)
+        return result
 
     # ---- health -----------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
