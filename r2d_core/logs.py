@@ -36,6 +36,8 @@ from itertools import islice
 
 __all__ = [
     "LINE_OVERHEAD",
+    "MAX_RAW_LINE",
+    "LineSplitter",
     "LogBudget",
     "LogBuffer",
     "LogLine",
@@ -50,6 +52,60 @@ LINE_OVERHEAD = 144
 
 #: a line longer than this (UTF-8 bytes) is split into several lines
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
+
+
+#: a builder's raw output line (a repo2docker JSON record) longer than this many characters is cut
+#: into pieces of this size before it is parsed: a JSON record up to 8 Mi characters (a 5 MB line
+#: of build output) still arrives whole, and no single line can take more memory than this
+MAX_RAW_LINE = 8 * 1024 * 1024
+
+
+class LineSplitter:
+    """Cut a stream of text chunks into lines (without the newline), none over ``max_chars``.
+
+    Unlike ``str.split`` on an ever-growing buffer, the pending text is kept as a list of parts
+    (no quadratic copying) and is never longer than ``max_chars``: output with no newline at all is
+    cut into pieces of ``max_chars``. :meth:`flush` returns the last line if the output did not end
+    with a newline (it is kept, not dropped).
+    """
+
+    def __init__(self, max_chars: int = MAX_RAW_LINE) -> None:
+        if max_chars < 1:
+            raise ValueError("max_chars must be positive")
+        self.max_chars = max_chars
+        self._parts: list[str] = []
+        self._pending = 0
+
+    def feed(self, chunk: str) -> list[str]:
+        lines: list[str] = []
+        start = 0
+        while start < len(chunk):
+            newline = chunk.find("\n", start)
+            end = len(chunk) if newline < 0 else newline
+            room = self.max_chars - self._pending
+            if end - start > room:  # the line goes over the limit: cut it at the limit
+                self._parts.append(chunk[start : start + room])
+                lines.append("".join(self._parts))
+                self._parts, self._pending = [], 0
+                start += room
+                continue
+            if newline < 0:
+                self._parts.append(chunk[start:])
+                self._pending += len(chunk) - start
+                break
+            self._parts.append(chunk[start:newline])
+            lines.append("".join(self._parts))
+            self._parts, self._pending = [], 0
+            start = newline + 1
+        return lines
+
+    def flush(self) -> str | None:
+        """The unfinished last line, if any."""
+        if not self._parts:
+            return None
+        line = "".join(self._parts)
+        self._parts, self._pending = [], 0
+        return line if line else None
 
 
 def format_bytes(size: int) -> str:

@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-from r2d_core.logs import LINE_OVERHEAD, LogBudget, LogBuffer, format_bytes, split_message
+from r2d_core.logs import (
+    LINE_OVERHEAD,
+    LineSplitter,
+    LogBudget,
+    LogBuffer,
+    format_bytes,
+    split_message,
+)
 
 
 async def collect(log: LogBuffer, since: int = 0) -> list[int]:
@@ -222,3 +229,24 @@ def test_budget_trims_running_logs_last():
     assert budget.used <= 1_000_000 + 600_000
     fill(live[0], 5_000)
     assert budget.used <= 1_000_000
+
+
+# ---- raw output into lines ----------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1000])
+def test_line_splitter_bounds_pending_and_keeps_the_last_line(chunk_size):
+    text = "a\n\nbcdefghij\n" + "x" * 25 + "\nend-without-newline"
+    splitter = LineSplitter(max_chars=10)
+    lines = []
+    for i in range(0, len(text), chunk_size):
+        lines += splitter.feed(text[i : i + chunk_size])
+        assert splitter._pending <= 10
+    last = splitter.flush()
+    assert lines == ["a", "", "bcdefghij", "x" * 10, "x" * 10, "x" * 5, "end-withou"]
+    assert last == "t-newline"
+    assert splitter.flush() is None
+
+
+def test_line_splitter_line_of_exactly_the_limit():
+    splitter = LineSplitter(max_chars=4)
+    assert splitter.feed("abcd") == [] and splitter.feed("\nef") == ["abcd"]
+    assert splitter.flush() == "ef"
