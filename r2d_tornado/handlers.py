@@ -227,6 +227,7 @@ class InfoHandler(R2DHandler):
                     "max_concurrent_builds": manager.max_concurrent_builds,
                     "max_builds_per_owner": manager.max_builds_per_owner,
                     "max_queued_builds": manager.max_queued_builds,
+                    "max_queued_builds_per_owner": manager.max_queued_builds_per_owner,
                 },
                 "user": {"name": self.identity.name, "kind": self.identity.kind},
                 "permissions": self.permissions.to_dict(),
