@@ -451,12 +451,21 @@ async def bench_registry(ctx: dict[str, Any]) -> None:
         row(r["benchmark"], r["value"], r["unit"], r.get("target", ""))
 
 
+async def bench_logs(ctx: dict[str, Any]) -> None:
+    """Service RSS while 1,000 builds' logs pass through (see tests/bench_logs.py)."""
+    from tests.bench_logs import bench_log_retention
+
+    for r in await bench_log_retention(ctx):
+        row(r["benchmark"], r["value"], r["unit"], r.get("target", ""), r.get("note", ""))
+
+
 # ---- main -----------------------------------------------------------------------------------------
 BENCHES = {
     "build": bench_build,
     "repeat": bench_repeat,
     "service": bench_service,
     "registry": bench_registry,
+    "logs": bench_logs,
 }
 
 

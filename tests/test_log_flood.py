@@ -84,6 +84,7 @@ async def test_flood_build_completes_with_marker(docker_host, local_images, git_
         tail = "\n".join(t[:300] for t in build.log.tail(15))
         assert build.state == BuildState.BUILT, (build.error, tail)
         lines = [line.to_dict() for line in build.log.lines()]
+        assert any(line.get("omitted") for line in lines), "no truncation marker"
         marker = check_marker(lines, build.log.summary())
         messages = [line["message"] for line in lines]
         assert any("output clipped, log limit" in message for message in messages), tail
@@ -119,7 +120,7 @@ async def test_raw_flood_through_the_local_reader(docker_host, local_images, git
     Before: readline() over its 1 MiB limit discarded what it had read (ValueError) and the log
     kept the last 20,000 lines with no notice.
     """
-    c = make_config(docker_host, "local")
+    c = make_config(docker_host, "local", max_log_bytes=16 * 2**20)  # the 5 MB line fits the tail
     c.LocalProcessBuilder.command = ["sh", "-c", RAW_FLOOD, "sh"]
     m = BuildManager(config=c)
     await m.start()
@@ -128,10 +129,17 @@ async def test_raw_flood_through_the_local_reader(docker_host, local_images, git
         build = result.build
         await wait_done(build, timeout=300)
         lines = [line.to_dict() for line in build.log.lines()]
+        messages = [line["message"] for line in lines]
+        # the 5 MB line, whole, in pieces of at most 64 KiB, between the last numbered line and
+        # the last line (which had no newline)
+        last = messages.index(f"r2d-flood {FLOOD_LINES}")
+        end = messages.index(END)
+        pieces = messages[last + 1 : end]
+        assert "".join(pieces) == "y" * BIG_LINE, (len(pieces), len("".join(pieces)))
+        assert max(len(piece) for piece in pieces) == 64 * 1024
+        assert any(line.get("omitted") for line in lines), "no truncation marker"
         check_flood_log(lines, build.log.summary())
-        assert build.log.cost <= m.max_log_bytes + 64 * 1024 * 4 + 1024
-        # the 5 MB line: its pieces in the tail plus what the marker counts make it whole
-        assert build.log.summary()["bytes"] > FLOOD_LINES * 10 + BIG_LINE
+        assert build.log.cost <= 16 * 2**20 + 64 * 1024 * 4 + 1024
     finally:
         await m.stop()
 
@@ -228,6 +236,7 @@ async def test_flood_through_the_service(flood_hub, git_server):
         replay = await sse_events(alice, build_id)
         logs = [(i, d) for e, i, d in replay if e == "log"]
         lines = [{"n": int(i), **d} for i, d in logs]
+        assert any(line.get("omitted") for line in lines), "no truncation marker in the stream"
         marker = check_flood_log(lines, final["log"])
         # the live follower saw the marker too (it could not keep up with 200,000 lines, or the
         # flood outran the buffer before it read them) - or every line; either way, ids increase
