@@ -223,7 +223,8 @@ class LogBuffer:
         self._tail_cost = 0
         self._gap_first = -1  # number of the first omitted line (-1: nothing omitted)
         self._gap_bytes = 0
-        self._gap_phase = ""
+        self._gap_phase = ""  # the marker takes the phase and time of the last omitted line
+        self._gap_time = 0.0
         self._total = 0
         self._total_bytes = 0
         self._closed = False
@@ -281,7 +282,9 @@ class LogBuffer:
         omission = self.omission
         if omission is None:
             return None
-        return LogLine(omission.last, self._gap_phase, omission.message(), time.time(), 0, omission)
+        return LogLine(
+            omission.last, self._gap_phase, omission.message(), self._gap_time, 0, omission
+        )
 
     def summary(self) -> dict[str, int]:
         """Counts for the API: lines and bytes of the whole log and of what was omitted."""
@@ -333,7 +336,7 @@ class LogBuffer:
             line = self._tail.popleft()
             self._tail_cost -= line.cost
             self._omit(line)
-            self._gap_phase = line.phase  # the marker takes the phase of the last omitted line
+            self._gap_phase, self._gap_time = line.phase, line.time
 
     def compact(self, max_bytes: int) -> None:
         """Shrink to at most ``max_bytes`` (head and tail both shrink); also lowers the limit."""
@@ -344,9 +347,11 @@ class LogBuffer:
         while self._head and self._head_cost > self.head_bytes:
             line = self._head.pop()
             self._head_cost -= line.cost
-            if self._gap_first < 0:
-                self._gap_phase = line.phase
-            self._omit(line)
+            if self._gap_first < 0:  # nothing omitted yet: the head runs on into the tail
+                self._tail.appendleft(line)
+                self._tail_cost += line.cost
+            else:  # lines between the head and the gap join the gap
+                self._omit(line)
         self._trim_tail()
         self._charge(before, trim=False)
         self._wake()

@@ -250,3 +250,20 @@ def test_line_splitter_line_of_exactly_the_limit():
     splitter = LineSplitter(max_chars=4)
     assert splitter.feed("abcd") == [] and splitter.feed("\nef") == ["abcd"]
     assert splitter.flush() == "ef"
+
+
+async def test_compacting_a_log_kept_whole_and_replays_are_identical():
+    log = LogBuffer(max_bytes=10_000_000)
+    messages = fill(log, 2_000)
+    log.close()
+    assert log.marker() is None
+    log.compact(50_000)  # what the budget does to an old finished log
+    assert log.cost <= 50_000
+    first = [line async for line in log.follow(0)]
+    assert first == [line async for line in log.follow(0)]  # the marker too: same text, same time
+    marker = next(line for line in first if line.omitted)
+    assert marker.omitted.last == 1_999 - sum(1 for line in first if line.n > marker.n)
+    assert [line.message for line in first if not line.omitted] == [
+        messages[line.n] for line in first if not line.omitted
+    ]
+    assert first[-1].message == messages[-1] and first[0].message == messages[0]
