@@ -441,9 +441,10 @@ class LogBuffer:
 class LogBudget:
     """The memory all build logs may hold together (``max_bytes``; 0 = unbounded).
 
-    When the sum is over, logs are compacted, oldest first: finished logs to ``compact_bytes``, then
-    finished logs to ``minimum_bytes``, then running logs to ``compact_bytes``, until the sum is below
-    90% of the budget (so that a busy service does not compact on every line). Logs leave the budget
+    When the sum is over, logs are compacted, oldest first: finished logs but the newest quarter
+    to ``compact_bytes``, then finished logs to ``minimum_bytes``, then running logs to
+    ``compact_bytes``, until the sum is below 90% of the budget (so that a busy service does not
+    compact on every line). Logs leave the budget
     when they are garbage-collected (the manager forgot the build and no follower holds it).
     """
 
@@ -491,9 +492,12 @@ class LogBudget:
         buffers = list(self._buffers.values())  # registration order: oldest build first
         finished = [b for b in buffers if b.closed]
         running = [b for b in buffers if not b.closed]
+        # the most recently finished builds (the ones people still look at, and whose followers
+        # may still be replaying) keep their logs longest: the first pass spares the newest quarter
+        older = finished[: len(finished) * 3 // 4]
         self._retry_at = 0
         for group, size in (
-            (finished, self.compact_bytes),
+            (older, self.compact_bytes),
             (finished, self.minimum_bytes),
             (running, self.compact_bytes),
         ):

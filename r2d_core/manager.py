@@ -236,7 +236,8 @@ class BuildManager(LoggingConfigurable):
         help="""Memory the logs of all remembered builds may hold together, in bytes (default
         268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES; 0 = no limit beyond max_log_bytes per
         build). When over, the oldest finished builds' logs are cut down to a shorter head and tail
-        (512 KiB, then 32 KiB) first, running builds' logs last.""",
+        first (512 KiB, sparing the newest quarter of finished builds; then 32 KiB), running
+        builds' logs last.""",
     )
 
     @default("max_total_log_bytes")

@@ -267,3 +267,21 @@ async def test_compacting_a_log_kept_whole_and_replays_are_identical():
         messages[line.n] for line in first if not line.omitted
     ]
     assert first[-1].message == messages[-1] and first[0].message == messages[0]
+
+
+def test_budget_keeps_the_newest_finished_logs_whole():
+    """Steady state of a busy service: old logs shrink to the minimum before a new one is cut."""
+    budget = LogBudget(3_000_000, compact_bytes=300_000, minimum_bytes=20_000)
+    logs = []
+    for _ in range(12):
+        log = LogBuffer(max_bytes=1_000_000, budget=budget)
+        fill(log, 5_000, width=60)
+        log.close()
+        logs.append(log)
+        assert budget.used <= 3_000_000
+    assert logs[-1].cost > 900_000 and logs[-2].cost > 900_000
+    assert all(log.cost <= 20_000 for log in logs[:6])
+    for log in logs:  # every one still has its first and last line, and one marker between
+        kept = log.lines()
+        assert kept[0].n == 0 and kept[-1].n == 4_999
+        assert sum(1 for line in kept if line.omitted) == 1
