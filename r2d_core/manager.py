@@ -270,11 +270,13 @@ class BuildManager(LoggingConfigurable):
     @default("log_budget")
     def _default_log_budget(self) -> LogBudget:
         per_build = self.max_log_bytes
-        return LogBudget(
+        budget = LogBudget(
             self.max_total_log_bytes,
             compact_bytes=min(512 * 1024, per_build),
             minimum_bytes=min(32 * 1024, per_build),
         )
+        metrics.LOG_BYTES.set_function(lambda: budget.used)
+        return budget
 
     build_history = Int(
         200,

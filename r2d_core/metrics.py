@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BUILDS", "BUILDS_IN_PROGRESS", "BUILD_DURATION", "QUEUE_LENGTH", "SUBMISSIONS"]
+__all__ = [
+    "BUILDS",
+    "BUILDS_IN_PROGRESS",
+    "BUILD_DURATION",
+    "LOG_BYTES",
+    "QUEUE_LENGTH",
+    "SUBMISSIONS",
+]
 
 BUILDS = Counter("r2d_builds_total", "Finished builds by outcome", ["outcome"])
 SUBMISSIONS = Counter(
@@ -18,3 +25,7 @@ BUILD_DURATION = Histogram(
 )
 QUEUE_LENGTH = Gauge("r2d_build_queue_length", "Builds waiting for a free slot")
 BUILDS_IN_PROGRESS = Gauge("r2d_builds_in_progress", "Builds running now")
+LOG_BYTES = Gauge(
+    "r2d_log_bytes",
+    "Memory the build logs hold (what BuildManager.max_total_log_bytes bounds)",
+)

@@ -285,3 +285,14 @@ def test_budget_keeps_the_newest_finished_logs_whole():
         kept = log.lines()
         assert kept[0].n == 0 and kept[-1].n == 4_999
         assert sum(1 for line in kept if line.omitted) == 1
+
+
+def test_the_managers_budget_is_a_metric():
+    from prometheus_client import REGISTRY
+
+    from r2d_core.manager import BuildManager
+
+    manager = BuildManager(max_total_log_bytes=8 * 2**20)
+    log = manager._new_log()
+    fill(log, 1_000)
+    assert REGISTRY.get_sample_value("r2d_log_bytes") == manager.log_budget.used == log.cost > 0
