@@ -106,7 +106,8 @@ async def bench_log_retention(ctx: dict[str, Any]) -> list[dict[str, Any]]:
                         json={"repo": git.url("bench-logs"), "name": f"logs{i}"},
                     )
                     r.raise_for_status()
-                    received += await _follow(client, r.json()["id"], headers)
+                    got = await _follow(client, r.json()["id"], headers)
+                    received += got  # (not "received += await ...": that loses updates)
                     done += 1
                     if done % 100 == 0:
                         samples.append((done, _rss(pid)))
