@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from r2d_core.client import R2DClient
 from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState
 from tests.harness import GitServer
@@ -250,6 +251,14 @@ async def test_flood_through_the_service(flood_hub, git_server):
         inside = await sse_events(alice, build_id, last_id=str(marker["omitted"]["first"] + 5))
         first_id, first = next((i, d) for e, i, d in inside if e == "log")
         assert first["omitted"] == marker["omitted"] and int(first_id) == marker["n"]
+
+        # the Python client (r2d_core.client) hands the marker over as such
+        token = await asyncio.to_thread(flood_hub.token_for, "alice")
+        async with R2DClient(flood_hub.service_url, token) as r2d:
+            since = marker["omitted"]["first"] - 2  # the last two lines of the head
+            events = [e async for e in r2d.follow(build_id, since=since)]
+        assert [e.omitted is not None for e in events[:3]] == [False, False, True]
+        assert events[2].n == marker["n"] and events[2].omitted == marker["omitted"]
 
         # the build JSON and the raw log say the same
         r = await alice.request("GET", f"api/builds/{build_id}")
