@@ -35,7 +35,7 @@ from traitlets import Dict, Instance, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .engine import DockerEngine, tar_files
-from .errors import Unavailable, UpstreamError
+from .errors import NotFound, Unavailable, UpstreamError
 from .logs import LineSplitter
 from .models import Build, build_labels, parse_labels, parse_time
 from .refs import git_env
@@ -67,6 +67,14 @@ class BuildProcess(ABC):
     async def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Release what the build held (temporary files); called once it is done."""
 
+    #: whether :meth:`output` and :meth:`wait` can be called again after losing contact (the
+    #: build goes on without us: a build container); a child process's pipe cannot be re-read
+    reattachable: bool = False
+
+    async def exists(self) -> bool:
+        """Whether the build is still there to re-attach to (asked after losing contact)."""
+        return False
+
 
 @dataclass
 class RecoveredBuild:
@@ -77,6 +85,9 @@ class RecoveredBuild:
     running: bool
     started: float | None = None
     finished: float | None = None
+    #: how a finished build's process ended (None while it runs): its status, killed for memory
+    exit_code: int | None = None
+    oom_killed: bool = False
 
 
 class Builder(LoggingConfigurable):
@@ -276,6 +287,15 @@ class _ContainerProcess(BuildProcess):
     async def cancel(self) -> None:
         await self.engine.kill_container(self.container_id)
 
+    reattachable = True
+
+    async def exists(self) -> bool:
+        try:
+            await self.engine.inspect_container(self.container_id)
+        except NotFound:
+            return False
+        return True
+
 
 class DockerBuilder(Builder):
     """Run repo2docker in a container on the engine, with the engine's socket mounted.
@@ -385,6 +405,8 @@ class DockerBuilder(Builder):
                     running=running,
                     started=parse_time(state.get("StartedAt")),
                     finished=None if running else parse_time(state.get("FinishedAt")),
+                    exit_code=None if running else state.get("ExitCode"),
+                    oom_killed=bool(state.get("OOMKilled")),
                 )
             )
         return recovered

@@ -71,6 +71,11 @@ class ImageCatalog:
         """Whether the index lists ``reference`` (as of its last refresh)."""
         return reference in self._images
 
+    def pushed(self, reference: str) -> bool:
+        """Whether the index saw ``reference`` in the registry (as of its last refresh)."""
+        version = self._images.get(reference)
+        return version is not None and version.pushed
+
     def close(self) -> None:
         """Stop a background refresh (the service is stopping)."""
         if self._images_refresh is not None:

@@ -146,13 +146,30 @@ class DockerEngine(LoggingConfigurable):
     ) -> AsyncIterator[dict[str, Any]]:
         """Push ``repository:tag`` through the engine; yields its progress records.
 
-        Credentials travel only in the ``X-Registry-Auth`` header of this one request.
+        Credentials travel only in the ``X-Registry-Auth`` header of this one request. Closing
+        this iterator (or cancelling the task reading it) closes the connection, which is what
+        makes the engine stop the push: aiodocker's own ``images.push(stream=True)`` leaves the
+        response open until garbage collection, and the engine goes on pushing meanwhile.
         """
+        from aiodocker.jsonstream import json_stream_stream
+        from aiodocker.utils import compose_auth_header
+
+        headers = {"X-Registry-Auth": "placeholder"}  # anonymous pushes need some header
+        if auth is not None:
+            headers["X-Registry-Auth"] = compose_auth_header(auth, repository.partition("/")[0])
         with docker_errors(f"push {repository}:{tag}"):
-            async for record in self.client.images.push(
-                repository, tag=tag, auth=auth, stream=True
-            ):
-                yield record
+            async with self.client._query(
+                f"images/{repository}/push",
+                "POST",
+                params={"tag": tag},
+                headers=headers,
+                timeout=self.client._resolve_long_running_timeout(None),
+            ) as response:
+                try:
+                    async for record in json_stream_stream(response):
+                        yield record
+                finally:
+                    response.close()
 
     async def remove_image(self, reference: str) -> None:
         """Remove one tag (and the image, if that was its last tag)."""

@@ -47,12 +47,11 @@ from .models import (
     ImageGroup,
     SubmitResult,
     new_build_id,
-    parse_time,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .refs import resolve_ref
 from .registry.config import Registry
-from .runner import BuildRunner
+from .runner import BuildRunner, recovered_build
 from .scheduler import Scheduler
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
@@ -69,6 +68,13 @@ __all__ = ["BuildManager"]
 def _env_int(name: str, fallback: int) -> int:
     try:
         return int(os.environ[name])
+    except (KeyError, ValueError):
+        return fallback
+
+
+def _env_float(name: str, fallback: float) -> float:
+    try:
+        return float(os.environ[name])
     except (KeyError, ValueError):
         return fallback
 
@@ -283,6 +289,39 @@ class BuildManager(LoggingConfigurable):
         config=True,
         help="Finished builds remembered (and their containers kept); default 200.",
     )
+    build_timeout = Float(
+        config=True,
+        help="""Seconds a build may take in all, from leaving the queue to the end of its push;
+        then it is stopped and ends ``failed`` saying so. Builds found again after a restart are
+        held to it from their start. 0 turns it off. Default 3600; env R2D_BUILD_TIMEOUT.""",
+    )
+
+    @default("build_timeout")
+    def _default_build_timeout(self) -> float:
+        return _env_float("R2D_BUILD_TIMEOUT", 3600.0)
+
+    build_inactivity_timeout = Float(
+        config=True,
+        help="""Seconds a build may go without printing anything (a hung download, a step
+        waiting for input); then it is stopped and ends ``failed`` saying so. 0 turns it off.
+        Default 600; env R2D_BUILD_INACTIVITY_TIMEOUT.""",
+    )
+
+    @default("build_inactivity_timeout")
+    def _default_build_inactivity_timeout(self) -> float:
+        return _env_float("R2D_BUILD_INACTIVITY_TIMEOUT", 600.0)
+
+    @validate("build_timeout", "build_inactivity_timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        from traitlets import TraitError
+
+        if proposal["value"] < 0:
+            raise TraitError(
+                f"{proposal['trait'].name} must be 0 (no limit) or a number of seconds, "
+                f"not {proposal['value']}"
+            )
+        return proposal["value"]
+
     ref_timeout = Float(
         30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
     )
@@ -336,6 +375,7 @@ class BuildManager(LoggingConfigurable):
             log=self.log,
         )
         self.runner = BuildRunner(
+            settings=self,
             engine=self.engine,
             builder=self.builder,
             registry=self.registry,
@@ -431,32 +471,28 @@ class BuildManager(LoggingConfigurable):
     def _adopt(self, recovered: RecoveredBuild) -> None:
         fields = recovered.fields
         build_id = fields.get("build-id", "")
-        if not build_id or build_id in self._builds:
+        if not build_id:
             return
-        build = Build(
-            id=build_id,
-            owner=fields["owner"],
-            name=fields["name"],
-            repo=fields.get("repo", ""),
-            ref=fields.get("ref", ""),
-            sha=fields["sha"],
-            image=fields.get("image", ""),
-            push=fields.get("push") == "1",
-            requested_by=fields.get("requested-by", ""),
-            created=parse_time(fields.get("created")) or recovered.started or time.time(),
-            started=recovered.started,
-            state=BuildState.FETCHING,
-            recovered=True,
-            log=self._new_log(),
-        )
+        known = self._builds.get(build_id)
+        if known is not None:
+            if not (known.done and recovered.running):
+                return  # ours already (its task follows it, re-attaching after a lost stream)
+            if known.state == BuildState.CANCELLED or known.stop_reason:
+                # we stopped it, but the kill did not reach the engine: again
+                task = asyncio.ensure_future(recovered.process.cancel())
+                task.add_done_callback(lambda t: t.exception())
+                return
+            # given up for lost while its container kept building: follow it again
+            del self._builds[build_id]
+        build = recovered_build(recovered, self._new_log())
         self._builds[build.id] = build
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
         self.scheduler.hold(build, active=recovered.running)
         self.runner.processes[build.id] = recovered.process
-        self._tasks[build.id] = asyncio.create_task(self.runner.follow(build, recovered.process))
-        if not recovered.running:
-            build.finished = recovered.finished
+        self._tasks[build.id] = asyncio.create_task(
+            self.runner.follow_recovered(build, recovered.process, recovered.running)
+        )
         self._update_gauges()
 
     # ---- submitting -------------------------------------------------------------------------------
@@ -576,8 +612,9 @@ class BuildManager(LoggingConfigurable):
 
     def after_built(self, build: Build) -> None:
         """Called once when ``build`` ended ``built`` (its image is in the index already), before
-        the next waiting build starts. Must not block: start a task for slow work. Default:
-        nothing."""
+        the next waiting build starts — also for builds found again after a restart
+        (``build.recovered``; their image may be gone). Must not block: start a task for slow
+        work; an exception is logged, not raised. Default: nothing."""
 
     # ---- scheduling -------------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -659,10 +696,8 @@ class BuildManager(LoggingConfigurable):
         if self.scheduler.is_waiting(build):
             self.runner.finish_cancelled(build, reason)
             return build
-        process = self.runner.processes.get(build.id)
-        if process is not None:
-            build.log.append(build.state.value, f"Cancelling ({reason})")
-            await process.cancel()
+        build.log.append(build.state.value, f"Cancelling ({reason})")
+        await self.runner.stop(build)  # its repo2docker process, or its push
         task = self._tasks.get(build.id)
         if task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -680,8 +715,25 @@ class BuildManager(LoggingConfigurable):
     async def delete_image(
         self, owner: str, name: str, tag: str | None = None
     ) -> dict[str, list[Any]]:
-        """Delete all versions of an image, or the one with ``tag``; report what failed."""
-        return await self.catalog.delete_image(owner, name, tag)
+        """Delete all versions of an image, or the one with ``tag``; report what failed.
+
+        A version being rebuilt (forced) is deleted too: its backup is not put back when the
+        rebuild does not succeed, and it counts as deleted even though listings do not show it
+        while it is moved aside.
+        """
+        rebuilding = self.scheduler.forced_rebuilds(owner, name, tag)
+        for build in rebuilding:
+            build.restore_previous = False
+        try:
+            result = await self.catalog.delete_image(owner, name, tag)
+        except NotFound:
+            if not rebuilding:
+                raise
+            result = {"deleted": [], "errors": []}
+        for build in rebuilding:
+            if build.image not in result["deleted"]:
+                result["deleted"].append(build.image)
+        return result
 
     # ---- health -----------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:

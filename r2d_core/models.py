@@ -132,6 +132,12 @@ class Build:
     push_only: bool = False
     #: a forced rebuild: the image id the tag pointed at before, restored if the build fails
     previous_image_id: str | None = field(default=None, repr=False)
+    #: False once the image was deleted during a forced rebuild: the backup is not put back
+    restore_previous: bool = field(default=True, repr=False)
+    #: why the service stopped the build (a time limit), shown as its error
+    stop_reason: str | None = None
+    #: ``time.monotonic()`` of the build's last output (for the inactivity limit)
+    last_output: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def done(self) -> bool:

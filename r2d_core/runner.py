@@ -9,25 +9,29 @@ image back when the rebuild does not succeed, and decides the outcome. Every end
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from .builders import Builder, BuildProcess
+from .builders import Builder, BuildProcess, RecoveredBuild
 from .catalog import ImageCatalog
 from .engine import DockerEngine
 from .errors import R2DError, Unavailable
-from .models import Build, BuildState, short_error
+from .logs import LogBuffer
+from .models import Build, BuildState, parse_time, short_error
 from .naming import parse_reference
 from .registry.config import Registry
 
-__all__ = ["BuildRunner"]
+__all__ = ["BuildRunner", "RunnerSettings", "recovered_build"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
+#: a log stream that breaks again and again although the engine answers is given up on
+_MAX_FRUITLESS_REATTACHES = 10
 _PHASES = {
     "fetching": BuildState.FETCHING,
     "building": BuildState.BUILDING,
@@ -35,12 +39,57 @@ _PHASES = {
 }
 
 
+def recovered_build(recovered: RecoveredBuild, log: LogBuffer) -> Build:
+    """The build a build container found after a restart stands for, from its labels and state.
+
+    A finished one shows its real outcome at once (exit status, OOM), before its log is re-read.
+    """
+    fields = recovered.fields
+    build = Build(
+        id=fields["build-id"],
+        owner=fields["owner"],
+        name=fields["name"],
+        repo=fields.get("repo", ""),
+        ref=fields.get("ref", ""),
+        sha=fields["sha"],
+        image=fields.get("image", ""),
+        push=fields.get("push") == "1",
+        requested_by=fields.get("requested-by", ""),
+        created=parse_time(fields.get("created")) or recovered.started or time.time(),
+        started=recovered.started,
+        state=BuildState.FETCHING,
+        recovered=True,
+        log=log,
+    )
+    if not recovered.running:
+        build.finished = recovered.finished
+        build.exit_code = recovered.exit_code
+        build.state = BuildState.BUILT if recovered.exit_code == 0 else BuildState.FAILED
+        if recovered.oom_killed:
+            build.error = "the build ran out of memory (killed by the kernel's OOM killer)"
+    return build
+
+
+class RunnerSettings(Protocol):
+    """The settings the runner reads (live): BuildManager's traits of the same names."""
+
+    build_timeout: float
+    build_inactivity_timeout: float
+    reconnect_interval: float
+
+
 class BuildRunner:
-    """Runs and follows builds; reports each ending to ``on_done``."""
+    """Runs and follows builds; reports each ending to ``on_done``.
+
+    Every build task goes through :meth:`run` or :meth:`follow_recovered`, which catch whatever
+    goes wrong (a bug, an unexpected library exception): the build ends ``failed`` with an
+    internal error, its process is stopped and its slot freed — never a build left running forever.
+    """
 
     def __init__(
         self,
         *,
+        settings: RunnerSettings,
         engine: DockerEngine,
         builder: Builder,
         registry: Registry,
@@ -49,6 +98,7 @@ class BuildRunner:
         on_unavailable: Callable[[Exception], None],
         log: Any,
     ) -> None:
+        self.settings = settings
         self.engine = engine
         self.builder = builder
         self.registry = registry
@@ -58,23 +108,70 @@ class BuildRunner:
         self.log = log
         #: build id -> its repo2docker process (local child or build container)
         self.processes: dict[str, BuildProcess] = {}
+        #: build id -> the task pushing its image (a cancel or a time limit stops it)
+        self._pushes: dict[str, asyncio.Task[None]] = {}
 
-    # ---- running ----------------------------------------------------------------------------------
+    # ---- the task boundary ------------------------------------------------------------------------
     async def run(self, build: Build) -> None:
         """Run a build that just left the queue, to its end."""
+        await self._guarded(build, self._run(build))
+
+    async def follow_recovered(self, build: Build, process: BuildProcess, running: bool) -> None:
+        """Follow a build found again after a restart: re-read its log, finish it.
+
+        A build that was still running is held to the time limits (the total from its start);
+        one that had ended before the restart keeps the outcome it had (no second push).
+        """
+        await self._guarded(build, self.follow(build, process, ended=not running))
+
+    async def _guarded(self, build: Build, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise  # the service is stopping: a build container goes on, the next process follows
+        except Exception as e:
+            self.log.exception("Internal error in build %s", build.id)
+            if build.log.closed:
+                return  # it had ended and was released already
+            if build.done:
+                # a build that had ended before a restart: keep its outcome, release it
+                self.on_done(build)
+                return
+            process = self.processes.get(build.id)
+            if process is not None:
+                with contextlib.suppress(Exception):
+                    await process.cancel()
+            if not build.log.closed:
+                build.log.append(
+                    "failed", f"Internal error: {type(e).__name__} (see the service log)"
+                )
+            self.finish(build, exit_code=None, error=f"internal error: {type(e).__name__}: {e}")
+            await self._restore_backup(build)
+
+    # ---- running ----------------------------------------------------------------------------------
+    async def _run(self, build: Build) -> None:
         if build.push_only:
             build.log.append("pushing", f"{build.image} is built already: pushing it")
-            await self.push(build)
+            watchdog = asyncio.create_task(self._watch(build))
+            try:
+                await self.push(build)
+            finally:
+                watchdog.cancel()
             await self.catalog.refresh_quietly()
-            self.finish(build, exit_code=0)
+            if build.cancel_requested:
+                self.finish_cancelled(build, "cancelled")
+            else:
+                self.finish(build, exit_code=0)
             return
         try:
-            if build.previous_image_id is not None:
+            if build.previous_image_id is not None and build.restore_previous:
                 # repo2docker reuses an existing tag instead of building: move it aside for a
                 # forced rebuild, under a backup tag that keeps the image (and that listings
                 # ignore), and put it back if the rebuild does not succeed (see complete)
                 await self.engine.tag_image(build.previous_image_id, self.backup_tag(build))
                 await self.engine.remove_image(build.image)
+            else:
+                build.previous_image_id = None  # deleted while this build waited: nothing to keep
             process = await self.builder.start(build)
         except R2DError as e:
             if isinstance(e, Unavailable):
@@ -87,23 +184,129 @@ class BuildRunner:
             await process.cancel()
         await self.follow(build, process)
 
-    async def follow(self, build: Build, process: BuildProcess) -> None:
-        """Read a build's output to the end (also a build found again after a restart)."""
+    async def follow(self, build: Build, process: BuildProcess, *, ended: bool = False) -> None:
+        """Read a build's output to the end, then finish it.
+
+        ``ended``: the process had ended before we started following (a build recovered after a
+        restart): no time limits, and its outcome is what it was.
+        """
         # A CancelledError (the service stopping) propagates without completing the build: a
         # DockerBuilder build goes on and the next service process follows it again.
-        error: str | None = None
-        exit_code: int | None = None
+        watchdog = None if ended else asyncio.create_task(self._watch(build))
         try:
-            async for raw in process.output():
-                self.handle_line(build, raw)
-            exit_code = await process.wait()
-        except R2DError as e:
-            error = f"lost contact with the build: {e}"
-            if isinstance(e, Unavailable):
-                self.on_unavailable(e)
-        with contextlib.suppress(Exception):
-            await process.cleanup()
-        await self.complete(build, exit_code, error)
+            exit_code, error = await self._read(build, process)
+            with contextlib.suppress(Exception):
+                await process.cleanup()
+            await self.complete(build, exit_code, error, ended=ended)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _read(self, build: Build, process: BuildProcess) -> tuple[int | None, str | None]:
+        """The process's output into the build; (exit status, None) or (None, why we lost it).
+
+        A build container goes on when the engine connection drops (an engine restart, a proxy
+        timeout): then we wait for the engine, re-read the log from the start, skip the lines we
+        have, and go on — instead of failing a build that is still running.
+        """
+        seen = 0
+        fruitless = 0  # re-attaches in a row that read nothing new
+        while True:
+            skip = seen
+            before = seen
+            try:
+                async for raw in process.output():
+                    if skip:
+                        skip -= 1
+                        continue
+                    seen += 1
+                    build.last_output = time.monotonic()
+                    self.handle_line(build, raw)
+                return await process.wait(), None
+            except R2DError as e:
+                if isinstance(e, Unavailable):
+                    self.on_unavailable(e)
+                fruitless = 0 if seen > before else fruitless + 1
+                if (
+                    not process.reattachable
+                    or build.cancel_requested
+                    or build.stop_reason
+                    or fruitless > _MAX_FRUITLESS_REATTACHES
+                ):
+                    return None, f"lost contact with the build: {e}"
+                self.log.warning("Lost contact with build %s (%s); re-attaching", build.id, e)
+                gone = await self._wait_to_reattach(build, process)
+                if gone is not None:
+                    return None, gone
+
+    async def _wait_to_reattach(self, build: Build, process: BuildProcess) -> str | None:
+        """Wait until the build can be read again; a reason to give up, or None."""
+        while not (build.cancel_requested or build.stop_reason):
+            await asyncio.sleep(self.settings.reconnect_interval)
+            try:
+                if await process.exists():
+                    return None
+                return "lost contact with the build: its container is gone"
+            except R2DError:
+                continue  # the engine is still unreachable
+        return "lost contact with the build"
+
+    # ---- time limits ------------------------------------------------------------------------------
+    def _time_limit(self, build: Build) -> tuple[float, str] | None:
+        """(seconds left, what ends the build then) for the nearest time limit, or None."""
+        limits = []
+        total = self.settings.build_timeout
+        if total > 0 and build.started:
+            limits.append(
+                (
+                    build.started + total - time.time(),
+                    f"build exceeded the time limit of {total:g} s (c.BuildManager.build_timeout)",
+                )
+            )
+        idle = self.settings.build_inactivity_timeout
+        if idle > 0:
+            limits.append(
+                (
+                    build.last_output + idle - time.monotonic(),
+                    f"build printed nothing for {idle:g} s "
+                    "(c.BuildManager.build_inactivity_timeout)",
+                )
+            )
+        return min(limits) if limits else None
+
+    async def _watch(self, build: Build) -> None:
+        """Stop the build when it runs into a time limit."""
+        build.last_output = time.monotonic()
+        while not build.done:
+            limit = self._time_limit(build)
+            if limit is None:
+                await asyncio.sleep(30)  # limits are off: look again (settings can change)
+                continue
+            remaining, reason = limit
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 30))
+                continue
+            self.log.warning("Stopping build %s: %s", build.id, reason)
+            await self.stop(build, reason=reason)
+            return
+
+    async def stop(self, build: Build, *, reason: str | None = None) -> None:
+        """Stop a running build now: its push, or its repo2docker process.
+
+        ``reason`` (a time limit) makes it end ``failed`` with that error; without one, it is a
+        cancel (``build.cancel_requested``) and it ends ``cancelled``.
+        """
+        if reason is not None and build.stop_reason is None:
+            build.stop_reason = reason
+            if not build.log.closed:
+                build.log.append(build.state.value, f"Stopping the build: {reason}")
+        push = self._pushes.get(build.id)
+        if push is not None:
+            push.cancel()
+            return
+        process = self.processes.get(build.id)
+        if process is not None:
+            await process.cancel()
 
     @staticmethod
     def handle_line(build: Build, raw: str) -> None:
@@ -129,35 +332,53 @@ class BuildRunner:
                 line,
             )
 
-    async def complete(self, build: Build, exit_code: int | None, error: str | None) -> None:
+    async def complete(
+        self, build: Build, exit_code: int | None, error: str | None, *, ended: bool = False
+    ) -> None:
         """repo2docker is done: decide the outcome, then restore a forced rebuild's backup."""
         try:
-            await self._finish_run(build, exit_code, error)
+            await self._finish_run(build, exit_code, error, ended)
         finally:
-            if build.previous_image_id is not None:
-                with contextlib.suppress(R2DError):
-                    if build.state != BuildState.BUILT:
-                        await self.engine.tag_image(build.previous_image_id, build.image)
-                    await self.engine.remove_image(self.backup_tag(build))
-                    await self.catalog.refresh(force=True)
-            build.previous_image_id = None
+            await self._restore_backup(build)
+
+    async def _restore_backup(self, build: Build) -> None:
+        """A forced rebuild is over: put the previous image back unless it succeeded (or the
+        image was deleted meanwhile), and drop the backup tag."""
+        if build.previous_image_id is None:
+            return
+        with contextlib.suppress(R2DError):
+            if build.state != BuildState.BUILT and build.restore_previous:
+                await self.engine.tag_image(build.previous_image_id, build.image)
+            await self.engine.remove_image(self.backup_tag(build))
+            await self.catalog.refresh(force=True)
+        build.previous_image_id = None
 
     @staticmethod
     def backup_tag(build: Build) -> str:
         """Where a forced rebuild keeps the previous image until it is done."""
         return f"{build.repository}:r2d-previous-{build.id}"
 
-    async def _finish_run(self, build: Build, exit_code: int | None, error: str | None) -> None:
+    async def _finish_run(
+        self, build: Build, exit_code: int | None, error: str | None, ended: bool
+    ) -> None:
         if build.cancel_requested:
-            self.finish_cancelled(build, "cancelled")
-            try:
-                await self.builder.forget(build)
-            except R2DError as e:
-                self.log.warning(
-                    "Could not remove what is left of cancelled build %s: %s", build.id, e
-                )
+            await self._cancelled(build)
             return
-        if exit_code == 0 and error is None:
+        if ended:
+            # it ended before this service process started: its image may have been deleted
+            # since (still a build that succeeded) and its push happened then or never — the
+            # registry says which; pushing again would bring back an image deleted from there
+            if exit_code is None and build.exit_code is not None:
+                exit_code = build.exit_code  # the engine told us at adoption
+            if exit_code == 0:
+                if build.push and not self.catalog.pushed(build.image):
+                    build.push_error = (
+                        f"{build.image} is not in the registry (not pushed before the service "
+                        "restarted, or deleted since): request the build again with push to push it"
+                    )
+                self.finish(build, exit_code=0)
+                return
+        elif exit_code == 0 and error is None and build.stop_reason is None:
             found = None
             with contextlib.suppress(Unavailable):
                 found = await self.engine.inspect_image(build.image)
@@ -166,16 +387,52 @@ class BuildRunner:
                     await self.push(build)
                 # the index knows the image before anyone hears the build is done
                 await self.catalog.refresh_quietly()
+                if build.cancel_requested:  # during the push: the image stays, not pushed
+                    await self._cancelled(build)
+                    return
                 self.finish(build, exit_code=0)
                 return
             error = f"repo2docker finished but the image {build.image} is not in the Docker engine"
-        if error is None:
+        if build.stop_reason is not None:
+            error = build.stop_reason
+        elif error is None:
             error = f"repo2docker exited with status {exit_code}"
         self.finish(build, exit_code=exit_code, error=error)
 
+    async def _cancelled(self, build: Build) -> None:
+        self.finish_cancelled(build, "cancelled")
+        try:
+            await self.builder.forget(build)
+        except R2DError as e:
+            self.log.warning("Could not remove what is left of cancelled build %s: %s", build.id, e)
+
     # ---- pushing ----------------------------------------------------------------------------------
     async def push(self, build: Build) -> None:
-        """Push the built image through the engine; a failure leaves the build built, not pushed."""
+        """Push the built image through the engine; a failure leaves the build built, not pushed.
+
+        The push runs as its own task so that a cancel or a time limit can stop it (closing the
+        engine's push stream stops the push); then ``push_error`` says so.
+        """
+        task = asyncio.create_task(self._push(build))
+        self._pushes[build.id] = task
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._pushes.pop(build.id, None)
+        if not task.cancelled():
+            task.result()  # an unexpected error goes to the task boundary
+            return
+        reason = "cancelled" if build.cancel_requested else (build.stop_reason or "stopped")
+        build.push_error = f"push stopped: {reason}"
+        if not build.log.closed:
+            build.log.append(
+                "pushing", f"Push stopped ({reason}); the image is built locally, not pushed"
+            )
+
+    async def _push(self, build: Build) -> None:
         build.state = BuildState.PUSHING
         build.log.notify()
         parsed = parse_reference(build.image)
@@ -197,6 +454,7 @@ class BuildRunner:
                     and not (record.get("progressDetail") or {}).get("current")
                 ):
                     seen[layer] = status
+                    build.last_output = time.monotonic()
                     build.log.append("pushing", f"{layer}: {status}" if layer else status)
             self.registry.client().invalidate(parsed.path)
             build.push_error = None

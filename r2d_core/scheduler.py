@@ -87,6 +87,17 @@ class Scheduler:
         """The queued or running build of ``image``, if any."""
         return self.active.get(image)
 
+    def forced_rebuilds(self, owner: str, name: str, tag: str | None = None) -> list[Build]:
+        """Queued or running forced rebuilds of ``owner``'s ``name`` (of the version ``tag``)."""
+        return [
+            b
+            for b in self.active.values()
+            if b.owner == owner
+            and b.name == name
+            and b.previous_image_id is not None
+            and (tag is None or b.image.rsplit(":", 1)[1] == tag)
+        ]
+
     # ---- changes ----------------------------------------------------------------------------------
     def check_room(self, owner: str) -> None:
         """Raise :class:`RateLimited` when ``owner`` (or everybody) may not queue another build."""

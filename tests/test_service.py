@@ -511,3 +511,36 @@ async def test_delete_one_version(callers, git_server):
     left = (await frank.request("GET", "api/images/frank/twover")).json()["versions"]
     assert [v["sha"] for v in left] == [repo.tags["v2"]]
     assert (await frank.request("DELETE", "api/images/frank/twover")).status_code == 200
+
+
+async def test_per_owner_queue_cap_answers_429_and_spares_others(callers, git_server):
+    """One owner with the most builds waiting (default 10, 2 running here) gets 429 with
+    Retry-After naming the limit; another owner's build is still accepted."""
+    admin = await callers.token("admin1")
+    bob = await callers.token("bob")
+    ids = []
+    try:
+        for i in range(12):  # 2 running + 10 waiting
+            r = await admin.request(
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("slow"), "name": f"cap{i}", "force": True},
+            )
+            assert r.status_code == 202, r.text
+            ids.append((admin, r.json()["id"]))
+        r = await admin.request(
+            "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "cap12"}
+        )
+        assert r.status_code == 429, r.text
+        assert int(r.headers["Retry-After"]) > 0
+        body = r.json()
+        assert body["limit"] == "max_queued_builds_per_owner"
+        assert "max_queued_builds_per_owner = 10" in body["message"]
+        r = await bob.request(
+            "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "notcapped"}
+        )
+        assert r.status_code == 202, r.text
+        ids.append((bob, r.json()["id"]))
+    finally:
+        for caller, build_id in reversed(ids):  # waiting ones first: none starts meanwhile
+            await caller.request("DELETE", f"api/builds/{build_id}")

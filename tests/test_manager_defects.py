@@ -1,0 +1,337 @@
+# ruff: noqa: F811 - fixtures are imported from tests.test_manager / tests.test_manager_registry
+"""Correctness defects of the build manager (issue 10, issue 15), each on real components:
+a private dockerd, the git daemon, docker-registry behind a slow proxy, and a unix-socket proxy
+in front of the engine that drops its connections (an engine hiccup)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from traitlets.config import Config
+
+from r2d_core.builders import BuildProcess, LocalProcessBuilder, RecoveredBuild
+from r2d_core.engine import DockerEngine
+from r2d_core.manager import BuildManager
+from r2d_core.models import Build, BuildState
+from tests.harness import repo2docker_config
+from tests.test_manager import (  # noqa: F401
+    LOOPBACK_GIT,
+    make_config,
+    make_manager,
+    messages,
+    wait_done,
+    wait_for_line,
+)
+from tests.test_manager_limits import fixture_repo
+from tests.test_manager_registry import SlowProxy, registry  # noqa: F401
+
+pytestmark = [pytest.mark.docker]
+
+
+# ---- an unexpected exception inside a build task ----------------------------------------------
+class _BrokenProcess(BuildProcess):
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def output(self) -> AsyncIterator[str]:
+        yield '{"phase": "fetching", "message": "about to break"}'
+        raise TypeError("not an R2DError")
+
+    async def wait(self) -> int:
+        return 0
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+
+
+class BrokenStart(LocalProcessBuilder):
+    async def start(self, build: Build) -> BuildProcess:
+        raise RuntimeError("a bug in the builder")
+
+
+class BrokenFollow(LocalProcessBuilder):
+    async def start(self, build: Build) -> BuildProcess:
+        return _BrokenProcess()
+
+
+@pytest.mark.parametrize("builder_class", [BrokenStart, BrokenFollow])
+async def test_unexpected_exception_fails_the_build_and_frees_the_slot(
+    make_manager, git_server, builder_class
+):
+    m = await make_manager(builder_class=builder_class, max_concurrent_builds=1)
+    args = {"repo": git_server.url("hello"), "owner": "bug", "name": builder_class.__name__}
+    build = (await m.submit(**args)).build
+    await asyncio.wait_for(wait_done(build), 20)  # before: in progress forever
+    assert build.state == BuildState.FAILED
+    assert build.error.startswith("internal error: ")
+    assert any("Internal error" in line for line in messages(build))
+    assert m.list_builds(states=["queued", "fetching", "building", "pushing"]) == []
+    # the slot and the image are free: the same request is a new build, not a dead one joined
+    again = await m.submit(**args)
+    assert not again.joined and again.build is not build
+    await asyncio.wait_for(wait_done(again.build), 20)
+
+
+async def test_unexpected_exception_in_a_forced_rebuild_keeps_the_previous_image(
+    make_manager, git_server, docker_host
+):
+    args = {"repo": git_server.url("hello"), "ref": "v1", "owner": "bug", "name": "kept"}
+    first = (await (await make_manager()).submit(**args)).build
+    await wait_done(first)
+    broken = await make_manager(builder_class=BrokenStart)
+    forced = (await broken.submit(**args, force=True)).build
+    await asyncio.wait_for(wait_done(forced), 20)
+    assert forced.state == BuildState.FAILED and "internal error" in forced.error
+    engine = DockerEngine(host=docker_host)
+    try:
+        info = await engine.inspect_image(first.image)  # moved aside, then put back
+    finally:
+        await engine.close()
+    assert info is not None and info["Config"]["Labels"]["repo2docker-service.build-id"] == first.id
+
+
+class BrokenRecovery(LocalProcessBuilder):
+    """Finds one finished build whose log cannot be read back (an unexpected exception)."""
+
+    async def recover(self) -> list[RecoveredBuild]:
+        fields = {
+            "build-id": "0badc0ffee00", "owner": "bug", "name": "recovered", "sha": "1" * 40,
+            "image": "r2d-bug-recovered:" + "1" * 40, "push": "0",
+        }  # fmt: skip
+        return [RecoveredBuild(fields, _BrokenProcess(), running=False, exit_code=0)]
+
+
+async def test_unexpected_exception_reading_a_recovered_log_releases_the_build(make_manager):
+    m = await make_manager(builder_class=BrokenRecovery)
+    build = m.get_build("0badc0ffee00")
+    assert build.state == BuildState.BUILT  # from the container's exit status, at once
+    await asyncio.wait_for(wait_done(build), 20)  # the log closes: followers are not left hanging
+    assert build.state == BuildState.BUILT and build.log.closed
+
+
+# ---- cancel of a push -------------------------------------------------------------------------
+async def _wait_pushing(build: Build, proxy: SlowProxy, start: int) -> None:
+    async with asyncio.timeout(120):
+        while not (build.state == BuildState.PUSHING and proxy.uploaded > start + 20_000):
+            assert not build.done, (build.state, build.error, build.push_error)
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("registry", ["anonymous"], indirect=True)
+async def test_cancel_stops_a_push_and_a_push_only_build(
+    registry, docker_host, local_images, git_server
+):
+    proxy = SlowProxy(registry.port, rate=60_000)
+    await proxy.start()
+    c = Config()
+    c.DockerEngine.host = docker_host
+    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
+    c.Builder.repo2docker_config = repo2docker_config(network="none")
+    c.Registry.url = f"http://127.0.0.1:{proxy.port}"
+    c.Registry.listing_ttl = 0
+    m = BuildManager(config=c)
+    await m.start()
+    try:
+        args = {"repo": git_server.url("hello"), "ref": "v1", "owner": "cpu", "name": "cpush"}
+        build = (await m.submit(**args, push=True)).build
+        await _wait_pushing(build, proxy, 0)
+        t0 = time.monotonic()
+        await m.cancel(build.id, by="cpu")
+        assert build.state == BuildState.CANCELLED  # before: still pushing after 15 s
+        assert time.monotonic() - t0 < 10
+        assert "cancelled" in build.push_error
+        # the engine stopped pushing: with the brake off, a push still going would end in a
+        # moment (what the proxy still forwards is what sat in socket buffers)
+        proxy.rate = 50_000_000
+        await asyncio.sleep(3)
+        assert not await m.catalog.in_registry(build.image)
+        proxy.rate = 60_000
+        [group] = await m.list_images(["cpu"])
+        assert group.versions[0].local and not group.versions[0].pushed
+
+        retry = (await m.submit(**args, push=True)).build
+        assert retry.push_only
+        await _wait_pushing(retry, proxy, proxy.uploaded)
+        await m.cancel(retry.id)
+        assert retry.state == BuildState.CANCELLED
+        [group] = await m.list_images(["cpu"])
+        assert not group.versions[0].pushed
+    finally:
+        await m.stop()
+        await proxy.stop()
+
+
+# ---- delete during a forced rebuild -----------------------------------------------------------
+async def test_delete_during_forced_rebuild_is_not_undone(make_manager, git_server, docker_host):
+    m = await make_manager()
+    args = {"repo": git_server.url("hello"), "ref": "v1", "owner": "del", "name": "rebuilt"}
+    first = (await m.submit(**args)).build
+    await wait_done(first)
+    forced = (await m.submit(**args, force=True)).build
+    async for _line in forced.log.follow():
+        break  # running: the previous image is moved aside now
+    await asyncio.sleep(0.2)
+    result = await m.delete_image("del", "rebuilt")  # before: 404 (the version is moved aside)
+    assert result == {"deleted": [first.image], "errors": []}
+    await m.cancel(forced.id)
+    assert forced.state == BuildState.CANCELLED
+    assert await m.list_images(["del"]) == []  # before: the backup was put back
+    engine = DockerEngine(host=docker_host)
+    try:
+        assert await engine.inspect_image(first.image) is None
+        tags = [t for i in await engine.list_images() for t in i.get("RepoTags") or []]
+        assert not any("r2d-previous" in t for t in tags)
+    finally:
+        await engine.close()
+
+
+# ---- an engine hiccup while a build container runs ---------------------------------------------
+class SocketProxy:
+    """A unix-socket proxy in front of the engine whose open connections can be dropped."""
+
+    def __init__(self, target: str, path: str) -> None:
+        self.target, self.path = target, path
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.path}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._handle, self.path)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.drop()
+
+    def drop(self) -> None:
+        for writer in list(self.writers):
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_engine_hiccup_does_not_fail_a_running_build_container(
+    docker_host, local_images, git_server, tmp_path
+):
+    socket = docker_host[len("unix://") :]
+    proxy = SocketProxy(socket, str(tmp_path / "engine.sock"))
+    await proxy.start()
+    c = make_config(proxy.host, "docker")
+    c.DockerBuilder.docker_socket = socket  # the build container talks to the engine directly
+    m = BuildManager(config=c)
+    await m.start()
+    try:
+        repo = fixture_repo(
+            git_server, "ticks", "for i in 1 2 3 4 5 6 7 8; do echo r2d-tick $i; sleep 1; done"
+        )
+        build = (await m.submit(repo=repo, owner="hic", name="ticks")).build
+        await wait_for_line(build, "r2d-tick 2")
+        proxy.drop()  # the log stream breaks; the container goes on
+        await asyncio.sleep(0.5)
+        assert not build.done, (build.state, build.error)  # before: failed, "lost contact"
+        joined = await m.submit(repo=repo, owner="hic", name="ticks")
+        assert joined.joined and joined.build is build  # no second build of the same image
+        await wait_done(build)
+        assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
+        ticks = [
+            line for line in messages(build) if line.startswith("r2d-tick") or " r2d-tick " in line
+        ]
+        numbers = [line.rsplit(" ", 1)[-1] for line in ticks if "echo" not in line]
+        assert sorted(set(numbers)) == [str(i) for i in range(1, 9)]
+        assert len(numbers) == len(set(numbers))  # re-read from the start, no line twice
+    finally:
+        await m.stop()
+        await proxy.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(proxy.path)
+
+
+# ---- builds found again after a restart ---------------------------------------------------------
+async def test_recovered_finished_builds_show_their_real_state_at_once(
+    make_manager, git_server, docker_host
+):
+    first = await make_manager("docker")
+    ok = (await first.submit(repo=git_server.url("hello"), ref="v2", owner="rec", name="ok")).build
+    bad = (await first.submit(repo=git_server.url("fails"), owner="rec", name="bad")).build
+    await wait_done(ok)
+    await wait_done(bad)
+    assert (ok.state, bad.state) == (BuildState.BUILT, BuildState.FAILED)
+    await first.stop()
+    engine = DockerEngine(host=docker_host)
+    try:
+        await engine.remove_image(ok.image)  # deleted while the service was down
+    finally:
+        await engine.close()
+
+    second = await make_manager("docker")
+    # the very first listing, before any log is re-read (before: both "fetching", cancellable)
+    states = {b.id: (b.state, b.done) for b in second.list_builds(["rec"])}
+    assert states[ok.id] == (BuildState.BUILT, True)
+    assert states[bad.id] == (BuildState.FAILED, True)
+    again_ok, again_bad = second.get_build(ok.id), second.get_build(bad.id)
+    await wait_done(again_ok)
+    await wait_done(again_bad)
+    assert again_ok.state == BuildState.BUILT, again_ok.error  # before: failed, image missing
+    assert again_bad.state == BuildState.FAILED and again_bad.error
+    assert await second.list_images(["rec"]) == []
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("registry", ["anonymous"], indirect=True)
+async def test_recovered_pushed_build_does_not_push_again(
+    registry, docker_host, local_images, git_server
+):
+    def config() -> Config:
+        c = make_config(docker_host, "docker")
+        c.BuildManager.image_prefix = f"{registry.host}/r2d-"
+        c.Registry.url = registry.url
+        c.Registry.listing_ttl = 0
+        return c
+
+    first = BuildManager(config=config())
+    await first.start()
+    try:
+        build = (
+            await first.submit(
+                repo=git_server.url("hello"), ref="v1", owner="rep", name="pushed", push=True
+            )
+        ).build
+        await wait_done(build)
+        assert build.state == BuildState.BUILT and build.push_error is None
+    finally:
+        await first.stop()
+    second = BuildManager(config=config())
+    await second.start()
+    try:
+        again = second.get_build(build.id)
+        await wait_done(again)
+        assert again.state == BuildState.BUILT and again.push_error is None
+        assert not any("Pushing" in line for line in messages(again))  # before: pushed again
+    finally:
+        await second.stop()
