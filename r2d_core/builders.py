@@ -19,6 +19,7 @@ registry outage never loses a build.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from traitlets.config import LoggingConfigurable
 
 from .engine import DockerEngine, tar_files
 from .errors import NotFound, Unavailable, UpstreamError
+from .logs import LineSplitter
 from .models import Build, build_labels, parse_labels, parse_time
 from .refs import git_env
 
@@ -186,15 +188,22 @@ class _LocalProcess(BuildProcess):
         self.workdir = workdir
 
     async def output(self) -> AsyncIterator[str]:
+        # Read in chunks, not readline(): StreamReader.readline() discards a line over its limit
+        # (and raises). Chunks are decoded incrementally (a character cut between two reads stays
+        # whole; invalid bytes become U+FFFD) and cut into bounded lines; a last line without a
+        # newline is kept.
         assert self.proc.stdout is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        splitter = LineSplitter()
         while True:
-            try:
-                raw = await self.proc.stdout.readline()
-            except ValueError:  # a line over the stream limit: take it in pieces
-                raw = await self.proc.stdout.read(1 << 16)
+            raw = await self.proc.stdout.read(1 << 16)
+            for line in splitter.feed(decoder.decode(raw, final=not raw)):
+                yield line
             if not raw:
-                return
-            yield raw.decode("utf-8", errors="replace").rstrip("\n")
+                break
+        last = splitter.flush()
+        if last is not None:
+            yield last
 
     async def wait(self) -> int:
         return await self.proc.wait()

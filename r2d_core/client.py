@@ -51,12 +51,14 @@ _BY_STATUS: dict[int, type[R2DError]] = {
 
 @dataclass(frozen=True)
 class LogEvent:
-    """One line of a build log."""
+    """One line of a build log; ``omitted`` is set on a long log's truncation marker only
+    (``{"lines", "bytes", "first", "last"}``: what its head-and-tail log leaves out)."""
 
     n: int
     phase: str
     message: str
     time: float | None = None
+    omitted: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,11 @@ class R2DClient:
                             if current >= cursor:
                                 data = json.loads(line[6:])
                                 yield LogEvent(
-                                    current, data["phase"], data["message"], data.get("time")
+                                    current,
+                                    data["phase"],
+                                    data["message"],
+                                    data.get("time"),
+                                    data.get("omitted"),
                                 )
                                 cursor = current + 1
                                 failures = 0

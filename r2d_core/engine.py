@@ -21,6 +21,7 @@ from traitlets import Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .errors import Conflict, NotFound, R2DError, Unavailable, UpstreamError
+from .logs import LineSplitter
 from .models import LABEL_PREFIX
 
 __all__ = ["DockerEngine", "docker_errors", "tar_files"]
@@ -274,22 +275,22 @@ class DockerEngine(LoggingConfigurable):
             pass  # already gone, or removal already in progress
 
     async def container_output(self, container_id: str, follow: bool = True) -> AsyncIterator[str]:
-        """The container's output (stdout and stderr), split into lines, from the start."""
+        """The container's output (stdout and stderr), split into lines, from the start.
+
+        Streamed in both cases, never read whole: with ``follow=False`` (a container that has
+        stopped) Docker ends the stream after the last line. Lines are bounded (see
+        :class:`~r2d_core.logs.LineSplitter`): output without newlines cannot grow without limit,
+        and a last line without a newline is kept.
+        """
         container = self.client.containers.container(container_id)
-        pending = ""
+        splitter = LineSplitter()
         with docker_errors("read build logs"):
-            if follow:
-                stream = container.log(stdout=True, stderr=True, follow=True)
-                async for chunk in stream:
-                    pending += chunk
-                    *lines, pending = pending.split("\n")
-                    for line in lines:
-                        yield line
-            else:
-                chunks = await container.log(stdout=True, stderr=True, follow=False)
-                pending = "".join(chunks)
-                *lines, pending = pending.split("\n")
-                for line in lines:
+            # aiodocker only streams with follow=True (follow=False reads the whole log into a
+            # list); for a stopped container both give the same lines
+            stream = container.log(stdout=True, stderr=True, follow=True)
+            async for chunk in stream:
+                for line in splitter.feed(chunk):
                     yield line
-        if pending:
-            yield pending
+        last = splitter.flush()
+        if last is not None:
+            yield last

@@ -39,7 +39,7 @@ from .catalog import ImageCatalog
 from .engine import DockerEngine
 from .errors import Conflict, InvalidRequest, NotFound, R2DError, Unavailable
 from .lifecycle import LifecyclePolicy
-from .logs import LogBuffer
+from .logs import LogBudget, LogBuffer
 from .models import (
     Build,
     BuildState,
@@ -259,7 +259,66 @@ class BuildManager(LoggingConfigurable):
             )
         return proposal["value"]
 
-    max_log_lines = Int(20000, config=True, help="Log lines kept per build (default 20000).")
+    max_log_bytes = Int(
+        config=True,
+        help="""Memory one build's log may hold, in bytes (default 4194304 = 4 MiB; env
+        R2D_MAX_LOG_BYTES). A longer log keeps its first quarter (the head) and its end (the tail)
+        with a marker line between them that says how many lines and bytes were omitted. Each line
+        is charged its text plus ~150 bytes of bookkeeping, so 4 MiB keeps ~15,000 lines of
+        typical length: the whole log of almost every repo2docker build.""",
+    )
+
+    @default("max_log_bytes")
+    def _default_max_log_bytes(self) -> int:
+        return _env_int("R2D_MAX_LOG_BYTES", 4 * 1024 * 1024)
+
+    max_total_log_bytes = Int(
+        config=True,
+        help="""Memory the logs of all remembered builds may hold together, in bytes (default
+        268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES; 0 = no limit beyond max_log_bytes per
+        build). When over, the oldest finished builds' logs are cut down to a shorter head and tail
+        first (512 KiB, sparing the newest quarter of finished builds; then 32 KiB), running
+        builds' logs last.""",
+    )
+
+    @default("max_total_log_bytes")
+    def _default_max_total_log_bytes(self) -> int:
+        return _env_int("R2D_MAX_TOTAL_LOG_BYTES", 256 * 1024 * 1024)
+
+    max_log_line_bytes = Int(
+        64 * 1024,
+        config=True,
+        help="""A log line longer than this (UTF-8 bytes) is split into several lines, never
+        dropped (default 65536).""",
+    )
+
+    @validate("max_log_bytes", "max_total_log_bytes", "max_log_line_bytes")
+    def _check_log_limits(self, proposal: Any) -> int:
+        from traitlets import TraitError
+
+        name, value = proposal["trait"].name, proposal["value"]
+        least = {"max_log_bytes": 64 * 1024, "max_log_line_bytes": 1024}.get(name, 0)
+        if value < least or (name == "max_total_log_bytes" and 0 < value < 1024 * 1024):
+            raise TraitError(
+                f"BuildManager.{name} is {value}: set it to at least "
+                f"{max(least, 1024 * 1024 if name == 'max_total_log_bytes' else 0)} bytes"
+                + (" (or 0 for no limit)" if name == "max_total_log_bytes" else "")
+            )
+        return value
+
+    log_budget = Instance(LogBudget, help="The memory budget all build logs share.")
+
+    @default("log_budget")
+    def _default_log_budget(self) -> LogBudget:
+        per_build = self.max_log_bytes
+        budget = LogBudget(
+            self.max_total_log_bytes,
+            compact_bytes=min(512 * 1024, per_build),
+            minimum_bytes=min(32 * 1024, per_build),
+        )
+        metrics.LOG_BYTES.set_function(lambda: budget.used)
+        return budget
+
     build_history = Int(
         200,
         config=True,
@@ -600,7 +659,9 @@ class BuildManager(LoggingConfigurable):
         return SubmitResult(build=build)
 
     def _new_log(self) -> LogBuffer:
-        return LogBuffer(self.max_log_lines)
+        return LogBuffer(
+            self.max_log_bytes, max_line_bytes=self.max_log_line_bytes, budget=self.log_budget
+        )
 
     # ---- hooks for an image lifecycle policy -------------------------------------------------------
     async def before_queue(self, owner: str, image: str) -> None:

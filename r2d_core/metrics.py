@@ -18,6 +18,7 @@ __all__ = [
     "LIFECYCLE_DELETED",
     "LIFECYCLE_RECLAIMED_BYTES",
     "LIFECYCLE_REFUSED",
+    "LOG_BYTES",
     "METRICS_SCOPE",
     "QUEUE_LENGTH",
     "REGISTRY",
@@ -72,5 +73,10 @@ LIFECYCLE_REFUSED = Counter(
 ENGINE_FREE_BYTES = Gauge(
     "r2d_engine_free_bytes",
     "Free bytes of the Docker engine's data root at the last disk guard check",
+    registry=REGISTRY,
+)
+LOG_BYTES = Gauge(
+    "r2d_log_bytes",
+    "Memory the build logs hold (what BuildManager.max_total_log_bytes bounds)",
     registry=REGISTRY,
 )

@@ -171,6 +171,8 @@ class Build:
             "failed_step": self.failed_step,
             "last_lines": [_shorten(line) for line in self.log.tail(last_lines)] if failed else [],
             "log_lines": self.log.total,
+            # the whole log's size and what the kept log omits (see r2d_core/logs.py)
+            "log": self.log.summary(),
             "requested_by": self.requested_by,
             "recovered": self.recovered,
         }

@@ -52,6 +52,8 @@ __all__ = ["ContextProvider", "Identity", "R2DContext", "make_handlers"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC_DIR = os.path.join(HERE, "static")
 TEMPLATE_DIR = os.path.join(HERE, "templates")
+#: a log replay is written (and flushed) in chunks of about this many bytes of log text
+REPLAY_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -439,11 +441,26 @@ class BuildLogsHandler(R2DHandler):
         log = build.log
         sent_state: str | None = None
         while not self._closed:
+            # replay in chunks of at most REPLAY_CHUNK bytes, each written and flushed before the
+            # next is read: a connect never serialises the whole log, and a slow reader holds one
+            # chunk. The truncation marker is a log event of its own (with `omitted`), id = the
+            # last omitted line, so ids increase across the gap and a resume after it gets the tail.
+            chunk = log.read(cursor, REPLAY_CHUNK)
             parts = []
-            for line in log.lines(cursor):
-                data = json.dumps({"phase": line.phase, "message": line.message, "time": line.time})
-                parts.append(f"id: {line.n}\nevent: log\ndata: {data}\n\n")
+            for line in chunk:
+                event: dict[str, Any] = {
+                    "phase": line.phase,
+                    "message": line.message,
+                    "time": line.time,
+                }
+                if line.omitted is not None:
+                    event["omitted"] = line.omitted.to_dict()
+                parts.append(f"id: {line.n}\nevent: log\ndata: {json.dumps(event)}\n\n")
                 cursor = line.n + 1
+            if chunk and cursor < log.total:
+                if not await self._send("".join(parts)):
+                    break
+                continue
             state = build.state.value
             finished = log.closed and cursor >= log.total
             if state != sent_state and not finished:
@@ -468,11 +485,13 @@ class BuildLogsHandler(R2DHandler):
         self.set_header("Cache-Control", "no-cache")
         log = build.log
         while not self._closed:
-            lines = log.lines(cursor)
+            lines = log.read(cursor, REPLAY_CHUNK)  # in bounded chunks, like the event stream
             if lines:
                 cursor = lines[-1].n + 1
                 if not await self._send("".join(line.message + "\n" for line in lines)):
                     break
+                if cursor < log.total:
+                    continue
             if not follow or (log.closed and cursor >= log.total):
                 break
             await log.wait_for_change()

@@ -193,6 +193,18 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "failed_step": nullable_string,
                         "last_lines": {"type": "array", "items": string},
                         "log_lines": {"type": "integer"},
+                        "log": {
+                            "type": "object",
+                            "description": "the whole log's size (lines, UTF-8 bytes) and how much "
+                            "of it the kept log omits: the middle of a log over "
+                            "`BuildManager.max_log_bytes`, replaced by one marker line",
+                            "properties": {
+                                "lines": {"type": "integer"},
+                                "bytes": {"type": "integer"},
+                                "omitted_lines": {"type": "integer"},
+                                "omitted_bytes": {"type": "integer"},
+                            },
+                        },
                         "requested_by": string,
                         "recovered": {"type": "boolean"},
                         "can_cancel": {"type": "boolean"},
@@ -350,7 +362,12 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                 "get": {
                     "summary": "The build log as server-sent events (or plain text)",
                     "description": "Events: `log` (id = line number, data `{phase, message, time}` with time in Unix seconds), `state` "
-                    "(data: Build), `done` (data: Build; the stream ends). Resume with `Last-Event-ID` "
+                    "(data: Build), `done` (data: Build; the stream ends). A log longer than "
+                    "`BuildManager.max_log_bytes` keeps its head and tail; in between, one `log` "
+                    "event is the truncation marker (`… 180,000 lines (41 MB) omitted (lines "
+                    "2,101-182,100) …`), whose data also has `omitted: {lines, bytes, first, last}` "
+                    "and whose id is the last omitted line's number, so ids stay increasing and a "
+                    "resume after it continues with the tail. Resume with `Last-Event-ID` "
                     "or `?since=N`. Comments `: keepalive` every 15 s. `?format=text` gives text/plain "
                     "(`&follow=0` without following).",
                     "parameters": [build_id, *_query("get /api/builds/{build_id}/logs")],

@@ -499,6 +499,14 @@ async def bench_refs(ctx: dict[str, Any]) -> None:
         row(f"loop lag during {label}", round(max(lags) * 1000), "ms", "< 100")
 
 
+async def bench_logs(ctx: dict[str, Any]) -> None:
+    """Service RSS while 1,000 builds' logs pass through (see tests/bench_logs.py)."""
+    from tests.bench_logs import bench_log_retention
+
+    for r in await bench_log_retention(ctx):
+        row(r["benchmark"], r["value"], r["unit"], r.get("target", ""), r.get("note", ""))
+
+
 # ---- main -----------------------------------------------------------------------------------------
 # ---- fair scheduling ---------------------------------------------------------------------------
 async def bench_fair(ctx: dict[str, Any]) -> None:
@@ -580,6 +588,7 @@ BENCHES = {
     "service": bench_service,
     "registry": bench_registry,
     "fair": bench_fair,
+    "logs": bench_logs,
 }
 
 

@@ -275,6 +275,10 @@ def test_cross_references(variant):
         assert hosts == [f"--host={env['DOCKER_HOST']['value']}"], hosts
         # the socket's group is the service user's group: no root needed to use it
         assert f"--group={security['runAsGroup']}" in dind["args"]
+        # BuildKit keeps a long step's end (its errors); the service bounds logs itself
+        dind_env = {e["name"]: e.get("value") for e in dind.get("env", [])}
+        assert int(dind_env["BUILDKIT_STEP_LOG_MAX_SIZE"]) >= 1 << 30
+        assert "BUILDKIT_STEP_LOG_MAX_SPEED" not in dind_env  # lifted, floods abort buildx
         shared = {m["name"] for m in dind["volumeMounts"]} & set(mounts)
         assert shared and all(volumes[name].get("emptyDir") is not None for name in shared), (
             "the socket directory must be a volume both containers mount"

@@ -409,6 +409,63 @@ async def test_failed_build_shows_the_step_and_last_lines(ui, expect, git_server
     await page.close()
 
 
+#: 40,000 lines through BuildKit at a pace its step-log speed cap lets through (10,000 a second):
+#: far over max_log_bytes (4 MiB), so the log keeps head and tail with the marker between
+UI_FLOOD_RUN = (
+    "for b in 0 1 2 3; do seq $((b*10000+1)) $((b*10000+10000)) | sed 's/^/r2d-flood /'; "
+    "sleep 1; done; echo r2d-flood-end"
+)
+
+
+async def test_long_log_shows_the_truncation_marker(ui, expect, git_server):
+    if "flood-ui" not in git_server.repos:
+        from tests.harness.gitserver import _dockerfile
+
+        git_server.add_repo("flood-ui", {"Dockerfile": _dockerfile(UI_FLOOD_RUN)})
+    r = await ui.api(
+        "alice",
+        "POST",
+        "api/builds",
+        json={"repo": git_server.url("flood-ui"), "name": unique("flood"), "force": True},
+    )
+    assert r.status_code == 202, r.text
+    build_id = r.json()["id"]
+    done = await ui.wait_build("alice", build_id)
+    assert done["state"] == "built", done
+    text = (await ui.api("alice", "GET", f"api/builds/{build_id}/logs?format=text&follow=0")).text
+    markers = [line for line in text.splitlines() if line.startswith("… ") and "omitted" in line]
+    assert len(markers) == 1, f"{len(markers)} truncation markers in {len(text):,} bytes of log"
+    marker = markers[0]
+    omitted = done["log"]["omitted_lines"]
+    assert omitted > 1000 and marker.startswith(f"… {omitted:,} lines ("), done["log"]
+
+    page = await ui.page("alice", f"#/builds/{build_id}")
+    await expect(page.get_by_test_id("log-status")).to_have_attribute("data-status", "complete")
+    # a notice above the log, the count beside it, the marker line in the log's text
+    notice = page.get_by_test_id("log-truncated")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_contain_text(f"{omitted:,} lines")
+    await expect(page.get_by_test_id("log-count")).to_contain_text(f"({omitted:,} omitted)")
+    terminal = page.get_by_test_id("log-terminal")
+    await expect(terminal).to_have_attribute("data-omitted", str(omitted))
+    log_text = (await page.get_by_test_id("log-text").text_content()).splitlines()
+    assert log_text.count(marker) == 1
+    # ... and in the terminal itself, as a line of its own that does not look like output: the
+    # notice's button scrolls xterm.js to it (it is thousands of lines above the end)
+    row = page.locator('[data-testid="log-terminal"] .xterm-rows > div', has_text="omitted (lines")
+    await expect(row).to_have_count(0)  # the view starts at the end of the log
+    await page.get_by_test_id("log-jump-omitted").click()
+    await expect(row).to_have_count(1)
+    assert marker.strip("… ").split(" (lines")[0] in await row.inner_text()
+    styled = await row.evaluate(
+        "el => [...el.querySelectorAll('span')].some(s => /xterm-bold|xterm-fg-|inverse/"
+        ".test(s.className) || s.style.color)"
+    )
+    assert styled, await row.inner_html()
+    await ui.screenshot(page, "build-log-truncated.png")
+    await page.close()
+
+
 # ---- 6. permissions ------------------------------------------------------------------------------
 async def test_no_permission_page_names_the_scope(ui, expect):
     page = await ui.page("gina")

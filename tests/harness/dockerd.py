@@ -284,6 +284,12 @@ class Dockerd:
         self.config_file.write_text("{}\n")
         env = dict(os.environ)
         env.pop("DOCKER_HOST", None)
+        # As docs/howto/limits.md advises: BuildKit stops a RUN step's output for good at 2 MiB by
+        # default (losing its end, where errors are); the service bounds logs itself (head + tail
+        # with a marker), so lift that cap (dockerd 20.10 reads -1 as -1 bytes: a large number).
+        # The speed cap (200 KiB/s, clips and resumes) stays: lifted, a flood of lines makes the
+        # buildx client abort with "rpc error: code = Canceled" after the step.
+        env.setdefault("BUILDKIT_STEP_LOG_MAX_SIZE", str(1 << 30))
         self.process = ManagedProcess(
             "dockerd", self.argv(), self.log_path, env=env, stop_timeout=self.stop_timeout
         )

@@ -5,7 +5,14 @@ import { Terminal } from "@xterm/xterm";
 
 export interface LogTerminal {
   write(text: string): void;
+  /** a handle on the last line written so far (resolves once it is written) */
+  markLast(): Promise<LineMark>;
   dispose(): void;
+}
+
+export interface LineMark {
+  /** scroll the terminal to the line; false once it left the scrollback */
+  scrollTo(): boolean;
 }
 
 export function createTerminal(container: HTMLElement): LogTerminal {
@@ -41,6 +48,20 @@ export function createTerminal(container: HTMLElement): LogTerminal {
   observer.observe(container);
   return {
     write: (text) => term.write(text),
+    markLast: () =>
+      new Promise<LineMark>((resolve) => {
+        term.write("", () => {
+          // each line ends with "\r\n": the cursor is on the row after it
+          const marker = term.registerMarker(-1);
+          resolve({
+            scrollTo: () => {
+              if (!marker || marker.isDisposed || marker.line < 0) return false;
+              term.scrollToLine(Math.max(0, marker.line - 2));
+              return true;
+            },
+          });
+        });
+      }),
     dispose: () => {
       observer.disconnect();
       term.dispose();

@@ -74,11 +74,21 @@ export interface Build {
   failed_step: string | null;
   last_lines: string[];
   log_lines: number;
+  /** the whole log's size and what the kept log omits (its middle, once over the limit) */
+  log?: { lines: number; bytes: number; omitted_lines: number; omitted_bytes: number };
   requested_by: string | null;
   can_cancel: boolean;
   logs_url?: string;
   /** set on a 202 answer when an identical build was already queued or running */
   joined?: boolean;
+}
+
+/** what the truncation marker of a long log stands for: lines first..last (0-based) */
+export interface Omitted {
+  lines: number;
+  bytes: number;
+  first: number;
+  last: number;
 }
 
 export interface SkippedBuild {

@@ -12,7 +12,7 @@ import { icon } from "../icons";
 import { may } from "../perms";
 import type { LogTerminal } from "../terminal";
 import { PHASES, type Phase, phaseIndex, phaseLines, phaseSteps } from "../phases";
-import type { Build } from "../types";
+import type { Build, Omitted } from "../types";
 import {
   disposeTooltips,
   errorAlert,
@@ -22,7 +22,15 @@ import {
   stateBadge,
   timeEl,
 } from "../ui";
-import { duration, hashFor, isWebUrl, repoLabel, stripAnsi, terminalLine } from "../util";
+import {
+  duration,
+  hashFor,
+  humanSize,
+  isWebUrl,
+  repoLabel,
+  stripAnsi,
+  terminalLine,
+} from "../util";
 import { cancelBuild } from "./builds";
 
 const LABELS: Record<Phase, string> = {
@@ -232,6 +240,7 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
     "data-lines": "0",
   });
   const logText = h("pre", { hidden: true, "data-testid": "log-text" });
+  const truncated = h("div");
   const logsPath = build.logs_url || `api/builds/${encodeURIComponent(id)}/logs`;
   const logsUrl = /^(\/|https?:)/.test(logsPath) ? logsPath : `${ctx.config.base_url}${logsPath}`;
   const withQuery = (url: string, qs: string) => `${url}${url.includes("?") ? "&" : "?"}${qs}`;
@@ -277,6 +286,7 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
     phases,
     notices,
     result,
+    truncated,
     h(
       "div",
       { class: "card border-0 shadow-sm overflow-hidden" },
@@ -437,12 +447,57 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
 
   let lastId = -1;
   let lines = 0;
+  let omittedLines = 0;
+  const count = () => {
+    const shown = lines === 1 ? "1 line" : `${lines.toLocaleString("en-US")} lines`;
+    counter.textContent = omittedLines
+      ? `${shown} (${omittedLines.toLocaleString("en-US")} omitted)`
+      : shown;
+  };
   const write = (message: string) => {
     term.write(terminalLine(message));
     logText.appendChild(document.createTextNode(`${stripAnsi(message).replace(/\r?\n$/, "")}\n`));
     lines += 1;
     termEl.dataset.lines = String(lines);
-    counter.textContent = lines === 1 ? "1 line" : `${lines} lines`;
+    count();
+  };
+  // The truncation marker: the service keeps a long log's head and tail and sends one `log`
+  // event in between that says what it left out. Shown in the terminal as a line of its own
+  // (reverse video, so it cannot pass for build output) and as a notice above the log.
+  const writeMarker = (message: string, omitted: Omitted) => {
+    term.write(terminalLine(`\x1b[1;7;33m ${stripAnsi(message)} \x1b[0m`));
+    logText.appendChild(document.createTextNode(`${stripAnsi(message)}\n`));
+    termEl.dataset.omitted = String(omitted.lines);
+    omittedLines = omitted.lines;
+    count();
+    const jump = h(
+      "button",
+      {
+        type: "button",
+        class: "btn btn-sm btn-outline-secondary ms-2",
+        "data-testid": "log-jump-omitted",
+        disabled: true,
+      },
+      "Show in the log",
+    );
+    void term.markLast().then((mark) => {
+      jump.disabled = false;
+      jump.addEventListener("click", () => {
+        if (!mark.scrollTo()) jump.disabled = true;
+      });
+    });
+    replace(
+      truncated,
+      alertBox(
+        "warning",
+        "log-truncated",
+        icon("warning", "me-2"),
+        `This log is long: ${omitted.lines.toLocaleString("en-US")} lines `,
+        `(${humanSize(omitted.bytes)}) in its middle are not kept. `,
+        "Its beginning and end are shown; ask your administrator for the whole log.",
+        jump,
+      ),
+    );
   };
 
   // --- the event stream
@@ -478,11 +533,15 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
         lastId = n;
         termEl.dataset.lastId = String(n);
       }
-      let data: { phase?: string; message?: string };
+      let data: { phase?: string; message?: string; omitted?: Omitted };
       try {
         data = JSON.parse(e.data);
       } catch {
         data = { message: e.data };
+      }
+      if (data.omitted && typeof data.omitted.lines === "number") {
+        writeMarker(data.message ?? "", data.omitted);
+        return;
       }
       write(data.message ?? "");
       const idx = data.phase ? phaseIndex(data.phase) : -1;
