@@ -46,6 +46,7 @@ from .models import (
     short_error,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
+from .netpolicy import parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
 from .validation import (
@@ -147,6 +148,32 @@ class BuildManager(LoggingConfigurable):
                 raise TraitError(
                     f"allowed_repo_patterns: {pattern!r} is not a regex ({e})"
                 ) from None
+        return proposal["value"]
+
+    allowed_networks = List(
+        Unicode(),
+        config=True,
+        help="""Networks (CIDR, e.g. ``10.1.0.0/16``) the service and its builds may fetch
+        repositories from although they are internal. By default (``[]``) a repository host that
+        resolves to any loopback, private, link-local (cloud metadata ``169.254.169.254``), CGNAT,
+        unique-local or multicast address is refused; the address actually connected is checked.
+        Env ``R2D_ALLOWED_NETWORKS`` (comma-separated). Tests on one machine use
+        ``["127.0.0.0/8"]``; an internal GitLab would need its subnet here.""",
+    )
+
+    @default("allowed_networks")
+    def _default_allowed_networks(self) -> list[str]:
+        env = os.environ.get("R2D_ALLOWED_NETWORKS", "")
+        return [n.strip() for n in env.split(",") if n.strip()]
+
+    @validate("allowed_networks")
+    def _check_networks(self, proposal: Any) -> list[str]:
+        from traitlets import TraitError
+
+        try:
+            parse_networks(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"allowed_networks: {e}") from None
         return proposal["value"]
 
     max_concurrent_builds = Int(

@@ -65,6 +65,7 @@ def manager_config(docker_host: str, builder: str) -> Config:
     c = Config()
     c.DockerEngine.host = docker_host
     c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
     c.BuildManager.builder_class = DockerBuilder if builder == "docker" else LocalProcessBuilder
     c.Builder.repo2docker_config = repo2docker_config(network="none")
     c.DockerBuilder.image = REPO2DOCKER_IMAGE

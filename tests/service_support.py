@@ -41,6 +41,8 @@ ROLES: list[dict[str, Any]] = [
 ]
 GROUPS = {"team": {"users": ["frank"]}}
 LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
+#: every test server listens on loopback, which the network policy refuses by default
+LOOPBACK_NETWORKS = ["127.0.0.0/8"]
 USERS = ["alice", "bob", "carol", "admin1", "erin", "frank", "gina", "dave"]
 
 
@@ -48,6 +50,7 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
     return "\n".join(
         [
             f"c.BuildManager.allowed_repo_patterns = {git_patterns or LOOPBACK_GIT!r}",
+            f"c.BuildManager.allowed_networks = {LOOPBACK_NETWORKS!r}",
             f"c.Builder.repo2docker_config = {repo2docker_config(network='none')!r}",
             f"c.DockerBuilder.image = {REPO2DOCKER_IMAGE!r}",
             "c.DockerBuilder.network_mode = 'host'",

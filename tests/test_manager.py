@@ -24,7 +24,7 @@ def make_config(docker_host: str, builder: str, **manager: object) -> Config:
     c = Config()
     c.DockerEngine.host = docker_host
     c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
-    c.BuildManager.allowed_networks = ["127.0.0.0/8"]  # the test servers are all on loopback
+    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
     c.BuildManager.reconnect_interval = 0.2
     c.BuildManager.builder_class = DockerBuilder if builder == "docker" else LocalProcessBuilder
     for key, value in manager.items():

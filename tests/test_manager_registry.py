@@ -38,6 +38,7 @@ async def registry_manager(registry, docker_host, local_images, git_server):
         c = Config()
         c.DockerEngine.host = docker_host
         c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+        c.BuildManager.allowed_networks = ["127.0.0.0/8"]
         c.BuildManager.image_prefix = f"{registry.host}/r2d-"
         c.Builder.repo2docker_config = repo2docker_config(network="none")
         c.Registry.url = registry.url
@@ -111,6 +112,7 @@ async def test_push_needs_the_registry_prefix(registry, docker_host, local_image
     c = Config()
     c.DockerEngine.host = docker_host
     c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
     c.Registry.url = registry.url
     m = BuildManager(config=c)  # default prefix "r2d-": images cannot go to the registry
     await m.start()
@@ -222,6 +224,7 @@ async def test_registry_stopped_mid_push(registry, docker_host, local_images, gi
     c = Config()
     c.DockerEngine.host = docker_host
     c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
     c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
     c.Builder.repo2docker_config = repo2docker_config(network="none")
     c.Registry.url = f"http://127.0.0.1:{proxy.port}"
