@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .netpolicy import AddressRefused, NetPolicy
+from .netpolicy import NetPolicy, NetPolicyError
 from .urls import RepoURL, URLError, parse_repo_url
 
 __all__ = [
@@ -77,7 +77,6 @@ MAX_SECRET_BYTES = 64 * 1024
 #: lines of git's error output kept in a failure message
 _TAIL_LINES = 8
 
-_DEFAULT_PORTS = {"https": 443, "http": 80, "git": 9418, "ssh": 22}
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 #: options of every git process; constants only (nothing a user sends becomes a key)
 _GIT_CONFIG: tuple[tuple[str, str], ...] = (
@@ -116,10 +115,6 @@ def emit(phase: str, message: str) -> None:
     """One log line in repo2docker's ``--json-logs`` format."""
     sys.stdout.write(json.dumps({"phase": phase, "message": message + "\n"}) + "\n")
     sys.stdout.flush()
-
-
-def default_port(url: RepoURL) -> int:
-    return url.port or _DEFAULT_PORTS[url.scheme]
 
 
 def _host_literal(address: str) -> str:
@@ -163,7 +158,7 @@ def git_environment(
     pairs = list(_GIT_CONFIG)
     if url is not None and addresses and url.scheme in ("http", "https"):
         host = url.host
-        port = default_port(url)
+        port = url.effective_port
         pairs.append(
             ("http.curloptResolve", f"{host}:{port}:{','.join(map(_host_literal, addresses))}")
         )
@@ -183,8 +178,8 @@ def connect_url(url: RepoURL, addresses: list[str]) -> str:
     text = str(url)
     if url.scheme in ("http", "https") or not addresses:
         return text
-    user = f"{url.user}@" if getattr(url, "user", None) else ""
-    return f"{url.scheme}://{user}{_host_literal(addresses[0])}:{default_port(url)}{url.path}"
+    user = f"{url.user}@" if url.user else ""
+    return f"{url.scheme}://{user}{_host_literal(addresses[0])}:{url.effective_port}{url.path}"
 
 
 def resolve_submodule_url(text: str, parent: RepoURL) -> str:
@@ -239,11 +234,9 @@ class Fetcher:
     def addresses(self, url: RepoURL, what: str) -> list[str]:
         """The host's addresses, every one checked with the network policy."""
         try:
-            found = self.policy.resolve_checked(url.host, default_port(url))
-        except AddressRefused as e:
+            found = self.policy.resolve_checked_sync(url.host, url.effective_port)
+        except NetPolicyError as e:  # refused, or no answer: the message names the host only
             raise FetchError(f"{what}: {e}") from None
-        except OSError as e:
-            raise FetchError(f"{what}: cannot resolve {url.host}: {e}") from None
         addresses = [str(a) for a in found]
         if not addresses:
             raise FetchError(f"{what}: {url.host} has no address")
@@ -261,7 +254,7 @@ class Fetcher:
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=remaining,
+                timeout=None if remaining == float("inf") else remaining,
             )
         except subprocess.TimeoutExpired:
             raise FetchError(f"{what}: the fetch took too long") from None
