@@ -395,21 +395,82 @@ async def test_forced_rebuild_replaces_or_restores_the_image(make_manager, git_s
         await engine.close()
 
 
-@pytest.mark.parametrize("builder", ["local", "docker"])
-async def test_private_repository_with_credentials(make_manager, git_server, docker_host, builder):
-    """A repository behind HTTP basic auth (git http-backend): the credentials reach git for
-    the ref and the clone, and nowhere else (log, labels, API answer)."""
+def _docker(docker_host: str, *args: str) -> bytes:
+    import os
+    import subprocess
+
+    from tests.harness.dockerd import docker_cli
+
+    env = dict(os.environ, DOCKER_HOST=docker_host)
+    res = subprocess.run([docker_cli(), *args], env=env, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    return res.stdout
+
+
+def _assert_no_secret_in_build_container(docker_host: str, build, secrets: list[bytes]) -> None:
+    """docker inspect (Env, Cmd, Labels), docker diff and docker cp of every changed path."""
+    import json
+
+    name = f"r2d-build-{build.id}"
+    info = json.loads(_docker(docker_host, "inspect", name))[0]
+    shown = json.dumps([info["Config"]["Env"], info["Config"]["Cmd"], info["Config"]["Labels"]])
+    for secret in secrets:
+        assert secret.decode() not in shown
+    changed = []
+    for line in _docker(docker_host, "diff", name).decode().splitlines():
+        kind, _, path = line.partition(" ")
+        if kind in ("A", "C"):
+            changed.append(path)
+    assert not [p for p in changed if p.rsplit("/", 1)[-1] in ("gitconfig", ".gitconfig")]
+    assert not [p for p in changed if "credentials" in p]
+    # copy out every top-most changed path (a directory brings everything below it)
+    tops = [p for p in changed if not any(p.startswith(q + "/") for q in changed if q != p)]
+    checkout = "/tmp/repo2docker-service"  # the checkout is there: the scan must cover it
+    assert any(checkout == p or checkout.startswith(p + "/") for p in tops), tops
+    for path in tops:
+        data = _docker(docker_host, "cp", f"{name}:{path}", "-")
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} found in {path} of the build container"
+
+
+def _private_server(root: str):
     import threading
     from http.server import ThreadingHTTPServer
 
-    from r2d_core.models import Credentials
-    from tests.test_refs import PASSWORD, USER, _GitHTTP
+    from tests.test_refs import _GitHTTP
 
-    handler = type("Handler", (_GitHTTP,), {"root": str(git_server.repos["hello"].path.parent)})
+    handler = type("Handler", (_GitHTTP,), {"root": root})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_private_repository_with_credentials(
+    make_manager, git_server, docker_host, builder, tmp_path
+):
+    """A repository behind HTTP basic auth (git http-backend), at a path with gitconfig's
+    special characters (percent-encoded: the only form the URL model admits): the credentials
+    reach git for the ref and the clone, and nowhere else: not the log, labels or API answer,
+    not the build container's Env/Cmd/Labels or filesystem (docker inspect/diff/cp), no file
+    of the LocalProcessBuilder (issue 9, defects 1 and 9)."""
+    import base64
+    import os
+
+    from r2d_core.models import Credentials
+    from tests.test_refs import PASSWORD, USER
+
+    # http-backend gets the raw request path: serve hello under a name with %22, %5D and %5B
+    root = tmp_path / "git-root"
+    root.mkdir()
+    odd = "we%22ird%5D%5Bcore%5Dfsmonitor=x.git"
+    (root / odd).symlink_to(git_server.repos["hello"].path)
+    server = _private_server(str(root))
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+    secrets = [PASSWORD.encode(), token]
+    started = time.time()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hello"
+        url = f"http://127.0.0.1:{server.server_address[1]}/{odd}"
         m = await make_manager(builder, allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
         with pytest.raises(InvalidRequest, match="credentials"):
             await m.submit(repo=url, ref="v1", owner=f"pat-{builder}", name="private")
@@ -434,6 +495,105 @@ async def test_private_repository_with_credentials(make_manager, git_server, doc
         finally:
             await engine.close()
         assert PASSWORD not in str(info["Config"]["Labels"])
+        if builder == "docker":
+            _assert_no_secret_in_build_container(docker_host, build, secrets)
+        else:
+            # no file anywhere under the temporary directory holds them (the build's own
+            # directory is gone), and no gitconfig was written
+            import tempfile
+
+            leftovers = [
+                d
+                for d in os.listdir(tempfile.gettempdir())
+                if d.startswith(f"r2d-build-{build.id}")
+            ]
+            assert leftovers == []
+            for dirpath, _dirs, files in os.walk(tempfile.gettempdir()):
+                for f in files:
+                    path = os.path.join(dirpath, f)
+                    try:
+                        st = os.lstat(path)
+                        if st.st_mtime < started or not os.path.isfile(path):
+                            continue
+                        with open(path, "rb") as fh:
+                            data = fh.read(1 << 22)
+                    except OSError:
+                        continue
+                    for secret in secrets:
+                        assert secret not in data, f"{secret!r} in {path}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_redirect_is_not_followed_by_git_in_the_build(
+    make_manager, git_server, builder, tmp_path
+):
+    """An allowed smart-HTTP URL answering 301 to another loopback port: git in the build does
+    not follow it, and the other server sees no request (issue 9, defect 2, build side). A full
+    sha skips the service's own ref lookup, so only the build fetches."""
+    from tests.test_fetch import _Recorder, _Redirect, _serve
+
+    seen: list[str] = []
+    target, target_url = _serve(
+        type("T", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen})
+    )
+    redirect, redirect_url = _serve(type("R", (_Redirect,), {"target": target_url}))
+    try:
+        port = redirect.server_address[1]
+        m = await make_manager(builder, allowed_repo_patterns=[rf"^http://127\.0\.0\.1:{port}/"])
+        build = (
+            await m.submit(
+                repo=f"{redirect_url}/hello",
+                ref=git_server.repos["hello"].head,
+                owner=f"red-{builder}",
+                name="hello",
+            )
+        ).build
+        await wait_done(build)
+        assert build.state == BuildState.FAILED
+        assert "git clone" in (build.error or ""), build.error
+        assert seen == []
+        assert await m.list_images([f"red-{builder}"]) == []
+    finally:
+        for server in (redirect, target):
+            server.shutdown()
+            server.server_close()
+
+
+def _repo_with_submodule(git_server, name: str, sub_url: str) -> str:
+    """A served repository whose build prints ``r2d-sub <VERSION of the submodule>``; its
+    submodule ``lib`` points at ``sub_url`` at hello's tag v2. Returns its HEAD."""
+    from tests.harness import BUSYBOX_IMAGE
+    from tests.test_fetch import add_submodule
+
+    dockerfile = (
+        f"FROM {BUSYBOX_IMAGE}\nCOPY . /srv/repo\n"
+        "RUN printf 'r2d-sub %s\\n' \"$(cat /srv/repo/lib/VERSION)\"\n"
+    )
+    repo = git_server.add_repo(name, {"Dockerfile": dockerfile})
+    return add_submodule(repo.path, sub_url, "lib", git_server.repos["hello"].tags["v2"])
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_submodules_allowed_are_built_refused_fail_naming_them(
+    make_manager, git_server, builder
+):
+    import secrets as _secrets
+
+    m = await make_manager(builder)
+    ok = f"with-sub-{builder}-{_secrets.token_hex(3)}"
+    _repo_with_submodule(git_server, ok, "../hello")  # relative: resolved against the parent
+    build = (await m.submit(repo=git_server.url(ok), owner=f"sub-{builder}", name="ok")).build
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
+    assert any("r2d-sub 2" in line for line in messages(build)), messages(build)[-8:]
+
+    bad = f"bad-sub-{builder}-{_secrets.token_hex(3)}"
+    _repo_with_submodule(git_server, bad, "https://example.invalid/elsewhere.git")
+    build = (await m.submit(repo=git_server.url(bad), owner=f"sub-{builder}", name="bad")).build
+    await wait_done(build)
+    assert build.state == BuildState.FAILED
+    assert "submodule 'lib'" in build.error and "not allowed" in build.error, build.error
+    assert [g.name for g in await m.list_images([f"sub-{builder}"])] == ["ok"]
