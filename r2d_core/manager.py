@@ -51,6 +51,7 @@ from .refs import resolve_ref
 from .registry.config import Registry
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
+    check_allowed_pattern,
     default_name_for_repo,
     validate_name,
     validate_owner,
@@ -125,8 +126,14 @@ class BuildManager(LoggingConfigurable):
     allowed_repo_patterns = List(
         Unicode(),
         config=True,
-        help="""Regular expressions; a repository URL must match one to be built. Default
-        ``["^https://"]``; env ``R2D_ALLOWED_REPO_PATTERNS`` (comma-separated). Local paths,
+        help=f"""Regular expressions (``re.search``); a repository URL must match one to be built.
+        They are matched against the URL's canonical form (lower-case scheme and host, default
+        port dropped, no user name but for ssh, path without ``//``, ``.`` or trailing ``/``).
+        Default ``{list(DEFAULT_ALLOWED_REPO_PATTERNS)!r}``: https to any host *name* (not an IP
+        address); safe because the network policy (``allowed_networks``) refuses hosts that resolve
+        to internal addresses. Env ``R2D_ALLOWED_REPO_PATTERNS`` (comma-separated). A pattern that
+        names a host must pin it: ``^https://github\\.com`` is refused because it also matches
+        ``https://github.com.evil.example/``; write ``^https://github\\.com/``. Local paths,
         ``file://`` and git remote helpers are refused whatever this says.""",
     )
 
@@ -143,11 +150,9 @@ class BuildManager(LoggingConfigurable):
 
         for pattern in proposal["value"]:
             try:
-                re.compile(pattern)
-            except re.error as e:
-                raise TraitError(
-                    f"allowed_repo_patterns: {pattern!r} is not a regex ({e})"
-                ) from None
+                check_allowed_pattern(pattern)
+            except ValueError as e:
+                raise TraitError(f"allowed_repo_patterns: {e}") from None
         return proposal["value"]
 
     allowed_networks = List(

@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequest
+from .urls import URLError, parse_repo_url
 
 __all__ = [
     "DEFAULT_ALLOWED_REPO_PATTERNS",
     "NAME_PATTERN",
     "REF_PATTERN",
+    "check_allowed_pattern",
     "default_name_for_repo",
     "validate_name",
     "validate_owner",
@@ -23,61 +25,166 @@ __all__ = [
     "validate_repo_url",
 ]
 
-#: default allow-list: public https URLs only
-DEFAULT_ALLOWED_REPO_PATTERNS = (r"^https://",)
+#: default allow-list: https to any host *name* (IP-address hosts are refused). That is safe together
+#: with the network policy (``BuildManager.allowed_networks``), which refuses every name resolving to
+#: a loopback, private, link-local or metadata address, checked on the address actually connected.
+#: Matched against the canonical URL (lowercase host, default port dropped); written with both
+#: cases so the browser form, which checks what the user typed, agrees.
+DEFAULT_ALLOWED_REPO_PATTERNS = (r"^https://[A-Za-z0-9.-]*[A-Za-z][A-Za-z0-9.-]*(:[0-9]+)?(/|$)",)
 
 #: an image's display name (also the source of its repository name, escaped)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: a branch, tag, or commit sha; git's own ref rules are stricter still (checked by ls-remote)
 REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$"
 
-_CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f]")
+#: a label no real host has, used to build host names an attacker could own (see check_allowed_pattern)
+_PROBE = "r2dprobe"
 _SCHEMES = ("https", "http", "git", "ssh")
+#: "github.com" in a pattern (letters/digits, not after a backslash, around an unescaped '.')
+_UNESCAPED_DOT = re.compile(r"(?<![\\A-Za-z0-9])([A-Za-z0-9]+\.[A-Za-z0-9]+)")
 
 
 def validate_repo_url(
     url: object, allowed_patterns: Iterable[str] = DEFAULT_ALLOWED_REPO_PATTERNS
 ) -> str:
-    """Return ``url`` if it may be built, else raise :class:`InvalidRequest` saying why.
+    """The **canonical** form of ``url`` if it may be built, else raise :class:`InvalidRequest`.
 
-    Whatever the allow-list says, local paths, ``file://``, git's ``ext::``/``fd::`` transports,
-    anything starting with ``-`` (option injection into git or repo2docker), white space, control
-    characters and passwords embedded in the URL are refused: none of them is a remote repository,
-    and each has been used to read the server's files or run commands.
+    The URL is parsed by the one URL model (:func:`r2d_core.urls.parse_repo_url`: strict grammar,
+    no userinfo but an ssh user name, no local paths, ``file://`` or remote helpers, no white space
+    or control characters), rebuilt canonically, and the canonical string is matched against the
+    allow-list. Callers use the returned string, never the input, for everything after this.
     """
-    if not isinstance(url, str) or not url:
-        raise InvalidRequest("repo must be a non-empty string: the URL of a git repository")
-    if len(url) > 2048:
-        raise InvalidRequest("repo URL is longer than 2048 characters")
-    if _CONTROL_OR_SPACE.search(url):
-        raise InvalidRequest("repo URL must not contain spaces or control characters")
-    if url.startswith("-"):
-        raise InvalidRequest("repo URL must not start with '-'")
-    if "::" in url.split("/", 1)[0] or url.lower().startswith(("ext::", "fd::")):
-        raise InvalidRequest("git remote helpers such as 'ext::' are not allowed as repo URLs")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "file" or not scheme or url.startswith(("/", ".", "~")):
-        raise InvalidRequest(
-            "repo must be a remote URL (e.g. https://github.com/org/repo); local paths and file:// are not allowed"
-        )
-    if scheme not in _SCHEMES:
-        raise InvalidRequest(
-            f"repo URL scheme {scheme!r} is not supported; use one of {', '.join(_SCHEMES)}"
-        )
-    if not parts.hostname:
-        raise InvalidRequest("repo URL has no host")
-    if parts.password is not None:
-        raise InvalidRequest(
-            "do not put a password in the repo URL; send it in the 'credentials' field instead"
-        )
+    try:
+        canonical = parse_repo_url(url).canonical
+    except URLError as e:
+        raise InvalidRequest(str(e), field="repo") from None
     patterns = list(allowed_patterns)
-    if not any(re.search(p, url) for p in patterns):
+    if not any(re.search(p, canonical) for p in patterns):
         raise InvalidRequest(
-            f"repo URL {url!r} is not allowed here; allowed URLs match: {', '.join(patterns) or '(none)'}",
+            f"repo URL {canonical!r} is not allowed here; allowed URLs match: "
+            f"{', '.join(patterns) or '(none)'}",
+            field="repo",
             allowed_patterns=patterns,
         )
-    return url
+    return canonical
+
+
+def _literal_runs(pattern: str) -> list[str]:
+    """The literal strings a regular expression spells out (``\\.`` as ``.``), in order."""
+    runs: list[str] = []
+    current: list[str] = []
+
+    def cut() -> None:
+        if current:
+            runs.append("".join(current))
+            current.clear()
+
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt.isalnum():
+                cut()  # \d, \w, \A, ...: a class or an anchor
+            else:
+                current.append(nxt)
+            i += 2
+            continue
+        if ch == "[":
+            cut()
+            i += 1
+            if i < len(pattern) and pattern[i] == "]":
+                i += 1
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            i += 1
+            continue
+        if ch in ".^$*+?{}()|":
+            if ch in "*?{" and current:
+                current.pop()  # the previous character is optional or repeated: not a literal
+            cut()
+        else:
+            current.append(ch)
+        i += 1
+    cut()
+    return [r for r in runs if r]
+
+
+def _probes(pattern: str) -> list[str]:
+    """Canonical URLs whose host an attacker could register, built from the pattern's literals."""
+    candidates: list[str] = []
+    for run in _literal_runs(pattern):
+        if "://" in run:
+            candidates += [run + f".{_PROBE}.invalid/x", run + f"{_PROBE}.invalid/x"]
+            candidates.append(run + f"-{_PROBE}.invalid/x")
+            continue
+        for scheme in _SCHEMES:
+            base = f"{scheme}://"
+            candidates += [
+                f"{base}{run}.{_PROBE}.invalid/x",
+                f"{base}{run}{_PROBE}.invalid/x",
+                f"{base}{run}-{_PROBE}.invalid/x",
+                f"{base}{_PROBE}.invalid/{run}",
+                f"{base}{_PROBE}.invalid/x/{run}x",
+                f"{base}{_PROBE}{run}/x",
+                f"{base}{_PROBE}-{run}/x",
+            ]
+    probes = []
+    for candidate in candidates:
+        try:
+            url = parse_repo_url(candidate)
+        except URLError:
+            continue
+        registrable = ".".join(url.host.split(".")[-2:])
+        if _PROBE in registrable:  # a domain of the attacker's, not a subdomain of the admin's
+            probes.append(url.canonical)
+    return probes
+
+
+def check_allowed_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` (saying the fix) if an allow-list ``pattern`` does not pin the host.
+
+    A pattern either allows any host (like the default, ``^https://``: the network policy then
+    keeps internal addresses out) or names hosts; then it must match no URL whose host an attacker
+    could own. That is tested on URLs built from the pattern's own literal text: for
+    ``^https://github\\.com`` (no ``/`` after the host), ``https://github.com.r2dprobe.invalid/x``
+    matches, so the pattern is refused. The probes cannot prove a pattern safe, but every refusal
+    comes with a URL the pattern really lets through.
+    """
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{pattern!r} is not a regular expression ({e})") from None
+    for run in _literal_runs(pattern):
+        if "://" not in run:
+            continue
+        authority = run.split("://", 1)[1].split("/", 1)[0]
+        if authority != authority.lower():
+            raise ValueError(
+                f"{pattern!r} has upper-case letters in its host, but URLs are matched in their "
+                "canonical form with a lower-case host: write the host in lower case"
+            )
+        for scheme, port in (("https", 443), ("http", 80), ("git", 9418), ("ssh", 22)):
+            if re.search(rf"{scheme}://[^/]*:{port}(?![0-9])", run):
+                raise ValueError(
+                    f"{pattern!r} names port {port}, but canonical {scheme} URLs omit their "
+                    f"default port: leave ':{port}' out"
+                )
+    dot = _UNESCAPED_DOT.search(pattern)
+    if dot:
+        raise ValueError(
+            f"{pattern!r} has an unescaped '.' in {dot.group(1)!r}, which matches any character "
+            f"(so a host like {dot.group(1).replace('.', 'x')!r} too): write '\\.'"
+        )
+    if any(compiled.search(f"{s}://{_PROBE}.invalid/x") for s in _SCHEMES):
+        return  # allows any host on purpose
+    for probe in _probes(pattern):
+        if compiled.search(probe):
+            anchor = "" if pattern.startswith(("^", "\\A")) else "start it with '^' and "
+            raise ValueError(
+                f"{pattern!r} does not pin the host: it also matches {probe!r}; {anchor}end the "
+                "host with '/' (e.g. '^https://github\\.com/') or '(:[0-9]+)?/' for a port"
+            )
 
 
 def validate_ref(ref: object) -> str:
