@@ -604,3 +604,85 @@ async def test_submodules_allowed_are_built_refused_fail_naming_them(
     assert build.state == BuildState.FAILED, messages(build)[-5:]
     assert "submodule 'lib'" in build.error and "not allowed" in build.error, build.error
     assert [g.name for g in await m.list_images([f"s-{tag}"])] == ["ok"]
+
+
+ISSUE_9_INJECTION = 'https://[v1.a"][core]fsmonitor=touch${IFS}PWNED;@github.com/attacker/repo.git'
+
+
+class _AnonymousHTTP:
+    """Mixin for tests.test_refs._GitHTTP: serve everybody (the auth check always passes)."""
+
+    def _backend(self, body_in: bytes) -> None:
+        import base64
+
+        from tests.test_refs import PASSWORD, USER
+
+        del self.headers["Authorization"]
+        self.headers["Authorization"] = (
+            "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        )
+        super()._backend(body_in)
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker_host, builder):
+    """Issue 9, defect 1. The issue's URL with credentials and a full sha is refused at
+    validation. Below validation, the mechanism: a builder handed that kind of URL directly
+    (pointed at a reachable anonymous server, as today's main would clone it) refuses it in the
+    fetch stage, and the fsmonitor command never runs (no PWNED file anywhere)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from r2d_core.models import Build, Credentials
+    from tests.test_refs import PASSWORD, USER, _GitHTTP
+
+    m = await make_manager(builder)
+    sha = git_server.repos["hello"].head
+    with pytest.raises(InvalidRequest):
+        await m.submit(
+            repo=ISSUE_9_INJECTION,
+            ref=sha,
+            owner="mallory",
+            name="x",
+            credentials=Credentials("x", "x"),
+        )
+    assert m.list_builds() == []
+
+    handler = type(
+        "Anon", (_AnonymousHTTP, _GitHTTP), {"root": str(git_server.repos["hello"].path.parent)}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        # as the issue's, but the command leaves the checkout (repo2docker removes that) first
+        raw = f'http://[v1.a"][core]fsmonitor=cd${{IFS}}..&&touch${{IFS}}PWNED;@127.0.0.1:{port}/hello'
+        build = Build(
+            id=f"inject{builder}",
+            owner="mallory",
+            name="x",
+            repo=raw,  # never validated: straight to the builder
+            ref=sha,
+            sha=sha,
+            image=f"r2d-test-inject-{builder}:{sha}",
+            credentials=Credentials(USER, PASSWORD),
+        )
+        m.builder.allowed_repo_patterns = [r"^http://"]
+        process = await m.builder.start(build)
+        lines = [line async for line in process.output()]
+        status = await process.wait()
+        if builder == "docker":
+            changed = _docker(docker_host, "diff", f"r2d-build-{build.id}").decode()
+            await m.builder.forget(build)
+            assert "PWNED" not in changed  # today's main: /tmp/PWNED
+        else:
+            import os
+
+            found = [f for _d, _s, files in os.walk(process.workdir) for f in files]
+            await process.cleanup()
+            assert "PWNED" not in found
+        text = "\n".join(lines)
+        assert status != 0 and "Fetching the repository failed" in text, lines[-5:]
+    finally:
+        server.shutdown()
+        server.server_close()
