@@ -430,6 +430,15 @@ class DockerBuilder(Builder):
         only). Default ``python3`` (on the ``PATH`` of repo2docker's images).""",
     )
 
+    fetch_uid = Int(
+        65534,
+        allow_none=True,
+        config=True,
+        help="""uid (and gid) git runs as in the build container's fetch stage (default 65534,
+        ``nobody``): git, which parses what remote servers send, then cannot use the engine
+        socket mounted for repo2docker. None: git runs as the image's user (root).""",
+    )
+
     network_mode = Unicode(
         "",
         config=True,
@@ -466,6 +475,7 @@ class DockerBuilder(Builder):
             ["jupyter-repo2docker"],
             credentials_file=secret_path if credentials is not None else None,
         )
+        spec["git_uid"] = self.fetch_uid
         env = [
             "DOCKER_HOST=unix:///var/run/docker.sock",
             "PYTHONUNBUFFERED=1",

@@ -213,6 +213,9 @@ class Fetcher:
     credentials: Credentials | None = None
     #: the origin the credentials belong to (the repository's)
     credentials_origin: str | None = None
+    #: run git as this uid/gid (the process is root): git, which parses what remote servers
+    #: send, then cannot use what root can (the engine socket of a build container)
+    uid: int | None = None
     _count: int = 0
 
     # -- checks ----------------------------------------------------------------------------------
@@ -247,6 +250,9 @@ class Fetcher:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError(f"{what}: the fetch took too long")
+        drop: dict[str, Any] = {}
+        if self.uid is not None:
+            drop = {"user": self.uid, "group": self.uid, "extra_groups": []}
         try:
             res = subprocess.run(
                 ["git", *args],
@@ -255,6 +261,7 @@ class Fetcher:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=None if remaining == float("inf") else remaining,
+                **drop,
             )
         except subprocess.TimeoutExpired:
             raise FetchError(f"{what}: the fetch took too long") from None
@@ -394,6 +401,13 @@ def run(spec: dict[str, Any], credentials: Credentials | None) -> None:
         credentials=credentials,
     )
     os.makedirs(fetcher.home, mode=0o700, exist_ok=True)
+    uid = spec.get("git_uid")
+    if uid is not None and os.geteuid() == 0:
+        # git runs unprivileged, in directories it owns (root keeps the rest of the container)
+        os.makedirs(spec["dest"], mode=0o755, exist_ok=True)
+        for path in (fetcher.home, spec["dest"]):
+            os.chown(path, int(uid), int(uid))
+        fetcher.uid = int(uid)
     url = fetcher.check(spec["repo"], "repository")
     fetcher.credentials_origin = url.origin
     sha = spec["sha"]

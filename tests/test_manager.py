@@ -497,6 +497,18 @@ async def test_private_repository_with_credentials(
         assert PASSWORD not in str(info["Config"]["Labels"])
         if builder == "docker":
             _assert_no_secret_in_build_container(docker_host, build, secrets)
+            # git ran unprivileged (DockerBuilder.fetch_uid): the checkout is nobody's
+            import io
+            import tarfile
+
+            data = _docker(
+                docker_host,
+                "cp",
+                f"r2d-build-{build.id}:/tmp/repo2docker-service/repo/VERSION",
+                "-",
+            )
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                assert [m.uid for m in tar.getmembers()] == [65534]
         else:
             # no file anywhere under the temporary directory holds them (the build's own
             # directory is gone), and no gitconfig was written
