@@ -54,6 +54,7 @@ from .models import Build, Credentials, build_labels, parse_labels, parse_time
 
 __all__ = [
     "FETCH_MODULES",
+    "LABELS_ENV",
     "BuildProcess",
     "Builder",
     "DockerBuilder",
@@ -61,6 +62,9 @@ __all__ = [
     "RecoveredBuild",
     "fetch_bootstrap",
 ]
+
+#: environment variable that carries the image labels (JSON) to repo2docker's config file
+LABELS_ENV = "R2D_IMAGE_LABELS"
 
 #: the stdlib-only modules the fetch stage runs from, in import order (shipped into containers)
 FETCH_MODULES = ("urls", "netpolicy", "fetch")
@@ -233,6 +237,8 @@ class Builder(LoggingConfigurable):
             "credentials_file": credentials_file,
             "credentials_stdin": credentials_stdin,
             "config": {"path": config_path, "text": self.config_text()},
+            # repo2docker's environment: the image labels as JSON (see config_text)
+            "exec_env": {LABELS_ENV: json.dumps(build_labels(build, "image"))},
             "exec": [*command, *self.repo2docker_args(build, config_path, source)],
         }
 
@@ -249,6 +255,18 @@ class Builder(LoggingConfigurable):
             )
         if self.repo2docker_config:
             lines.append(self.repo2docker_config)
+        # The image labels (owner, name, repo, ref, ... : user-sent values) are not given to
+        # repo2docker's --label, which pastes them into the LABEL lines of the Dockerfiles it
+        # generates. They arrive as JSON in the environment and become `docker buildx build
+        # --label k=v` argv elements; this text is constant. Appended last, so an admin's own
+        # extra_buildx_build_args are kept.
+        lines += [
+            "import json as _r2d_json, os as _r2d_os",
+            f"_r2d_labels = _r2d_json.loads(_r2d_os.environ.get({LABELS_ENV!r}, '{{}}'))",
+            "c.DockerEngine.extra_buildx_build_args.extend(",
+            "    [a for k, v in sorted(_r2d_labels.items()) for a in ('--label', f'{k}={v}')]",
+            ")",
+        ]
         return "\n".join(lines) + "\n"
 
     def repo2docker_args(self, build: Build, config_path: str, source: str) -> list[str]:
@@ -266,8 +284,6 @@ class Builder(LoggingConfigurable):
             "--image-name",
             build.image,
         ]
-        for key, value in build_labels(build, "image").items():
-            args += ["--label", f"{key}={value}"]
         args += list(self.extra_args)
         # "--" is not understood by repo2docker's argparse before the positional: the source is
         # an absolute path of ours

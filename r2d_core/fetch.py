@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R2D_FETCH_")}
+    env.update({str(k): str(v) for k, v in (spec.get("exec_env") or {}).items()})
     os.execvpe(command[0], command, env)
     return 1  # not reached
 

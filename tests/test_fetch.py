@@ -351,3 +351,58 @@ def test_git_allow_protocol_blocks_file_submodules_in_git_itself(git_server, ser
     assert res.returncode != 0
     assert "transport 'file' not allowed" in res.stderr
     assert not (dest / "lib" / "VERSION").exists()
+
+
+def test_build_fields_never_reach_a_dockerfile_repo2docker_generates(tmp_path):
+    """repo2docker pastes its ``--label`` values into ``LABEL k="v"`` lines of the Dockerfiles
+    its buildpacks generate: the build's labels (owner, name, repo, ref: user-sent) must not go
+    that way. They reach ``docker buildx build`` as ``--label k=v`` argv elements instead, from
+    JSON in the environment (config_text is constant)."""
+    import json
+
+    from repo2docker.__main__ import make_r2d
+    from repo2docker.buildpacks.base import BaseImage
+
+    from r2d_core.builders import LABELS_ENV
+    from r2d_core.models import Build
+
+    owner = 'q"uote x="y'
+    build = Build(
+        id="b1",
+        owner=owner,
+        name="label-name",
+        repo="https://git.example.org/org/label-repo.git",
+        ref="label-ref",
+        sha="a" * 40,
+        image="r2d-x:" + "a" * 40,
+    )
+    b = Builder(build_network="none")
+    spec = b.fetch_spec(build, str(tmp_path), ["jupyter-repo2docker"])
+    config = tmp_path / "repo2docker_config.py"
+    config.write_text(spec["config"]["text"])
+    argv = spec["exec"][1:]
+    assert not [a for a in argv if owner in a or "label-repo" in a or "label-ref" in a]
+    (tmp_path / "repo").mkdir()
+    r2d = make_r2d(argv)
+    pack = BaseImage(base_image="r2d-test/debian:bookworm")
+    pack.labels.update(r2d.labels)
+    dockerfile = pack.render()
+    assert owner not in dockerfile and "label-repo" not in dockerfile
+    # ... and the labels do reach buildx, exactly, through the constant config text
+    env = dict(spec["exec_env"])
+    assert json.loads(env[LABELS_ENV])["repo2docker-service.owner"] == owner
+    from traitlets.config import Config, PyFileConfigLoader
+
+    old = os.environ.get(LABELS_ENV)
+    os.environ[LABELS_ENV] = env[LABELS_ENV]
+    try:
+        loaded: Config = PyFileConfigLoader(str(config)).load_config()
+    finally:
+        if old is None:
+            del os.environ[LABELS_ENV]
+        else:
+            os.environ[LABELS_ENV] = old
+    args = loaded.DockerEngine.extra_buildx_build_args
+    assert args[:2] == ["--network", "none"]
+    assert f"repo2docker-service.owner={owner}" in args
+    assert args[args.index(f"repo2docker-service.owner={owner}") - 1] == "--label"

@@ -658,7 +658,7 @@ async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker
             name="x",
             credentials=Credentials("x", "x"),
         )
-    assert m.list_builds() == []
+    assert m.list_builds(["mallory"]) == []  # (a docker manager also recovers older builds)
 
     handler = type(
         "Anon", (_AnonymousHTTP, _GitHTTP), {"root": str(git_server.repos["hello"].path.parent)}
@@ -698,3 +698,40 @@ async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_tenancy_one_engine_shares_local_images_and_cache_mounts(make_manager, git_server):
+    """The documented residual risk of one engine for several owners (docs/explanation/
+    security-tenancy.md): BuildKit's docker driver resolves ``FROM`` against the engine's image
+    store, so bob's build can start ``FROM`` alice's local image and read what it holds, and
+    ``RUN --mount=type=cache`` caches are shared engine-wide. If this test starts failing, the
+    engine isolates owners: update the page."""
+    import secrets as _secrets
+
+    from tests.harness import BUSYBOX_IMAGE
+
+    tag = _secrets.token_hex(3)
+    m = await make_manager()
+    writer = (
+        f"FROM {BUSYBOX_IMAGE}\nCOPY . /srv/repo\n"
+        f"RUN --mount=type=cache,id=shared-{tag},target=/c echo alice-secret-{tag} > /c/note\n"
+    )
+    git_server.add_repo(f"alice-{tag}", {"Dockerfile": writer, "SECRET": f"alice-file-{tag}\n"})
+    alice = (
+        await m.submit(repo=git_server.url(f"alice-{tag}"), owner=f"alice-{tag}", name="a")
+    ).build
+    await wait_done(alice)
+    assert alice.state == BuildState.BUILT, (alice.error, messages(alice)[-5:])
+
+    reader = (
+        f"FROM {alice.image}\n"
+        f"RUN --mount=type=cache,id=shared-{tag},target=/c "
+        'printf \'r2d-read %s %s\\n\' "$(cat /srv/repo/SECRET)" "$(cat /c/note)"\n'
+    )
+    git_server.add_repo(f"bob-{tag}", {"Dockerfile": reader})
+    bob = (await m.submit(repo=git_server.url(f"bob-{tag}"), owner=f"bob-{tag}", name="b")).build
+    await wait_done(bob)
+    assert bob.state == BuildState.BUILT, (bob.error, messages(bob)[-5:])
+    assert any(f"r2d-read alice-file-{tag} alice-secret-{tag}" in line for line in messages(bob)), (
+        messages(bob)[-8:]
+    )
