@@ -15,7 +15,8 @@ messages are written for the person who has to act on them, and never contain cr
     ├── Conflict            409  would overwrite another owner's image, build already finished, ...
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
-        └── UpstreamError   502  a peer answered, but not as the API says it should
+        ├── UpstreamError   502  a peer answered, but not as the API says it should
+        └── RefTimeout      504  the git server did not send its refs within ref_timeout
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "NotFound",
     "R2DError",
     "RateLimited",
+    "RefTimeout",
     "Unauthorized",
     "Unavailable",
     "UnknownRef",
@@ -98,6 +100,13 @@ class Unavailable(R2DError):
 class UpstreamError(Unavailable):
     status = 502
     code = "upstream_error"
+
+
+class RefTimeout(Unavailable):
+    """Resolving a ref took longer than ``BuildManager.ref_timeout`` (in total, not per read)."""
+
+    status = 504
+    code = "ref_timeout"
 
 
 def http_status(error: BaseException) -> int:

@@ -46,7 +46,7 @@ from .models import (
     short_error,
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
-from .netpolicy import parse_networks
+from .netpolicy import NetPolicy, parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
 from .validation import (
@@ -111,7 +111,10 @@ class BuildManager(LoggingConfigurable):
         config=True,
         help=f"""Template of image references, with the fields ``{{prefix}}``, ``{{owner}}``,
         ``{{name}}``, ``{{sha}}``, ``{{short_sha}}``, ``{{ref}}``. Owner and name are escaped so no
-        two owners can share an image repository. Default ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
+        two owners can share an image repository; for that, each field before the tag must be
+        followed by ``-``, ``_``, ``.``, ``/`` or the tag (``{{sha}}``/``{{short_sha}}`` need no
+        separator), and ``{{ref}}`` may only appear in the tag. Default
+        ``{DEFAULT_IMAGE_NAME_TEMPLATE}``.""",
     )
 
     @validate("image_name_template")
@@ -140,8 +143,8 @@ class BuildManager(LoggingConfigurable):
     @default("allowed_repo_patterns")
     def _default_allowed(self) -> list[str]:
         env = os.environ.get("R2D_ALLOWED_REPO_PATTERNS")
-        if env:
-            return [p.strip() for p in env.split(",") if p.strip()]
+        if env:  # traitlets does not validate dynamic defaults: check the env value here
+            return self._check_patterns({"value": [p.strip() for p in env.split(",") if p.strip()]})
         return list(DEFAULT_ALLOWED_REPO_PATTERNS)
 
     @validate("allowed_repo_patterns")
@@ -169,7 +172,7 @@ class BuildManager(LoggingConfigurable):
     @default("allowed_networks")
     def _default_allowed_networks(self) -> list[str]:
         env = os.environ.get("R2D_ALLOWED_NETWORKS", "")
-        return [n.strip() for n in env.split(",") if n.strip()]
+        return self._check_networks({"value": [n.strip() for n in env.split(",") if n.strip()]})
 
     @validate("allowed_networks")
     def _check_networks(self, proposal: Any) -> list[str]:
@@ -230,7 +233,12 @@ class BuildManager(LoggingConfigurable):
         help="Finished builds remembered (and their containers kept); default 200.",
     )
     ref_timeout = Float(
-        30.0, config=True, help="Seconds for resolving a ref with git (default 30)."
+        30.0,
+        config=True,
+        help="""Seconds, in total, for resolving a ref: connecting, TLS and reading the whole ref
+        advertisement (capped at 4 MiB); a short sha looked up in a clone gets the same again.
+        A server that sends slowly is cut off at this deadline (error ``ref_timeout``, 504).
+        Default 30.""",
     )
     image_cache_ttl = Float(
         5.0,
@@ -267,6 +275,8 @@ class BuildManager(LoggingConfigurable):
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # settings read from the environment are checked now, not at the first build request
+        self.allowed_repo_patterns, self.allowed_networks  # noqa: B018
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._active: dict[str, Build] = {}  # image reference -> queued or running build
         self._queue: list[Build] = []
@@ -432,7 +442,13 @@ class BuildManager(LoggingConfigurable):
             except Unavailable as e:
                 self._mark_unavailable(e)
                 raise
-        sha = await resolve_ref(repo, ref, credentials=credentials, timeout=self.ref_timeout)
+        sha = await resolve_ref(
+            repo,
+            ref,
+            credentials=credentials,
+            timeout=self.ref_timeout,
+            policy=NetPolicy(self.allowed_networks),
+        )
         image = self.image_for(owner, name, sha, ref)
         if push:
             self._check_push_target(image)

@@ -12,8 +12,15 @@ picking a clever name. That rests on three rules:
 * Over-long results are cut at a code boundary and end in ``zz`` + 16 hex digits of the SHA-256 of
   the original value. ``zz`` never occurs in an untruncated result (``z`` is always followed by a hex
   digit there), so the two forms cannot collide; two long values collide only if SHA-256 does.
-* :func:`validate_template` demands a non-alphanumeric separator between ``{owner}`` and ``{name}``,
-  so the split point of a repository is unambiguous, and the resolved sha in the tag.
+* :func:`validate_template` accepts only templates whose repository part can be read back
+  unambiguously: every field there must be fixed-length (``{sha}``, ``{short_sha}``) or be followed
+  by the end of the repository or by literal text whose first character cannot occur in the field's
+  values (owner and name are ``[a-z0-9]+``, so ``-``, ``_``, ``.`` or ``/`` do). Reading left to
+  right, each field then ends at a known place, so the field values - and, the escaping being
+  injective, the raw owner and name - are determined by the reference. ``{ref}`` (chosen by the
+  requester, not injective, possibly upper-case) is only allowed in the tag. The check runs on the
+  template's structure with every field in place: stripping fields first is what let
+  ``{prefix}{owner}{ref}-{name}:{sha}`` map (bob, main) and (bo, bmain) to one repository.
 """
 
 from __future__ import annotations
@@ -154,6 +161,45 @@ def _template_fields(template: str) -> list[str]:
     return fields
 
 
+#: the characters each field's value may contain, and its length if fixed
+_FIELD_ALPHABETS: dict[str, tuple[frozenset[str], int | None]] = {
+    "owner": (frozenset("abcdefghijklmnopqrstuvwxyz0123456789"), None),
+    "name": (frozenset("abcdefghijklmnopqrstuvwxyz0123456789"), None),
+    "sha": (frozenset("0123456789abcdef"), 40),
+    "short_sha": (frozenset("0123456789abcdef"), 12),
+    "ref": (frozenset(string.ascii_letters + string.digits + "_.-"), None),
+}
+
+
+def _check_unambiguous(template: str, repo_part: str) -> None:
+    """Refuse a repository part whose fields could be read back in more than one way.
+
+    ``repo_part`` is the template before its tag, with ``{prefix}`` already replaced by its value.
+    """
+    pieces = list(string.Formatter().parse(repo_part))
+    if any(field == "ref" for _literal, field, _spec, _conv in pieces):
+        raise InvalidRequest(
+            f"image_name_template {template!r}: put {{ref}} in the tag (after ':'), not in the "
+            "repository: a ref is chosen by whoever asks for the build, may contain '-', '.' "
+            "and upper-case letters, so it could move an image into another owner's repository"
+        )
+    for index, (_literal, field, _spec, _conv) in enumerate(pieces):
+        if field is None:
+            continue
+        alphabet, fixed = _FIELD_ALPHABETS[field]
+        if fixed is not None:
+            continue
+        following = pieces[index + 1][0] if index + 1 < len(pieces) else ""
+        if index + 1 >= len(pieces) or (not following and pieces[index + 1][1] is None):
+            continue  # the field runs to the end of the repository
+        if not following or following[0] in alphabet:
+            nxt = f"{{{pieces[index + 1][1]}}}" if not following else repr(following[0])
+            raise InvalidRequest(
+                f"image_name_template {template!r}: {{{field}}} is followed by {nxt}, so where it "
+                f"ends is ambiguous; put '-', '_', '.' or '/' right after {{{field}}}"
+            )
+
+
 def validate_template(template: str, prefix: str = "") -> str:
     """Check that ``template`` yields valid, injective image references; return it.
 
@@ -179,13 +225,9 @@ def validate_template(template: str, prefix: str = "") -> str:
             f"image_name_template {template!r}: the tag must contain {{sha}} or {{short_sha}} so that "
             "every built commit keeps its own image"
         )
-    # An alphanumeric-only gap between {owner} and {name} would make the split point ambiguous.
-    first, second = sorted(("{owner}", "{name}"), key=repo_part.index)
-    gap = repo_part[repo_part.index(first) + len(first) : repo_part.index(second)]
-    if not re.search(r"[^a-z0-9{}]", re.sub(r"\{[a-z_]+\}", "", gap)):
-        raise InvalidRequest(
-            f"image_name_template {template!r}: separate {{owner}} and {{name}} with '-', '_', '.' or '/'"
-        )
+    _check_unambiguous(
+        template, repo_part.replace("{prefix}", prefix.replace("{", "{{").replace("}", "}}"))
+    )
     sample = image_reference(
         template,
         prefix=prefix,

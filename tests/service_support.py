@@ -63,23 +63,23 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
     )
 
 
-def tljh_service_config(docker_host: str) -> str:
+def tljh_service_config(docker_host: str, git_patterns: list[str] | None = None) -> str:
     """The same settings for the plugin: it reads them from the Hub's own config."""
     return (
         f"c.DockerEngine.host = {docker_host!r}\n"
-        + service_config()
+        + service_config(git_patterns)
         + "\nc.R2DPlugin.keepalive_interval = 1"
     )
 
 
-def adapter_hub(docker_host: str, adapter: str) -> Hub:
+def adapter_hub(docker_host: str, adapter: str, git_patterns: list[str] | None = None) -> Hub:
     """A Hub (not started) for ``adapter``: "service" (the standalone service, managed by the Hub)
     or "tljh" (the TLJH plugin inside the Hub)."""
     if adapter == "tljh":
         hub = make_hub(docker_host, mode="tljh", service_name="repo2docker")
-        hub.config.service_config = tljh_service_config(docker_host)
+        hub.config.service_config = tljh_service_config(docker_host, git_patterns)
         return hub
-    return make_hub(docker_host)
+    return make_hub(docker_host, service_config=service_config(git_patterns))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from r2d_core.errors import InvalidRequest
@@ -85,6 +85,13 @@ def test_common_names_stay_readable():
         "{prefix}{owner}-{name}:{sha:>10}",  # nor format specs
         "{prefix}x/UPPER{owner}-{name}:{sha}",  # Docker refuses upper case paths
         "{prefix}{owner}-{name}:{owner}{sha}",  # owner in tag
+        "{prefix}{owner}{ref}-{name}:{sha}",  # issue 9, defect 6: (bob, main) = (bo, bmain)
+        "{prefix}{owner}-{ref}-{name}:{sha}",  # the requester's ref in the repository
+        "{prefix}{owner}{sha}{name}:{sha}",  # nothing ends {owner}
+        "{prefix}{owner}-{name}{short_sha}:{sha}",  # nothing ends {name}
+        "{prefix}{owner}a-{name}:{sha}",  # 'a' can be part of an owner
+        "{prefix}{owner}9{name}:{sha}",
+        "{prefix}{name}{owner}:{sha}",
     ],
 )
 def test_bad_templates_are_refused_with_a_fix(template):
@@ -98,6 +105,9 @@ def test_bad_templates_are_refused_with_a_fix(template):
         DEFAULT_IMAGE_NAME_TEMPLATE,
         "{prefix}{owner}/{name}:{short_sha}",
         "{prefix}{name}_{owner}:{ref}-{sha}",
+        "{prefix}{owner}/{sha}{name}:{sha}",  # a fixed-length field needs no separator
+        "{prefix}{owner}.{name}:{short_sha}-{ref}",
+        "{prefix}{owner}-x-{name}:{sha}",
     ],
 )
 def test_good_templates(template):
@@ -111,3 +121,59 @@ def test_parse_reference_domains():
     assert (parsed.domain, parsed.path, parsed.tag) == ("127.0.0.1:5000", "a/b", "c")
     with pytest.raises(InvalidRequest):
         parse_reference("a/UPPER/case")
+
+
+def test_defect_6_message_says_the_fix():
+    with pytest.raises(InvalidRequest, match=r"put \{ref\} in the tag"):
+        validate_template("{prefix}{owner}{ref}-{name}:{sha}", prefix="r2d-")
+    with pytest.raises(InvalidRequest, match=r"put '-', '_', '.' or '/' right after \{owner\}"):
+        validate_template("{prefix}{owner}{sha}{name}:{sha}", prefix="r2d-")
+
+
+# Adversarial values for the exhaustive check: prefixes and suffixes of one another, so that a
+# field "absorbing" its neighbour's characters would show up as a collision.
+_OWNERS = ["b", "bo", "bob", "o", "ob", "bob-x", "x"]
+_NAMES = ["x", "n", "bx", "xn", "main", "b-main"]
+_REFS = ["main", "bmain", "b", "x-n", "x/y", "Main", "0" * 12]
+_SHAS = ["0" * 40, "0" * 12 + "b" * 28, "b" * 40]
+
+_FIELDS = ["{owner}", "{name}", "{sha}", "{short_sha}", "{ref}", "x", "a9"]
+#: mostly real separators, sometimes nothing or a letter/digit that a field could absorb
+_SEPARATORS = ["-", "_", ".", "/", "-", "/", "", "a", "0", "x-"]
+
+
+@st.composite
+def _templates(draw):
+    fields = draw(st.lists(st.sampled_from(_FIELDS), max_size=3))
+    for field in ("{owner}", "{name}"):
+        fields.insert(draw(st.integers(0, len(fields))), field)
+    body = "".join(f + draw(st.sampled_from(_SEPARATORS)) for f in fields[:-1]) + fields[-1]
+    tag = draw(st.sampled_from(["{sha}", "{ref}-{sha}", "{short_sha}", "x{sha}{ref}"]))
+    return "{prefix}" + body + ":" + tag
+
+
+@settings(max_examples=300, deadline=None)
+@given(_templates(), st.sampled_from(["", "r2d-", "localhost:5000/r2d/", "r2d"]))
+def test_every_accepted_template_is_injective(template, prefix):
+    """Over every template validate_template accepts: no two (owner, name) share a repository,
+    whatever ref and sha the requesters pick (checked exhaustively on adversarial values)."""
+    try:
+        validate_template(template, prefix=prefix)
+    except InvalidRequest:
+        assume(False)  # hypothesis fails the test if too few drawn templates are accepted
+    seen: dict[str, tuple[str, str]] = {}
+    for owner in _OWNERS:
+        for name in _NAMES:
+            for ref in _REFS:
+                for sha in _SHAS:
+                    try:
+                        reference = image_reference(
+                            template, prefix=prefix, owner=owner, name=name, sha=sha, ref=ref
+                        )
+                    except InvalidRequest:
+                        continue
+                    repository = parse_reference(reference).repository
+                    assert seen.setdefault(repository, (owner, name)) == (owner, name), (
+                        template,
+                        repository,
+                    )

@@ -156,3 +156,6 @@ def test_manager_trait(monkeypatch):
     assert BuildManager().allowed_networks == ["127.0.0.0/8", "fd00::/8"]
     with pytest.raises(TraitError, match="allowed_networks: 'nope' is not a network in CIDR"):
         BuildManager(allowed_networks=["nope"])
+    monkeypatch.setenv("R2D_ALLOWED_NETWORKS", "nope")  # the environment is checked too, at once
+    with pytest.raises(TraitError, match="allowed_networks: 'nope' is not a network in CIDR"):
+        BuildManager()

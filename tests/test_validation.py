@@ -214,3 +214,14 @@ def test_default_name():
     assert default_name_for_repo("https://github.com/org/my-repo.git") == "my-repo"
     assert default_name_for_repo("https://github.com/org/My Repo/") == "My-Repo"
     assert validate_name(default_name_for_repo("https://example.org/"))
+
+
+def test_patterns_from_the_environment_are_checked_at_start(monkeypatch):
+    monkeypatch.setenv("R2D_ALLOWED_REPO_PATTERNS", r"^https://github\.com/, ^https://gitlab\.com/")
+    assert BuildManager().allowed_repo_patterns == [
+        r"^https://github\.com/",
+        r"^https://gitlab\.com/",
+    ]
+    monkeypatch.setenv("R2D_ALLOWED_REPO_PATTERNS", r"^https://github\.com")
+    with pytest.raises(TraitError, match="does not pin the host"):
+        BuildManager()
