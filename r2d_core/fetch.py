@@ -48,6 +48,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ MAX_SUBMODULES = 64
 MAX_SECRET_BYTES = 64 * 1024
 #: lines of git's error output kept in a failure message
 _TAIL_LINES = 8
+#: the most bytes of one git command's output kept (stdout: head, stderr: tail)
+MAX_GIT_OUTPUT = 16 * 1024 * 1024
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 #: options of every git process; constants only (nothing a user sends becomes a key)
@@ -99,6 +102,38 @@ _GIT_CONFIG: tuple[tuple[str, str], ...] = (
 
 class FetchError(Exception):
     """The fetch failed; the message says why (shown to the user as the build's error)."""
+
+
+class _Drain:
+    """Read a pipe to its end in a thread, keeping at most ``limit`` bytes (head or tail)."""
+
+    def __init__(self, pipe: Any, limit: int, keep: str) -> None:
+        self.pipe = pipe
+        self.limit = limit
+        self.keep = keep
+        self.data = bytearray()
+        self.overflow = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with self.pipe:
+            for chunk in iter(lambda: self.pipe.read(1 << 16), b""):
+                if self.keep == "head":
+                    room = self.limit - len(self.data)
+                    if len(chunk) > room:
+                        self.overflow = True
+                    self.data += chunk[: max(room, 0)]
+                else:
+                    self.data += chunk
+                    if len(self.data) > self.limit:
+                        del self.data[: len(self.data) - self.limit]
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -254,24 +289,37 @@ class Fetcher:
         if self.uid is not None:
             drop = {"user": self.uid, "group": self.uid, "extra_groups": []}
         try:
-            res = subprocess.run(
+            proc = subprocess.Popen(
                 ["git", *args],
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=None if remaining == float("inf") else remaining,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 **drop,
             )
-        except subprocess.TimeoutExpired:
-            raise FetchError(f"{what}: the fetch took too long") from None
         except OSError as e:
             raise FetchError(f"{what}: cannot run git: {e}") from None
-        if res.returncode != 0:
-            lines = res.stderr.decode("utf-8", "replace").strip().splitlines()[-_TAIL_LINES:]
+        # a hostile server can make git print without end ("remote:" lines): keep a bounded
+        # head of stdout (only local commands print there) and the tail of stderr
+        out = _Drain(proc.stdout, MAX_GIT_OUTPUT, keep="head")
+        err = _Drain(proc.stderr, MAX_GIT_OUTPUT, keep="tail")
+        try:
+            status = proc.wait(timeout=None if remaining == float("inf") else remaining)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise FetchError(f"{what}: the fetch took too long") from None
+        finally:
+            out.join()
+            err.join()
+        if status != 0:
+            lines = err.text().strip().splitlines()[-_TAIL_LINES:]
             detail = "; ".join(line.strip()[:300] for line in lines if line.strip())
-            raise FetchError(f"{what} failed: {detail or f'exit status {res.returncode}'}")
-        return res.stdout.decode("utf-8", "replace")
+            raise FetchError(f"{what} failed: {detail or f'exit status {status}'}")
+        if out.overflow:
+            raise FetchError(f"{what}: more than {MAX_GIT_OUTPUT} bytes of output")
+        return out.text()
 
     def local_env(self) -> dict[str, str]:
         """Environment of git commands that do not talk to a server."""

@@ -406,3 +406,36 @@ def test_build_fields_never_reach_a_dockerfile_repo2docker_generates(tmp_path):
     assert args[:2] == ["--network", "none"]
     assert f"repo2docker-service.owner={owner}" in args
     assert args[args.index(f"repo2docker-service.owner={owner}") - 1] == "--label"
+
+
+def test_a_dripping_server_is_given_up_on_at_the_deadline(tmp_path):
+    """The fetch stage's total time is bounded (Builder.fetch_timeout): a git server that
+    drips a byte at a time fails the fetch at the deadline, not never."""
+    import time
+
+    from tests.harness.hostile import HostileGitServer
+
+    with HostileGitServer("drip", interval=0.1) as server:
+        f = fetcher(tmp_path, deadline=time.monotonic() + 2)
+        t0 = time.monotonic()
+        with pytest.raises(FetchError, match="took too long"):
+            f.fetch(f.check(server.url(), "repository"), str(tmp_path / "o"), "a" * 40)
+        assert time.monotonic() - t0 < 10
+        assert server.requests == 1
+
+
+def test_git_output_is_kept_bounded():
+    """What git prints (a hostile server's "remote:" lines reach its stderr) is kept bounded:
+    the head of stdout (with an overflow flag), the tail of stderr."""
+    from r2d_core.fetch import _Drain
+
+    for keep in ("head", "tail"):
+        proc = subprocess.Popen(
+            ["sh", "-c", "head -c 300000 /dev/zero; printf END"], stdout=subprocess.PIPE
+        )
+        drain = _Drain(proc.stdout, 1000, keep=keep)
+        proc.wait()
+        drain.join()
+        assert len(drain.data) == 1000
+        assert drain.data.endswith(b"END") == (keep == "tail")
+        assert drain.overflow == (keep == "head")
