@@ -195,6 +195,14 @@ class Builder(LoggingConfigurable):
             raise TraitError("fetch_timeout must be a positive number of seconds, e.g. 600")
         return proposal["value"]
 
+    fetch_max_bytes = Int(
+        4 * 1024**3,
+        allow_none=True,
+        config=True,
+        help="""Most bytes the fetch stage may download into git object stores (the repository
+        and its submodules together) before the build fails (default 4 GiB; None: no limit).""",
+    )
+
     # Not config: the manager's policy, read from the parent BuildManager (one source of truth).
     allowed_repo_patterns = List(Unicode())
     allowed_networks = List(Unicode())
@@ -234,6 +242,7 @@ class Builder(LoggingConfigurable):
             "allowed_networks": list(self.allowed_networks),
             "submodules": self.submodules,
             "timeout": self.fetch_timeout,
+            "max_bytes": self.fetch_max_bytes,
             "credentials_file": credentials_file,
             "credentials_stdin": credentials_stdin,
             "config": {"path": config_path, "text": self.config_text()},

@@ -251,7 +251,10 @@ class Fetcher:
     #: run git as this uid/gid (the process is root): git, which parses what remote servers
     #: send, then cannot use what root can (the engine socket of a build container)
     uid: int | None = None
+    #: the most bytes all clones together may write into their git object stores
+    max_bytes: int | None = None
     _count: int = 0
+    _used: int = 0
 
     # -- checks ----------------------------------------------------------------------------------
     def check(self, text: str, what: str) -> RepoURL:
@@ -281,7 +284,16 @@ class Fetcher:
         return addresses
 
     # -- git -------------------------------------------------------------------------------------
-    def git(self, args: list[str], env: dict[str, str], what: str, cwd: str | None = None) -> str:
+    def git(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        what: str,
+        cwd: str | None = None,
+        watch: str | None = None,
+    ) -> str:
+        """Run git; ``watch``: a repository whose object store counts against :attr:`max_bytes`
+        while git downloads into it (git is stopped when the budget is spent)."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError(f"{what}: the fetch took too long")
@@ -304,12 +316,27 @@ class Fetcher:
         # head of stdout (only local commands print there) and the tail of stderr
         out = _Drain(proc.stdout, MAX_GIT_OUTPUT, keep="head")
         err = _Drain(proc.stderr, MAX_GIT_OUTPUT, keep="tail")
+        deadline = time.monotonic() + remaining
+        too_big = False
         try:
-            status = proc.wait(timeout=None if remaining == float("inf") else remaining)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise FetchError(f"{what}: the fetch took too long") from None
+            while True:
+                step = min(0.5, max(deadline - time.monotonic(), 0.0))
+                try:
+                    status = proc.wait(timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if watch is not None and self.max_bytes is not None:
+                    if self._used + _store_size(watch) > self.max_bytes:
+                        too_big = True
+                if too_big or time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    if too_big:
+                        raise FetchError(
+                            f"{what}: the repository is larger than {self.max_bytes} bytes"
+                        )
+                    raise FetchError(f"{what}: the fetch took too long")
         finally:
             out.join()
             err.join()
@@ -335,15 +362,27 @@ class Fetcher:
             credentials = self.credentials
         env = git_environment(url, self.home, addresses, credentials)
         source = connect_url(url, addresses)
-        self.git(["clone", "--quiet", "--no-checkout", "--", source, dest], env, f"git clone {url}")
+        self.git(
+            ["clone", "--quiet", "--no-checkout", "--", source, dest],
+            env,
+            f"git clone {url}",
+            watch=dest,
+        )
         local = self.local_env()
         try:
             self.git(["cat-file", "-e", f"{sha}^{{commit}}"], local, "git cat-file", cwd=dest)
         except FetchError:  # not on a branch or tag: ask for the commit itself
             self.git(
-                ["fetch", "--quiet", "--no-tags", "origin", sha], env, f"git fetch {url}", cwd=dest
+                ["fetch", "--quiet", "--no-tags", "origin", sha],
+                env,
+                f"git fetch {url}",
+                cwd=dest,
+                watch=dest,
             )
         self.git(["checkout", "--quiet", "--detach", sha], local, f"git checkout {sha}", cwd=dest)
+        self._used += _store_size(dest)
+        if self.max_bytes is not None and self._used > self.max_bytes:
+            raise FetchError(f"{what}: the repository is larger than {self.max_bytes} bytes")
         # the checkout records the canonical URL, whatever address git connected to
         self.git(["remote", "set-url", "origin", str(url)], local, "git remote", cwd=dest)
 
@@ -411,6 +450,18 @@ class Fetcher:
             self.fetch_submodules(url, target, depth + 1)
 
 
+def _store_size(repo: str) -> int:
+    """Bytes in ``repo``'s git object store (where a download lands, packs included)."""
+    total = 0
+    for root, _dirs, files in os.walk(os.path.join(repo, ".git", "objects")):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # git renamed or removed it meanwhile
+    return total
+
+
 # -- the stage as a program ------------------------------------------------------------------------
 def read_credentials(spec: dict[str, Any]) -> Credentials | None:
     """The credentials, from the file named in the spec (deleted before it is read) or stdin."""
@@ -446,6 +497,7 @@ def run(spec: dict[str, Any], credentials: Credentials | None) -> None:
         home=spec["home"],
         submodules=bool(spec.get("submodules", True)),
         deadline=started + float(spec.get("timeout", 600)),
+        max_bytes=spec.get("max_bytes"),
         credentials=credentials,
     )
     os.makedirs(fetcher.home, mode=0o700, exist_ok=True)

@@ -439,3 +439,13 @@ def test_git_output_is_kept_bounded():
         assert len(drain.data) == 1000
         assert drain.data.endswith(b"END") == (keep == "tail")
         assert drain.overflow == (keep == "head")
+
+
+def test_repository_over_the_byte_budget_fails(git_server, tmp_path):
+    """Builder.fetch_max_bytes: the object stores of all clones count against one budget."""
+    repo = git_server.repos["hello"]
+    f = fetcher(tmp_path, max_bytes=1000)
+    with pytest.raises(FetchError, match="larger than 1000 bytes"):
+        f.fetch(f.check(git_server.url("hello"), "repository"), str(tmp_path / "o"), repo.head)
+    f = fetcher(tmp_path, max_bytes=10_000_000)
+    f.fetch(f.check(git_server.url("hello"), "repository"), str(tmp_path / "ok"), repo.head)
