@@ -451,8 +451,9 @@ class DockerBuilder(Builder):
     python = Unicode(
         "python3",
         config=True,
-        help="""Python interpreter of :attr:`image` that runs the fetch stage (standard library
-        only). Default ``python3`` (on the ``PATH`` of repo2docker's images).""",
+        help="""Python interpreter (3.8 or newer) of :attr:`image` that runs the fetch stage
+        (standard library only). Default ``python3`` (on the ``PATH`` of repo2docker's
+        images).""",
     )
 
     fetch_uid = Int(
