@@ -191,7 +191,8 @@ def git_environment(
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
     }
     pairs = list(_GIT_CONFIG)
-    if url is not None and addresses and url.scheme in ("http", "https"):
+    # an IP literal is itself the checked address (and curl cannot parse an IPv6 one there)
+    if url is not None and addresses and url.scheme in ("http", "https") and not url.host_is_ip:
         host = url.host
         port = url.effective_port
         pairs.append(

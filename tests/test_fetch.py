@@ -449,3 +449,40 @@ def test_repository_over_the_byte_budget_fails(git_server, tmp_path):
         f.fetch(f.check(git_server.url("hello"), "repository"), str(tmp_path / "o"), repo.head)
     f = fetcher(tmp_path, max_bytes=10_000_000)
     f.fetch(f.check(git_server.url("hello"), "repository"), str(tmp_path / "ok"), repo.head)
+
+
+@pytest.mark.parametrize("host", ["[::1]", "pinned6.invalid"])
+def test_ipv6_literal_and_ipv6_pin(git_server, tmp_path, host):
+    """IPv6: a literal host is fetched as it is (the checked address is the literal); a name
+    pinned to an IPv6 address reaches it through ``http.curloptResolve`` with brackets."""
+    import socket
+
+    seen: list[str] = []
+    handler = type(
+        "H6", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen}
+    )
+    server_class = type("V6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    server = server_class(("::1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    class Pinned6(NetPolicy):
+        def resolve_checked_sync(self, name, port):
+            if name == "pinned6.invalid":
+                return ["::1"]
+            return super().resolve_checked_sync(name, port)
+
+    try:
+        url = f"http://{host}:{port}/hello"
+        f = Fetcher(
+            allowed_patterns=[r"^http://(\[::1\]|pinned6\.invalid):\d+/"],
+            policy=Pinned6(["::1/128"]),
+            home=str(tmp_path / "home"),
+            credentials=Credentials(USER, PASSWORD),
+            credentials_origin=f"http://{host}:{port}",
+        )
+        f.fetch(f.check(url, "repository"), str(tmp_path / "o"), git_server.repos["hello"].head)
+        assert (tmp_path / "o" / "VERSION").read_text() == "3\n" and seen
+    finally:
+        server.shutdown()
+        server.server_close()
