@@ -358,6 +358,8 @@ class Fetcher:
         if not _FULL_SHA.match(sha):
             raise FetchError(f"{what}: {sha!r} is not a full commit sha")
         addresses = self.addresses(url, what)
+        # failures name the submodule; the repository itself is named by its URL
+        label = "" if what == "repository" else f"{what}: "
         credentials = None
         if self.credentials is not None and url.origin == self.credentials_origin:
             credentials = self.credentials
@@ -366,7 +368,7 @@ class Fetcher:
         self.git(
             ["clone", "--quiet", "--no-checkout", "--", source, dest],
             env,
-            f"git clone {url}",
+            f"{label}git clone {url}",
             watch=dest,
         )
         local = self.local_env()
@@ -376,11 +378,13 @@ class Fetcher:
             self.git(
                 ["fetch", "--quiet", "--no-tags", "origin", sha],
                 env,
-                f"git fetch {url}",
+                f"{label}git fetch {url}",
                 cwd=dest,
                 watch=dest,
             )
-        self.git(["checkout", "--quiet", "--detach", sha], local, f"git checkout {sha}", cwd=dest)
+        self.git(
+            ["checkout", "--quiet", "--detach", sha], local, f"{label}git checkout {sha}", cwd=dest
+        )
         self._used += _store_size(dest)
         if self.max_bytes is not None and self._used > self.max_bytes:
             raise FetchError(f"{what}: the repository is larger than {self.max_bytes} bytes")

@@ -486,3 +486,47 @@ def test_ipv6_literal_and_ipv6_pin(git_server, tmp_path, host):
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _AuthRecorder(_GitHTTP):
+    """Smart HTTP behind basic auth that records the Authorization header of every request."""
+
+    auths: list[str | None]
+
+    def _backend(self, body_in: bytes) -> None:
+        self.auths.append(self.headers.get("Authorization"))
+        super()._backend(body_in)
+
+
+def test_credentials_go_to_the_repository_origin_only(git_server, served, tmp_path):
+    """A submodule on the repository's own origin gets the credentials (a private org's
+    submodules); one on another origin never sees them, even though the allow-list admits it."""
+    root = str(git_server.repos["hello"].path.parent)
+    own: list[str | None] = []
+    other: list[str | None] = []
+    s1, base1 = _serve(type("A1", (_AuthRecorder,), {"root": root, "auths": own}))
+    s2, base2 = _serve(type("A2", (_AuthRecorder,), {"root": root, "auths": other}))
+    try:
+        hello = git_server.repos["hello"]
+        name, path = served()
+        head = add_submodule(path, "../hello", "lib", hello.tags["v2"])
+        patterns = [r"^http://127\.0\.0\.1:\d+/"]
+        f = fetcher(tmp_path, patterns=patterns, credentials=Credentials(USER, PASSWORD))
+        url = f.check(f"{base1}/{name}", "repository")
+        f.credentials_origin = url.origin
+        f.fetch(url, str(tmp_path / "same"), head)
+        assert (tmp_path / "same" / "lib" / "VERSION").read_text() == "2\n"
+        assert own and all(a and a.startswith("Basic ") for a in own[1:])
+
+        name2, path2 = served()
+        head2 = add_submodule(path2, f"{base2}/hello", "lib", hello.tags["v2"])
+        f = fetcher(tmp_path, patterns=patterns, credentials=Credentials(USER, PASSWORD))
+        url = f.check(f"{base1}/{name2}", "repository")
+        f.credentials_origin = url.origin
+        with pytest.raises(FetchError, match="submodule 'lib'"):
+            f.fetch(url, str(tmp_path / "other"), head2)
+        assert other and not any(other)  # asked, but never with the credentials
+    finally:
+        for s in (s1, s2):
+            s.shutdown()
+            s.server_close()
