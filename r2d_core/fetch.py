@@ -322,11 +322,14 @@ class Fetcher:
         try:
             while True:
                 step = min(0.5, max(deadline - time.monotonic(), 0.0))
-                try:
-                    status = proc.wait(timeout=step)
+                # returns as soon as git closes its stderr, i.e. exits (no polling delay)
+                err.thread.join(step)
+                if err.thread.is_alive():
+                    status = proc.poll()
+                else:
+                    status = proc.wait()
+                if status is not None:
                     break
-                except subprocess.TimeoutExpired:
-                    pass
                 if watch is not None and self.max_bytes is not None:
                     if self._used + _store_size(watch) > self.max_bytes:
                         too_big = True
