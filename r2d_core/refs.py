@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import weakref
 
@@ -71,12 +72,15 @@ MAX_ADVERTISEMENT = 4 * 1024 * 1024
 #: send and costs a Python loop iteration each)
 MAX_PACKETS = 100_000
 _READ_CHUNK = 64 * 1024
+#: bytes parsed between two yields to the event loop (at most ~2000 packets)
+_PARSE_SLICE = 8 * 1024
 _USER_AGENT = "git/2.39 (repo2docker-service)"
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
-_HEX4 = re.compile(rb"^[0-9a-fA-F]{4}$")
+#: "<sha> <refname>[\0capabilities]" (the refname ends at NUL; the line's newline is stripped)
+_REF_LINE = re.compile(rb"([0-9a-f]{40}) ([^\0]+)")
 
 
 def _parse(url: str | RepoURL) -> RepoURL:
@@ -225,9 +229,12 @@ class AdvertisementParser:
         try:
             while not self.done and pos + 4 <= len(view):
                 head = bytes(view[pos : pos + 4])
-                if not _HEX4.match(head):
+                if not head.isalnum():  # int() would also take "+1f", " 1f" and "0_1f"
                     raise _not_git()
-                length = int(head, 16)
+                try:
+                    length = int(head, 16)
+                except ValueError:
+                    raise _not_git() from None
                 self._packets += 1
                 if self._packets > self._max_packets:
                     raise InvalidRequest(
@@ -271,11 +278,19 @@ class AdvertisementParser:
             if first and not line.startswith(b"# service="):
                 raise _not_git()
             return
-        sha, _, rest = line.partition(b" ")
-        name = rest.split(b"\0", 1)[0].decode(errors="replace")
-        sha_text = sha.decode(errors="replace")
-        if _FULL_SHA.match(sha_text) and name and name != "capabilities^{}":
-            self.refs[name] = sha_text
+        match = _REF_LINE.match(line)
+        if match is not None and match[2] != b"capabilities^{}":
+            self.refs[match[2].decode(errors="replace")] = match[1].decode()
+
+
+async def _feed(parser: AdvertisementParser, chunk: bytes) -> bool:
+    """Feed ``chunk`` in slices, giving the loop back after each: a slice of empty packets costs
+    a few ms of Python, and a fast server must not starve the loop (the Hub's, in TLJH)."""
+    for start in range(0, len(chunk), _PARSE_SLICE):
+        if parser.feed(chunk[start : start + _PARSE_SLICE]):
+            return True
+        await asyncio.sleep(0)
+    return False
 
 
 def _not_git() -> InvalidRequest:
@@ -358,10 +373,10 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
 class CheckedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with :class:`CheckedBackend` under its connection pool (no proxies)."""
 
-    def __init__(self, policy: NetPolicy) -> None:
-        super().__init__(trust_env=False)
+    def __init__(self, policy: NetPolicy, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context,
             max_connections=20,
             max_keepalive_connections=10,
             keepalive_expiry=5.0,
@@ -375,13 +390,19 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, httpx
 )
 
 
-def _client(policy: NetPolicy) -> httpx.AsyncClient:
+_ssl_context: ssl.SSLContext | None = None
+
+
+async def _client(policy: NetPolicy) -> httpx.AsyncClient:
+    global _ssl_context
+    if _ssl_context is None:  # loading the CA bundle takes tens of ms: not on the loop
+        _ssl_context = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     key = tuple(str(n) for n in policy.allowed_networks)
     client = per_loop.get(key)
     if client is None:
         client = per_loop[key] = httpx.AsyncClient(
-            transport=CheckedTransport(policy),
+            transport=CheckedTransport(policy, _ssl_context),
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(None),  # the caller's total deadline bounds every exchange
@@ -429,9 +450,8 @@ async def _ls_remote_git(url: RepoURL, policy: NetPolicy) -> dict[str, str]:
                         field="repo",
                     )
                 return parser.finish()
-            if parser.feed(chunk):
+            if await _feed(parser, chunk):
                 break
-            await asyncio.sleep(0)  # a fast server must not starve the loop
         writer.write(b"0000")  # we want nothing: end the conversation politely
         await writer.drain()
         return parser.refs
@@ -458,7 +478,8 @@ async def _ls_remote_http(
 ) -> dict[str, str]:
     auth = (credentials.username, credentials.password) if credentials else None
     info_url = url.canonical.rstrip("/") + "/info/refs"
-    async with _client(policy).stream(
+    client = await _client(policy)
+    async with client.stream(
         "GET", info_url, params={"service": "git-upload-pack"}, auth=auth
     ) as response:
         if response.is_redirect:
@@ -478,9 +499,8 @@ async def _ls_remote_http(
             )
         parser = AdvertisementParser(smart_http=True)
         async for chunk in response.aiter_raw(_READ_CHUNK):
-            if parser.feed(chunk):
+            if await _feed(parser, chunk):
                 break
-            await asyncio.sleep(0)  # a fast server must not starve the loop
         return parser.refs if parser.done else parser.finish()
 
 
@@ -547,17 +567,41 @@ async def _run_git(args: list[str], env: dict[str, str], what: str, cwd: str | N
         env=env,
         cwd=cwd,
     )
+    assert proc.stdout is not None and proc.stderr is not None
     try:
-        out, err = await proc.communicate()
-    except BaseException:  # cancelled or timed out: do not leave git running
-        proc.kill()
+        out, err = await asyncio.gather(
+            _read_capped(proc.stdout, MAX_ADVERTISEMENT, what), _read_tail(proc.stderr, 2000)
+        )
         await proc.wait()
+    except BaseException:  # cancelled, timed out or too much output: do not leave git running
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         raise
     if proc.returncode != 0:
-        message = err[-2000:].decode(errors="replace").strip().splitlines()
+        message = err.decode(errors="replace").strip().splitlines()
         detail = message[-1] if message else f"exit status {proc.returncode}"
+        detail = "".join(c if c.isprintable() else "?" for c in detail)
         raise InvalidRequest(f"{what} failed: {detail}", field="repo")
-    return out[-MAX_ADVERTISEMENT:].decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            raise InvalidRequest(f"{what} printed more than {cap // 2**20} MiB", field="repo")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    tail = b""
+    while chunk := await stream.read(_READ_CHUNK):
+        tail = (tail + chunk)[-keep:]
+    return tail
 
 
 async def _short_sha_from_clone(

@@ -174,6 +174,9 @@ def _refuse_schemeless(text: str) -> None:
         )
     if "::" in text:
         raise URLError("git remote helpers such as 'ext::' are not allowed as repo URLs")
+    scheme = text.split(":", 1)[0].lower()
+    if scheme in DEFAULT_PORTS and ":" in text:
+        raise URLError(f"repo URL must start with '{scheme}://' (two slashes), then the host")
     scp = _SCP_LIKE_RE.match(text)
     if scp and scp.group(2) and not text.startswith("-"):
         user = f"{scp.group(1)}@" if scp.group(1) else ""

@@ -183,7 +183,8 @@ def check_allowed_pattern(pattern: str) -> None:
             anchor = "" if pattern.startswith(("^", "\\A")) else "start it with '^' and "
             raise ValueError(
                 f"{pattern!r} does not pin the host: it also matches {probe!r}; {anchor}end the "
-                "host with '/' (e.g. '^https://github\\.com/') or '(:[0-9]+)?/' for a port"
+                "host with '/' (e.g. '^https://github\\.com/') or '(:[0-9]+)?/' for a port, and "
+                "match a variable part of a host with '[a-z0-9-]+' rather than '.'"
             )
 
 

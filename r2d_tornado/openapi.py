@@ -305,6 +305,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "400": _error("Invalid input; `field` names it"),
                         "409": _error("Would overwrite another owner's image"),
                         "429": _error("Queue full"),
+                        "504": _error(
+                            "The git server did not send its refs within `ref_timeout` "
+                            "(`error`: `ref_timeout`)"
+                        ),
                         **_ERRORS,
                     },
                 },

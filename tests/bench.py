@@ -7,6 +7,7 @@ the real parts of the test harness (private dockerd, git daemon, JupyterHub + pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -492,8 +493,55 @@ async def bench_fetch(ctx: dict[str, Any], runs: int = 10) -> None:
     )
 
 
+async def bench_refs(ctx: dict[str, Any]) -> None:
+    """Ref lookups: a large real advertisement parsed, and hostile servers refused (loop lag)."""
+    from r2d_core.netpolicy import NetPolicy
+    from r2d_core.refs import parse_pkt_lines, resolve_ref
+    from tests.harness.hostile import HostileGitServer, HostileHTTPServer
+
+    data = bytearray(b"001e# service=git-upload-pack\n0000")
+    for i in range(60_000):
+        line = f"{i:040x} refs/heads/branch-{i}\n".encode()
+        data += f"{len(line) + 4:04x}".encode() + line
+    data += b"0000"
+    start = time.perf_counter()
+    refs = parse_pkt_lines(bytes(data))
+    took = time.perf_counter() - start
+    assert len(refs) == 60_000
+    row(
+        "parse 60k-ref advertisement", round(took * 1000, 1), "ms", "< 200", f"{len(data) >> 10} kB"
+    )
+
+    loop = asyncio.get_running_loop()
+    policy = NetPolicy(["127.0.0.0/8"])
+    for label, server in (
+        ("0004 flood (http)", HostileHTTPServer("flood")),
+        ("0004 flood (git://)", HostileGitServer("flood")),
+    ):
+        lags = [0.0]
+        done = asyncio.Event()
+
+        async def tick(done: asyncio.Event, lags: list[float]) -> None:
+            while not done.is_set():
+                t0 = loop.time()
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - t0 - 0.005)
+
+        with server:
+            ticker = asyncio.create_task(tick(done, lags))
+            start = time.perf_counter()
+            with contextlib.suppress(Exception):
+                await resolve_ref(server.url("repo"), "main", policy=policy, timeout=30)
+            took = time.perf_counter() - start
+            done.set()
+            await ticker
+        row(f"refuse {label}", round(took * 1000), "ms", "< 1000")
+        row(f"loop lag during {label}", round(max(lags) * 1000), "ms", "< 100")
+
+
 # ---- main -----------------------------------------------------------------------------------------
 BENCHES = {
+    "refs": bench_refs,
     "build": bench_build,
     "fetch": bench_fetch,
     "repeat": bench_repeat,

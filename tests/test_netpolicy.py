@@ -3,6 +3,7 @@ and resolution only ever asks for loopback names and literals."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -159,3 +160,35 @@ def test_manager_trait(monkeypatch):
     monkeypatch.setenv("R2D_ALLOWED_NETWORKS", "nope")  # the environment is checked too, at once
     with pytest.raises(TraitError, match="allowed_networks: 'nope' is not a network in CIDR"):
         BuildManager()
+
+
+async def test_one_internal_address_among_public_ones_refuses(monkeypatch):
+    """A name with a public and an internal address is refused (DNS answers are not queried here:
+    getaddrinfo is replaced, and nothing connects)."""
+    answers = {
+        "mixed.example": ["8.8.8.8", "10.0.0.1"],
+        "public.example": ["8.8.8.8", "2606:4700:4700::1111"],
+    }
+
+    def fake(host, port, *args, **kwargs):
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in answers[host]
+        ]
+
+    async def fake_async(self, host, port, *args, **kwargs):
+        return fake(host, port)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", fake_async)
+    policy = NetPolicy()
+    with pytest.raises(AddressRefused) as e:
+        await policy.resolve_checked("mixed.example", 443)
+    assert e.value.address == "10.0.0.1" and "10.0.0.1" not in str(e.value)
+    with pytest.raises(AddressRefused):
+        policy.resolve_checked_sync("mixed.example", 443)
+    assert await policy.resolve_checked("public.example", 443) == answers["public.example"]
+    assert NetPolicy(["10.0.0.0/8"]).resolve_checked_sync("mixed.example", 443) == [
+        "8.8.8.8",
+        "10.0.0.1",
+    ]

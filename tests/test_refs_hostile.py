@@ -6,6 +6,7 @@ Every server here listens on 127.0.0.1; nothing connects to a private-range or p
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpcore
@@ -235,3 +236,31 @@ def test_a_large_real_advertisement_parses():
     data, expected = _advertisement(names)
     assert len(data) < MAX_ADVERTISEMENT
     assert parse_pkt_lines(data) == expected
+
+
+_FAKE_SSH = """#!/bin/sh
+# stands in for ssh: records its arguments, then runs the remote command locally
+printf '%s\\n' "$@" > {log}
+for last; do :; done
+exec sh -c "$last"
+"""
+
+
+async def test_ssh_ls_remote_is_pinned_to_the_checked_address(git_server, tmp_path, monkeypatch):
+    """ssh:// goes through the git CLI with the same rules; ssh is told the checked address
+    (HostName) and keeps the name for its known_hosts (HostKeyAlias). A stand-in ssh on PATH
+    runs git-upload-pack locally, so no sshd is needed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ssh-args"
+    (bin_dir / "ssh").write_text(_FAKE_SSH.format(log=log))
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")  # git_env passes PATH on
+    repo = git_server.repos["hello"]
+    url = f"ssh://git@localhost{repo.path}"
+    assert await resolve_ref(url, "v2", policy=LOOPBACK, timeout=20) == repo.tags["v2"]
+    args = log.read_text().splitlines()
+    assert "HostName=127.0.0.1" in args and "HostKeyAlias=localhost" in args, args
+    assert "git@localhost" in args
+    with pytest.raises(InvalidRequest, match="internal network"):  # and the default refuses it
+        await resolve_ref(url, "v2", timeout=20)

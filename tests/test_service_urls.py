@@ -81,14 +81,20 @@ async def test_canonical_url_everywhere_after_validation(alice, git_server):
 
 
 async def test_redirect_through_the_api_is_refused_and_not_followed(alice):
+    # the target listens on 127.0.0.2: loopback, but not in the allow-list (^http://127\.0\.0\.1)
     with (
-        CountingHTTPServer() as other,
-        HostileHTTPServer("redirect", target=f"http://127.0.0.1:{other.port}") as redirecting,
+        CountingHTTPServer(host="127.0.0.2") as other,
+        HostileHTTPServer("redirect", target=f"http://127.0.0.2:{other.port}") as redirecting,
     ):
         r = await alice.request("POST", "api/builds", json={"repo": redirecting.url("repo")})
         assert r.status_code == 400, r.text
         assert "not followed" in r.json()["message"]
+        assert f"http://127.0.0.2:{other.port}/repo" in r.json()["message"]
         assert redirecting.requests and other.requests == []
+        # and submitting the target itself is refused by the allow-list, before any request
+        r = await alice.request("POST", "api/builds", json={"repo": other.url("repo")})
+        assert r.status_code == 400 and "not allowed here" in r.json()["message"], r.text
+        assert other.requests == []
 
 
 async def test_attacker_servers_through_the_api(alice):

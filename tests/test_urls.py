@@ -106,6 +106,8 @@ def test_fields_and_origin():
         ("https://h%2Eexample/r", "percent"),
         ("https://stra\u00dfe.example/r", "xn--"),
         ("git@github.com:org/repo.git", "ssh://git@github.com/org/repo.git"),
+        ("https:/github.com/org/repo", "two slashes"),
+        ("HTTPS:github.com/org/repo", "'https://'"),
         ("file:///etc/passwd", "local paths"),
         ("/srv/repo", "local paths"),
         ("ext::sh -c touch% /tmp/x", "spaces"),

@@ -99,8 +99,10 @@ class HostileHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, mode: str, target: str = "", interval: float = 0.2) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(
+        self, mode: str, target: str = "", interval: float = 0.2, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__((host, 0), _Handler)
         self.mode, self.target, self.interval = mode, target, interval
         self.requests: list[str] = []
         self.sent = 0
@@ -112,7 +114,7 @@ class HostileHTTPServer(ThreadingHTTPServer):
         return self.server_address[1]
 
     def url(self, path: str = "repo") -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
+        return f"http://{self.server_address[0]}:{self.port}/{path}"
 
     def __enter__(self) -> HostileHTTPServer:
         self._thread.start()
@@ -128,8 +130,8 @@ class HostileHTTPServer(ThreadingHTTPServer):
 class CountingHTTPServer(HostileHTTPServer):
     """A server that must never be asked anything: it records requests and answers 404."""
 
-    def __init__(self) -> None:
-        super().__init__("ok")
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__("ok", host=host)
 
 
 class _GitHandler(socketserver.BaseRequestHandler):
