@@ -530,3 +530,32 @@ def test_credentials_go_to_the_repository_origin_only(git_server, served, tmp_pa
         for s in (s1, s2):
             s.shutdown()
             s.server_close()
+
+
+_FAKE_SSH = """#!/bin/sh
+# stands in for ssh: records its arguments, then runs the remote command locally
+printf '%s\\n' "$@" >> {log}
+for last; do :; done
+exec sh -c "$last"
+"""
+
+
+def test_ssh_connects_to_the_checked_address(git_server, tmp_path, monkeypatch):
+    """ssh://: git is given the checked address in place of the name (no shell line carries
+    it: GIT_SSH_COMMAND is a constant). A stand-in ssh on PATH runs git-upload-pack locally."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ssh-args"
+    (bin_dir / "ssh").write_text(_FAKE_SSH.format(log=log))
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    repo = git_server.repos["hello"]
+    f = fetcher(tmp_path, patterns=[r"^ssh://git@localhost/"])
+    f.fetch(
+        f.check(f"ssh://git@localhost{repo.path}", "repository"), str(tmp_path / "o"), repo.head
+    )
+    assert (tmp_path / "o" / "VERSION").read_text() == "3\n"
+    args = log.read_text().splitlines()
+    assert any(a in ("git@127.0.0.1", "git@::1") for a in args), args
+    assert not [a for a in args if "localhost" in a]
+    assert git(tmp_path / "o", "remote", "get-url", "origin") == f"ssh://git@localhost{repo.path}"
