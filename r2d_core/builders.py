@@ -547,6 +547,12 @@ class DockerBuilder(Builder):
                 continue
             info = await self.engine.inspect_container(summary["Id"])
             state = info.get("State", {})
+            if state.get("Status") == "created":
+                # never started (the previous process stopped between create and start): it
+                # has no log worth keeping, and may hold a credentials file the fetch stage
+                # would have deleted first thing
+                await self.engine.remove_container(summary["Id"])
+                continue
             running = bool(state.get("Running"))
             recovered.append(
                 RecoveredBuild(

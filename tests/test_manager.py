@@ -735,3 +735,39 @@ async def test_tenancy_one_engine_shares_local_images_and_cache_mounts(make_mana
     assert any(f"r2d-read alice-file-{tag} alice-secret-{tag}" in line for line in messages(bob)), (
         messages(bob)[-8:]
     )
+
+
+async def test_a_build_container_that_never_started_is_removed_at_recovery(
+    make_manager, git_server, docker_host
+):
+    """The service stopped between creating a build container (credentials file copied in)
+    and starting it: the next service process removes it instead of keeping it as history."""
+    from r2d_core.engine import tar_files
+    from r2d_core.models import Build, build_labels
+
+    m = await make_manager("docker")
+    sha = git_server.repos["hello"].head
+    build = Build(
+        id="neverstarted1",
+        owner="nora",
+        name="hello",
+        repo=git_server.url("hello"),
+        ref="main",
+        sha=sha,
+        image=m.image_for("nora", "hello", sha),
+    )
+    engine = DockerEngine(host=docker_host)
+    try:
+        cid = await engine.create_container(
+            {"Image": REPO2DOCKER_IMAGE, "Cmd": ["true"], "Labels": build_labels(build, "build")},
+            name=f"r2d-build-{build.id}",
+        )
+        secret = {"/tmp/repo2docker-service/credentials.json": (b'{"password": "x"}', 0o600)}
+        await engine.put_archive(cid, "/", tar_files(secret))
+        recovered = await m.builder.recover()
+        assert build.id not in [r.fields.get("build-id") for r in recovered]
+        ids = {c["Id"] for c in await engine.list_build_containers()}
+        assert cid not in ids
+    finally:
+        await engine.remove_container(f"r2d-build-{build.id}")
+        await engine.close()
