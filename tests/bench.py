@@ -453,6 +453,46 @@ async def bench_registry(ctx: dict[str, Any]) -> None:
         row(r["benchmark"], r["value"], r["unit"], r.get("target", ""))
 
 
+async def bench_fetch(ctx: dict[str, Any], runs: int = 10) -> None:
+    """The fetch stage (URL model, allow-list, address check, pinned git, checkout) against a
+    bare ``git clone`` + ``git checkout`` of the same repository: what the checks cost."""
+    from r2d_core.fetch import Fetcher
+    from r2d_core.netpolicy import NetPolicy
+
+    git = ctx["git"]
+    url = git.url("hello")
+    sha = git.repos["hello"].head
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    bare, ours = [], []
+    for _i in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["git", "clone", "-q", "--no-checkout", url, f"{tmp}/b"], env=env, check=True
+            )
+            subprocess.run(["git", "-C", f"{tmp}/b", "checkout", "-q", sha], env=env, check=True)
+            bare.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            f = Fetcher([r"^git://127\.0\.0\.1:\d+/"], NetPolicy(["127.0.0.0/8"]), f"{tmp}/h")
+            f.fetch(f.check(url, "repository"), f"{tmp}/o", sha)
+            ours.append(time.perf_counter() - t0)
+    row(
+        "bare git clone + checkout (hello)",
+        round(statistics.median(bare), 3),
+        "s",
+        "",
+        f"median of {runs}",
+    )
+    row("fetch stage (hello)", round(statistics.median(ours), 3), "s", "", f"median of {runs}")
+    row(
+        "ratio fetch stage / bare git",
+        round(statistics.median(ours) / statistics.median(bare), 2),
+        "x",
+        "<= 2",
+        "5 git processes instead of 2",
+    )
+
+
 async def bench_refs(ctx: dict[str, Any]) -> None:
     """Ref lookups: a large real advertisement parsed, and hostile servers refused (loop lag)."""
     from r2d_core.netpolicy import NetPolicy
@@ -584,6 +624,7 @@ async def bench_fair(ctx: dict[str, Any]) -> None:
 BENCHES = {
     "refs": bench_refs,
     "build": bench_build,
+    "fetch": bench_fetch,
     "repeat": bench_repeat,
     "service": bench_service,
     "registry": bench_registry,

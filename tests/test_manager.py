@@ -395,21 +395,82 @@ async def test_forced_rebuild_replaces_or_restores_the_image(make_manager, git_s
         await engine.close()
 
 
-@pytest.mark.parametrize("builder", ["local", "docker"])
-async def test_private_repository_with_credentials(make_manager, git_server, docker_host, builder):
-    """A repository behind HTTP basic auth (git http-backend): the credentials reach git for
-    the ref and the clone, and nowhere else (log, labels, API answer)."""
+def _docker(docker_host: str, *args: str) -> bytes:
+    import os
+    import subprocess
+
+    from tests.harness.dockerd import docker_cli
+
+    env = dict(os.environ, DOCKER_HOST=docker_host)
+    res = subprocess.run([docker_cli(), *args], env=env, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    return res.stdout
+
+
+def _assert_no_secret_in_build_container(docker_host: str, build, secrets: list[bytes]) -> None:
+    """docker inspect (Env, Cmd, Labels), docker diff and docker cp of every changed path."""
+    import json
+
+    name = f"r2d-build-{build.id}"
+    info = json.loads(_docker(docker_host, "inspect", name))[0]
+    shown = json.dumps([info["Config"]["Env"], info["Config"]["Cmd"], info["Config"]["Labels"]])
+    for secret in secrets:
+        assert secret.decode() not in shown
+    changed = []
+    for line in _docker(docker_host, "diff", name).decode().splitlines():
+        kind, _, path = line.partition(" ")
+        if kind in ("A", "C"):
+            changed.append(path)
+    assert not [p for p in changed if p.rsplit("/", 1)[-1] in ("gitconfig", ".gitconfig")]
+    assert not [p for p in changed if "credentials" in p]
+    # copy out every top-most changed path (a directory brings everything below it)
+    tops = [p for p in changed if not any(p.startswith(q + "/") for q in changed if q != p)]
+    checkout = "/tmp/repo2docker-service"  # the checkout is there: the scan must cover it
+    assert any(checkout == p or checkout.startswith(p + "/") for p in tops), tops
+    for path in tops:
+        data = _docker(docker_host, "cp", f"{name}:{path}", "-")
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} found in {path} of the build container"
+
+
+def _private_server(root: str):
     import threading
     from http.server import ThreadingHTTPServer
 
-    from r2d_core.models import Credentials
-    from tests.test_refs import PASSWORD, USER, _GitHTTP
+    from tests.test_refs import _GitHTTP
 
-    handler = type("Handler", (_GitHTTP,), {"root": str(git_server.repos["hello"].path.parent)})
+    handler = type("Handler", (_GitHTTP,), {"root": root})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_private_repository_with_credentials(
+    make_manager, git_server, docker_host, builder, tmp_path
+):
+    """A repository behind HTTP basic auth (git http-backend), at a path with gitconfig's
+    special characters (percent-encoded: the only form the URL model admits): the credentials
+    reach git for the ref and the clone, and nowhere else: not the log, labels or API answer,
+    not the build container's Env/Cmd/Labels or filesystem (docker inspect/diff/cp), no file
+    of the LocalProcessBuilder (issue 9, defects 1 and 9)."""
+    import base64
+    import os
+
+    from r2d_core.models import Credentials
+    from tests.test_refs import PASSWORD, USER
+
+    # http-backend gets the raw request path: serve hello under a name with %22, %5D and %5B
+    root = tmp_path / "git-root"
+    root.mkdir()
+    odd = "we%22ird%5D%5Bcore%5Dfsmonitor=x.git"
+    (root / odd).symlink_to(git_server.repos["hello"].path)
+    server = _private_server(str(root))
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+    secrets = [PASSWORD.encode(), token]
+    started = time.time()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hello"
+        url = f"http://127.0.0.1:{server.server_address[1]}/{odd}"
         m = await make_manager(builder, allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
         with pytest.raises(InvalidRequest, match="credentials"):
             await m.submit(repo=url, ref="v1", owner=f"pat-{builder}", name="private")
@@ -434,6 +495,279 @@ async def test_private_repository_with_credentials(make_manager, git_server, doc
         finally:
             await engine.close()
         assert PASSWORD not in str(info["Config"]["Labels"])
+        if builder == "docker":
+            _assert_no_secret_in_build_container(docker_host, build, secrets)
+            # git ran unprivileged (DockerBuilder.fetch_uid): the checkout is nobody's
+            import io
+            import tarfile
+
+            data = _docker(
+                docker_host,
+                "cp",
+                f"r2d-build-{build.id}:/tmp/repo2docker-service/repo/VERSION",
+                "-",
+            )
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                assert [m.uid for m in tar.getmembers()] == [65534]
+        else:
+            # no file anywhere under the temporary directory holds them (the build's own
+            # directory is gone), and no gitconfig was written
+            import tempfile
+
+            leftovers = [
+                d
+                for d in os.listdir(tempfile.gettempdir())
+                if d.startswith(f"r2d-build-{build.id}")
+            ]
+            assert leftovers == []
+            for dirpath, _dirs, files in os.walk(tempfile.gettempdir()):
+                for f in files:
+                    path = os.path.join(dirpath, f)
+                    try:
+                        st = os.lstat(path)
+                        if st.st_mtime < started or not os.path.isfile(path):
+                            continue
+                        with open(path, "rb") as fh:
+                            data = fh.read(1 << 22)
+                    except OSError:
+                        continue
+                    for secret in secrets:
+                        assert secret not in data, f"{secret!r} in {path}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_redirect_is_not_followed_by_git_in_the_build(
+    make_manager, git_server, builder, tmp_path
+):
+    """An allowed smart-HTTP URL answering 301 to another loopback port: git in the build does
+    not follow it, and the other server sees no request (issue 9, defect 2, build side). A full
+    sha skips the service's own ref lookup, so only the build fetches."""
+    from tests.test_fetch import _Recorder, _Redirect, _serve
+
+    seen: list[str] = []
+    target, target_url = _serve(
+        type("T", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen})
+    )
+    redirect, redirect_url = _serve(type("R", (_Redirect,), {"target": target_url}))
+    try:
+        port = redirect.server_address[1]
+        m = await make_manager(builder, allowed_repo_patterns=[rf"^http://127\.0\.0\.1:{port}/"])
+        build = (
+            await m.submit(
+                repo=f"{redirect_url}/hello",
+                ref=git_server.repos["hello"].head,
+                owner=f"red-{builder}",
+                name="hello",
+            )
+        ).build
+        await wait_done(build)
+        assert seen == []  # the redirect target was never asked
+        assert build.state == BuildState.FAILED
+        assert "git clone" in (build.error or ""), build.error
+        assert await m.list_images([f"red-{builder}"]) == []
+    finally:
+        for server in (redirect, target):
+            server.shutdown()
+            server.server_close()
+
+
+def _repo_with_submodule(git_server, name: str, sub_url: str, sha: str) -> str:
+    """A served repository whose build prints ``r2d-sub <VERSION of the submodule>``; its
+    submodule ``lib`` points at ``sub_url`` at ``sha``. Returns its HEAD."""
+    from tests.harness import BUSYBOX_IMAGE
+    from tests.test_fetch import add_submodule
+
+    dockerfile = (
+        f"FROM {BUSYBOX_IMAGE}\nCOPY . /srv/repo\n"
+        "RUN printf 'r2d-sub %s\\n' \"$(cat /srv/repo/lib/VERSION)\"\n"
+    )
+    repo = git_server.add_repo(name, {"Dockerfile": dockerfile})
+    return add_submodule(repo.path, sub_url, "lib", sha)
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_submodules_allowed_are_built_refused_fail_naming_them(
+    make_manager, git_server, builder
+):
+    """Submodule URLs are held to the allow-list: an allowed one (relative, resolved against
+    the parent) is built; one the allow-list does not admit fails the build naming it, although
+    its server is reachable (today's main fetched it)."""
+    import secrets as _secrets
+
+    tag = f"{builder}-{_secrets.token_hex(3)}"
+    m = await make_manager(
+        builder, allowed_repo_patterns=[rf"^git://127\.0\.0\.1:\d+/(ok|bad|lib)-{tag}$"]
+    )
+    lib = git_server.add_repo(f"lib-{tag}", {"VERSION": "2\n"})
+    _repo_with_submodule(git_server, f"ok-{tag}", f"../lib-{tag}", lib.head)
+    build = (await m.submit(repo=git_server.url(f"ok-{tag}"), owner=f"s-{tag}", name="ok")).build
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
+    assert any("r2d-sub 2" in line for line in messages(build)), messages(build)[-8:]
+
+    # hello is served by the same reachable daemon, but not on the allow-list
+    hello = git_server.repos["hello"]
+    _repo_with_submodule(git_server, f"bad-{tag}", git_server.url("hello"), hello.tags["v2"])
+    build = (await m.submit(repo=git_server.url(f"bad-{tag}"), owner=f"s-{tag}", name="bad")).build
+    await wait_done(build)
+    assert build.state == BuildState.FAILED, messages(build)[-5:]
+    assert "submodule 'lib'" in build.error and "not allowed" in build.error, build.error
+    assert [g.name for g in await m.list_images([f"s-{tag}"])] == ["ok"]
+
+
+ISSUE_9_INJECTION = 'https://[v1.a"][core]fsmonitor=touch${IFS}PWNED;@github.com/attacker/repo.git'
+
+
+class _AnonymousHTTP:
+    """Mixin for tests.test_refs._GitHTTP: serve everybody (the auth check always passes)."""
+
+    def _backend(self, body_in: bytes) -> None:
+        import base64
+
+        from tests.test_refs import PASSWORD, USER
+
+        del self.headers["Authorization"]
+        self.headers["Authorization"] = (
+            "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        )
+        super()._backend(body_in)
+
+
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker_host, builder):
+    """Issue 9, defect 1. The issue's URL with credentials and a full sha is refused at
+    validation. Below validation, the mechanism: a builder handed that kind of URL directly
+    (pointed at a reachable anonymous server, as today's main would clone it) refuses it in the
+    fetch stage, and the fsmonitor command never runs (no PWNED file anywhere)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from r2d_core.models import Build, Credentials
+    from tests.test_refs import PASSWORD, USER, _GitHTTP
+
+    m = await make_manager(builder)
+    sha = git_server.repos["hello"].head
+    with pytest.raises(InvalidRequest):
+        await m.submit(
+            repo=ISSUE_9_INJECTION,
+            ref=sha,
+            owner="mallory",
+            name="x",
+            credentials=Credentials("x", "x"),
+        )
+    assert m.list_builds(["mallory"]) == []  # (a docker manager also recovers older builds)
+
+    handler = type(
+        "Anon", (_AnonymousHTTP, _GitHTTP), {"root": str(git_server.repos["hello"].path.parent)}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        # as the issue's, but the command leaves the checkout (repo2docker removes that) first
+        raw = f'http://[v1.a"][core]fsmonitor=cd${{IFS}}..&&touch${{IFS}}PWNED;@127.0.0.1:{port}/hello'
+        build = Build(
+            id=f"inject{builder}",
+            owner="mallory",
+            name="x",
+            repo=raw,  # never validated: straight to the builder
+            ref=sha,
+            sha=sha,
+            image=f"r2d-test-inject-{builder}:{sha}",
+            credentials=Credentials(USER, PASSWORD),
+        )
+        m.builder.allowed_repo_patterns = [r"^http://"]
+        process = await m.builder.start(build)
+        lines = [line async for line in process.output()]
+        status = await process.wait()
+        if builder == "docker":
+            changed = _docker(docker_host, "diff", f"r2d-build-{build.id}").decode()
+            await m.builder.forget(build)
+            assert "PWNED" not in changed  # today's main: /tmp/PWNED
+        else:
+            import os
+
+            found = [f for _d, _s, files in os.walk(process.workdir) for f in files]
+            await process.cleanup()
+            assert "PWNED" not in found
+        text = "\n".join(lines)
+        assert status != 0 and "Fetching the repository failed" in text, lines[-5:]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_tenancy_one_engine_shares_local_images_and_cache_mounts(make_manager, git_server):
+    """The documented residual risk of one engine for several owners (docs/explanation/
+    security-tenancy.md): BuildKit's docker driver resolves ``FROM`` against the engine's image
+    store, so bob's build can start ``FROM`` alice's local image and read what it holds, and
+    ``RUN --mount=type=cache`` caches are shared engine-wide. If this test starts failing, the
+    engine isolates owners: update the page."""
+    import secrets as _secrets
+
+    from tests.harness import BUSYBOX_IMAGE
+
+    tag = _secrets.token_hex(3)
+    m = await make_manager()
+    writer = (
+        f"FROM {BUSYBOX_IMAGE}\nCOPY . /srv/repo\n"
+        f"RUN --mount=type=cache,id=shared-{tag},target=/c echo alice-secret-{tag} > /c/note\n"
+    )
+    git_server.add_repo(f"alice-{tag}", {"Dockerfile": writer, "SECRET": f"alice-file-{tag}\n"})
+    alice = (
+        await m.submit(repo=git_server.url(f"alice-{tag}"), owner=f"alice-{tag}", name="a")
+    ).build
+    await wait_done(alice)
+    assert alice.state == BuildState.BUILT, (alice.error, messages(alice)[-5:])
+
+    reader = (
+        f"FROM {alice.image}\n"
+        f"RUN --mount=type=cache,id=shared-{tag},target=/c "
+        'printf \'r2d-read %s %s\\n\' "$(cat /srv/repo/SECRET)" "$(cat /c/note)"\n'
+    )
+    git_server.add_repo(f"bob-{tag}", {"Dockerfile": reader})
+    bob = (await m.submit(repo=git_server.url(f"bob-{tag}"), owner=f"bob-{tag}", name="b")).build
+    await wait_done(bob)
+    assert bob.state == BuildState.BUILT, (bob.error, messages(bob)[-5:])
+    assert any(f"r2d-read alice-file-{tag} alice-secret-{tag}" in line for line in messages(bob)), (
+        messages(bob)[-8:]
+    )
+
+
+async def test_a_build_container_that_never_started_is_removed_at_recovery(
+    make_manager, git_server, docker_host
+):
+    """The service stopped between creating a build container (credentials file copied in)
+    and starting it: the next service process removes it instead of keeping it as history."""
+    from r2d_core.engine import tar_files
+    from r2d_core.models import Build, build_labels
+
+    m = await make_manager("docker")
+    sha = git_server.repos["hello"].head
+    build = Build(
+        id="neverstarted1",
+        owner="nora",
+        name="hello",
+        repo=git_server.url("hello"),
+        ref="main",
+        sha=sha,
+        image=m.image_for("nora", "hello", sha),
+    )
+    engine = DockerEngine(host=docker_host)
+    try:
+        cid = await engine.create_container(
+            {"Image": REPO2DOCKER_IMAGE, "Cmd": ["true"], "Labels": build_labels(build, "build")},
+            name=f"r2d-build-{build.id}",
+        )
+        secret = {"/tmp/repo2docker-service/credentials.json": (b'{"password": "x"}', 0o600)}
+        await engine.put_archive(cid, "/", tar_files(secret))
+        recovered = await m.builder.recover()
+        assert build.id not in [r.fields.get("build-id") for r in recovered]
+        ids = {c["Id"] for c in await engine.list_build_containers()}
+        assert cid not in ids
+    finally:
+        await engine.remove_container(f"r2d-build-{build.id}")
+        await engine.close()
