@@ -26,7 +26,10 @@ How git runs (see :func:`git_environment`):
 * submodules: every URL in ``.gitmodules`` (relative ones resolved against their parent's
   canonical URL) is parsed with the URL model and held to the same allow-list and address rule,
   nested ones too (at most :data:`MAX_SUBMODULE_DEPTH` levels, :data:`MAX_SUBMODULES` in all),
-  each cloned by its own git process; a refused one fails the build with a message naming it.
+  each cloned by its own git process; a refused one fails the build with a message naming it;
+* bounded: one deadline for the whole stage (``timeout``), one byte budget for all object stores
+  (``max_bytes``), git's output kept to :data:`MAX_GIT_OUTPUT`; run as root (the build
+  container), git runs as ``git_uid`` (65534) in directories it owns, away from the engine socket.
 
 Credentials: read from a file that is deleted before anything else happens (DockerBuilder: a
 0600 file copied into the container before start) or from stdin (LocalProcessBuilder: a pipe),
