@@ -31,10 +31,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and format check."""
-    session.install("ruff")
+    """ruff check and format check; bandit (security findings; reasons in pyproject.toml and in
+    `# nosec BXXX - why` comments)."""
+    session.install("ruff", "bandit[toml]>=1.8")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("bandit", "-q", "-c", "pyproject.toml", "-r", "r2d_core", "r2d_tornado", "r2d_tljh")
 
 
 @nox.session

@@ -6,8 +6,11 @@ from ._version import __version__
 from .errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
     R2DError,
     RateLimited,
     RefTimeout,
@@ -21,8 +24,11 @@ from .errors import (
 __all__ = [
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "PayloadTooLarge",
+    "QuotaExceeded",
     "R2DError",
     "RateLimited",
     "RefTimeout",

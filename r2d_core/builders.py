@@ -436,7 +436,7 @@ class DockerBuilder(Builder):
     """
 
     kind = "docker"
-    _config_dir = "/tmp/repo2docker-service"
+    _config_dir = "/tmp/repo2docker-service"  # nosec B108  # inside the build container, made for this build alone
 
     image = Unicode(
         "quay.io/jupyterhub/repo2docker:2026.4.0",

@@ -160,6 +160,46 @@ class DockerEngine(LoggingConfigurable):
                 self.client.images.delete(reference, noprune=False), self.timeout
             )
 
+    async def list_dangling_images(self) -> list[dict[str, Any]]:
+        """Untagged images carrying our owner label (never anybody else's images)."""
+        filters = {"dangling": ["true"], "label": [f"{LABEL_PREFIX}owner"]}
+        with docker_errors("list dangling images"):
+            return await asyncio.wait_for(self.client.images.list(filters=filters), self.timeout)
+
+    # ---- disk and caches (raw API: aiodocker wraps none of these) ----------------------------
+    async def info(self) -> dict[str, Any]:
+        """``GET /info`` (``DockerRootDir``, ``Driver``, ...)."""
+        with docker_errors("read the engine's info"):
+            return await asyncio.wait_for(self.client._query_json("info"), self.timeout)
+
+    async def disk_usage(self) -> dict[str, Any]:
+        """``GET /system/df``: what images, containers, volumes and the build cache take."""
+        with docker_errors("read the engine's disk usage"):
+            return await asyncio.wait_for(self.client._query_json("system/df"), self.timeout)
+
+    async def prune_build_cache(self, keep_storage: int) -> dict[str, Any]:
+        """``POST /build/prune?keep-storage=N``: BuildKit drops its least recently used cache
+        until at most ``keep_storage`` bytes are left (API 1.39+, dockerd 18.09+)."""
+        with docker_errors("prune the build cache"):
+            return await asyncio.wait_for(
+                self.client._query_json(
+                    "build/prune", method="POST", params={"keep-storage": str(keep_storage)}
+                ),
+                # pruning a large cache takes a while: a generous bound, still a bound
+                max(self.timeout, 300.0),
+            )
+
+    async def containers_by_image(self) -> dict[str, list[dict[str, Any]]]:
+        """Every container on the engine (running or not), grouped by its image id."""
+        with docker_errors("list containers"):
+            containers = await asyncio.wait_for(
+                self.client._query_json("containers/json", params={"all": "1"}), self.timeout
+            )
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for container in containers:
+            grouped.setdefault(container.get("ImageID", ""), []).append(container)
+        return grouped
+
     # ---- containers -------------------------------------------------------------------------
     async def list_build_containers(self) -> list[dict[str, Any]]:
         with docker_errors("list build containers"):

@@ -13,10 +13,16 @@ messages are written for the person who has to act on them, and never contain cr
     ├── Forbidden           403  identity known, permission missing
     ├── NotFound            404  no such build, image or tag
     ├── Conflict            409  would overwrite another owner's image, build already finished, ...
+    │   └── QuotaExceeded   409  a new image would exceed the owner's image or byte limit
+    ├── PayloadTooLarge     413  a request body over the documented limit
     ├── RateLimited         429  a registry asked us to slow down
     └── Unavailable         503  Docker engine, git server or registry unreachable
         ├── UpstreamError   502  a peer answered, but not as the API says it should
+        ├── InsufficientStorage 503  the engine's disk is too full for new builds
         └── RefTimeout      504  the git server did not send its refs within ref_timeout
+
+Anything else reaching an adapter is a bug: :func:`error_response` answers it with 500 and a body
+that says nothing about the internals (the adapter logs the traceback).
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from __future__ import annotations
 __all__ = [
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "PayloadTooLarge",
+    "QuotaExceeded",
     "R2DError",
     "RateLimited",
     "RefTimeout",
@@ -33,6 +42,7 @@ __all__ = [
     "Unavailable",
     "UnknownRef",
     "UpstreamError",
+    "error_response",
     "http_status",
 ]
 
@@ -83,6 +93,22 @@ class Conflict(R2DError):
     code = "conflict"
 
 
+class QuotaExceeded(Conflict):
+    """The owner is at a limit of :class:`~r2d_core.lifecycle.LifecyclePolicy`.
+
+    409, not 403 (the caller may build, nothing is wrong with their permissions) nor 413 (nothing
+    is wrong with the request body): the owner's current state conflicts with the request, and the
+    owner can resolve it (delete images) and send it again. ``limit`` names the setting.
+    """
+
+    code = "quota_exceeded"
+
+
+class PayloadTooLarge(R2DError):
+    status = 413
+    code = "too_large"
+
+
 class RateLimited(R2DError):
     status = 429
     code = "rate_limited"
@@ -102,6 +128,13 @@ class UpstreamError(Unavailable):
     code = "upstream_error"
 
 
+class InsufficientStorage(Unavailable):
+    """The Docker engine's data root has less free space than the disk guard demands (503, like
+    every "try again later" of the engine; ``free_bytes`` and ``min_free_bytes`` say how much)."""
+
+    code = "insufficient_storage"
+
+
 class RefTimeout(Unavailable):
     """Resolving a ref took longer than ``BuildManager.ref_timeout`` (in total, not per read)."""
 
@@ -114,3 +147,17 @@ def http_status(error: BaseException) -> int:
     if isinstance(error, R2DError):
         return error.status
     return 500
+
+
+def error_response(error: BaseException) -> tuple[int, dict[str, object]]:
+    """The HTTP status and JSON body an adapter answers for ``error``.
+
+    An :class:`R2DError` says what went wrong; anything else is a bug in the service: 500 with a
+    generic message (the adapter logs the exception; its text may name internals).
+    """
+    if isinstance(error, R2DError):
+        return error.status, error.to_dict()
+    return 500, {
+        "error": "internal",
+        "message": "the service failed unexpectedly; the administrator finds the details in its log",
+    }

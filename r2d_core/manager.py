@@ -1,12 +1,19 @@
-"""The build manager: the one core API every adapter translates.
+"""The build manager: the one core API every adapter translates (a small façade).
 
-State lives in memory and in Docker only (no database, no state files):
+State lives in memory and in Docker only (no database, no state files). The work is done by
+three parts, each in its own module:
 
-* built images are found by their labels (owner, name, repo, ref, sha, build id) and indexed in
-  memory, refreshed from Docker after a short TTL and after every change we make;
-* builds are kept in memory while they run and for a bounded history afterwards; with the
-  :class:`~r2d_core.builders.DockerBuilder` they also live in labelled build containers, so a new
-  manager (after a restart) finds running builds, re-reads their logs and follows them to the end.
+* :mod:`r2d_core.scheduler` — builds waiting for a slot, the per-owner and global limits, one
+  build per image (a second request joins it);
+* :mod:`r2d_core.runner` — running one build: start repo2docker, follow its log, push, finish;
+* :mod:`r2d_core.catalog` — the image index (Docker labels merged with the registry), who owns
+  which reference, deletes.
+
+The manager holds the settings (every ``c.BuildManager.*`` trait), the build history, the
+connection to the engine (reconnecting when it comes back), recovery after a restart (with
+:class:`~r2d_core.builders.DockerBuilder`, builds live in labelled containers, so a new manager
+finds running builds, re-reads their logs and follows them to the end), and two hook points for
+an image lifecycle policy: :meth:`BuildManager.before_queue` and :meth:`BuildManager.after_built`.
 
 The manager never checks *who* may do something: adapters do that with :mod:`r2d_core.scopes` and
 pass the owner explicitly. It does enforce what holds for everybody: valid inputs, an image never
@@ -17,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -30,25 +35,26 @@ from traitlets.config import LoggingConfigurable
 
 from . import metrics
 from .builders import Builder, BuildProcess, LocalProcessBuilder, RecoveredBuild
+from .catalog import ImageCatalog
 from .engine import DockerEngine
-from .errors import Conflict, InvalidRequest, NotFound, R2DError, RateLimited, Unavailable
+from .errors import Conflict, InvalidRequest, NotFound, R2DError, Unavailable
+from .lifecycle import LifecyclePolicy
 from .logs import LogBuffer
 from .models import (
     Build,
     BuildState,
     Credentials,
     ImageGroup,
-    ImageVersion,
     SubmitResult,
     new_build_id,
-    parse_labels,
     parse_time,
-    short_error,
 )
-from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, image_reference, parse_reference, validate_template
+from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .netpolicy import NetPolicy, parse_networks
 from .refs import resolve_ref
 from .registry.config import Registry
+from .runner import BuildRunner
+from .scheduler import Scheduler
 from .validation import (
     DEFAULT_ALLOWED_REPO_PATTERNS,
     check_allowed_pattern,
@@ -60,14 +66,6 @@ from .validation import (
 )
 
 __all__ = ["BuildManager"]
-
-# A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
-_STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
-_PHASES = {
-    "fetching": BuildState.FETCHING,
-    "building": BuildState.BUILDING,
-    "pushing": BuildState.PUSHING,
-}
 
 
 def _env_int(name: str, fallback: int) -> int:
@@ -272,32 +270,51 @@ class BuildManager(LoggingConfigurable):
     def _default_registry(self) -> Registry:
         return Registry(parent=self)
 
+    #: retention, quotas, disk guard and pruning (configured by ``c.LifecyclePolicy.*``)
+    lifecycle = Instance(LifecyclePolicy)
+
+    @default("lifecycle")
+    def _default_lifecycle(self) -> LifecyclePolicy:
+        return LifecyclePolicy(parent=self, manager=self)
+
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # settings read from the environment are checked now, not at the first build request
         self.allowed_repo_patterns, self.allowed_networks  # noqa: B018
         self._builds: OrderedDict[str, Build] = OrderedDict()
-        self._active: dict[str, Build] = {}  # image reference -> queued or running build
-        self._queue: list[Build] = []
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._processes: dict[str, BuildProcess] = {}
-        self._images: dict[str, ImageVersion] = {}
-        self._images_at = 0.0
-        self._images_lock = asyncio.Lock()
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
         self._reconnect_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
-        self._image_warnings: list[str] = []
-        self._all_groups: list[ImageGroup] = []
-        self._images_loaded = False
-        self._images_refresh: asyncio.Task[None] | None = None
+        self.scheduler = Scheduler(self)
+        self.catalog = ImageCatalog(
+            settings=self,
+            engine=self.engine,
+            registry=self.registry,
+            engine_call=self._engine_call,
+            log=self.log,
+        )
+        self.runner = BuildRunner(
+            engine=self.engine,
+            builder=self.builder,
+            registry=self.registry,
+            catalog=self.catalog,
+            on_done=self._release,
+            on_unavailable=self._mark_unavailable,
+            log=self.log,
+        )
+
+    @property
+    def _processes(self) -> dict[str, BuildProcess]:
+        """build id -> repo2docker process (the TLJH plugin stops local ones at Hub exit)."""
+        return self.runner.processes
 
     @property
     def image_warnings(self) -> list[str]:
         """Why the last image listing may be incomplete (e.g. the registry was unreachable)."""
-        return list(self._image_warnings)
+        return self.catalog.warnings
 
     @property
     def ready(self) -> bool:
@@ -306,6 +323,7 @@ class BuildManager(LoggingConfigurable):
 
     async def start(self) -> None:
         """Load state from Docker; if the engine is down, keep trying in the background."""
+        await self.lifecycle.start()
         try:
             await self._sync()
         except Unavailable as e:
@@ -319,28 +337,29 @@ class BuildManager(LoggingConfigurable):
     async def stop(self) -> None:
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
-        for task in (self._reconnect_task, self._images_refresh):
-            if task is not None:
-                task.cancel()
-        for build in list(self._queue):
-            self._finish_cancelled(build, "the service stopped")
+        await self.lifecycle.stop()
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        self.catalog.close()
+        for build in self.scheduler.waiting:
+            self.runner.finish_cancelled(build, "the service stopped")
         if self.builder.kind == "local":
             await asyncio.gather(
                 *(p.cancel() for p in self._processes.values()), return_exceptions=True
             )
-        tasks = list(self._running.values())
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.builder.kind == "local":
             for build in list(self._builds.values()):
-                self._finish_cancelled(build, "stopped with the service")
+                self.runner.finish_cancelled(build, "stopped with the service")
         await self.engine.close()
         await self.registry.aclose()
 
     async def _sync(self) -> None:
         await self.engine.ping()
-        await self._refresh_images(force=True)
+        await self.catalog.refresh(force=True)
         for recovered in await self.builder.recover():
             self._adopt(recovered)
         self._ready = True
@@ -395,10 +414,10 @@ class BuildManager(LoggingConfigurable):
         )
         self._builds[build.id] = build
         if recovered.running:
-            self._active[build.image] = build
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
-        self._processes[build.id] = recovered.process
-        self._running[build.id] = asyncio.create_task(self._follow(build, recovered.process))
+        self.scheduler.hold(build, active=recovered.running)
+        self.runner.processes[build.id] = recovered.process
+        self._tasks[build.id] = asyncio.create_task(self.runner.follow(build, recovered.process))
         if not recovered.running:
             build.finished = recovered.finished
         self._update_gauges()
@@ -406,14 +425,7 @@ class BuildManager(LoggingConfigurable):
     # ---- submitting -------------------------------------------------------------------------------
     def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
         """The image reference a build of ``owner``'s ``name`` at ``sha`` produces."""
-        return image_reference(
-            self.image_name_template,
-            prefix=self.image_prefix,
-            owner=owner,
-            name=name,
-            sha=sha,
-            ref=ref,
-        )
+        return self.catalog.image_for(owner, name, sha, ref)
 
     async def submit(
         self,
@@ -451,55 +463,55 @@ class BuildManager(LoggingConfigurable):
         )
         image = self.image_for(owner, name, sha, ref)
         if push:
-            self._check_push_target(image)
+            self.catalog.check_push_target(image)
 
-        active = self._active.get(image)
+        active = self.scheduler.active_build(image)
         if active is not None:
+            self.lifecycle.touch(image)
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
 
         existing = await self._engine_call(self.engine.inspect_image(image))
         if existing is not None:
-            fields = parse_labels((existing.get("Config") or {}).get("Labels"))
-            if fields is None or fields.get("owner") != owner:
+            if self.catalog.owner_of((existing.get("Config") or {}).get("Labels")) != owner:
                 raise Conflict(
                     f"an image {image} that {owner} did not build exists already; refusing to "
                     "build over it (remove it from the Docker engine first)"
                 )
             push_only = False
             if not force:
-                if push and not await self._in_registry(image):
+                if push and not await self.catalog.in_registry(image):
                     push_only = True  # built, never pushed (or the push failed): push it now
                 else:
                     # the index is fresh enough unless it does not know this image yet
-                    await self._refresh_images(force=image not in self._images)
+                    await self.catalog.refresh(force=not self.catalog.knows(image))
+                    self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self._group(owner, name))
+                    return SubmitResult(image=self.catalog.group(owner, name))
             previous_image_id = None if push_only else existing.get("Id")
         else:
             previous_image_id = None
             push_only = False
             if not force and self.registry.configured:
-                remote = await self._registry_image(image)
+                remote = await self.catalog.registry_image(image)
                 if remote is not None:
-                    fields = parse_labels(remote.labels)
-                    if fields is None or fields.get("owner") != owner:
+                    if self.catalog.owner_of(remote.labels) != owner:
                         raise Conflict(
                             f"the registry has an image {image} that {owner} did not build; "
                             "refusing to build over it"
                         )
-                    await self._refresh_images(force=True)
+                    await self.catalog.refresh(force=True)
+                    self.lifecycle.touch(image)
                     metrics.SUBMISSIONS.labels("skipped").inc()
-                    return SubmitResult(image=self._group(owner, name))
+                    return SubmitResult(image=self.catalog.group(owner, name))
 
-        active = self._active.get(image)  # again: another request may have queued it meanwhile
+        await self.before_queue(owner, image)
+        active = self.scheduler.active_build(image)  # again: another request may have queued it
         if active is not None:
+            self.lifecycle.touch(image)
             metrics.SUBMISSIONS.labels("joined").inc()
             return SubmitResult(build=active, joined=True)
-        if len(self._queue) >= self.max_queued_builds:
-            raise RateLimited(
-                f"{len(self._queue)} builds are waiting already; try again later", retry_after=30
-            )
+        self.scheduler.check_room()
         build = Build(
             id=new_build_id(),
             owner=owner,
@@ -516,8 +528,7 @@ class BuildManager(LoggingConfigurable):
             log=self._new_log(),
         )
         self._builds[build.id] = build
-        self._active[image] = build
-        self._queue.append(build)
+        self.scheduler.enqueue(build)
         metrics.SUBMISSIONS.labels("queued").inc()
         self.log.info("Queued build %s: %s@%s (%s) for %s", build.id, repo, ref, sha[:12], owner)
         self._schedule()
@@ -526,277 +537,67 @@ class BuildManager(LoggingConfigurable):
     def _new_log(self) -> LogBuffer:
         return LogBuffer(self.max_log_lines)
 
-    # ---- scheduling -------------------------------------------------------------------------------
-    def _running_count(self, owner: str | None = None) -> int:
-        return sum(
-            1
-            for build_id in self._running
-            if not self._builds[build_id].done
-            and (owner is None or self._builds[build_id].owner == owner)
-        )
+    # ---- hooks for an image lifecycle policy -------------------------------------------------------
+    async def before_queue(self, owner: str, image: str) -> None:
+        """Called by :meth:`submit` right before a new build of ``image`` for ``owner`` is queued
+        (after validation, ref resolution and the "built already"/"join" checks; never for a
+        request that joins or skips). Raise an :class:`~r2d_core.errors.R2DError` (e.g.
+        ``RateLimited``, ``Unavailable``) to refuse the build: the adapters answer with its status.
+        Default: the lifecycle policy's quotas and disk guard."""
+        await self.lifecycle.check_submit(owner, image)
+        self.lifecycle.touch(image)
 
+    def after_built(self, build: Build) -> None:
+        """Called once when ``build`` ended ``built`` (its image is in the index already), before
+        the next waiting build starts. Must not block: start a task for slow work. Default:
+        the lifecycle policy's retention and build cache check, in a task."""
+        self.lifecycle.build_done(build)
+
+    async def forget_build(self, build: Build) -> None:
+        """Drop a finished build from memory and its build container (and log) from Docker."""
+        if not build.done:
+            raise Conflict(f"build {build.id} is {build.state.value}, not finished")
+        self._builds.pop(build.id, None)
+        await self.builder.forget(build)
+
+    # ---- scheduling -------------------------------------------------------------------------------
     def _schedule(self) -> None:
         if self._stopping or not self._ready:
             return
-        for build in list(self._queue):
-            if self._running_count() >= self.max_concurrent_builds:
-                break
-            if self._running_count(build.owner) >= self.max_builds_per_owner:
-                continue
-            self._queue.remove(build)
+        for build in self.scheduler.startable():
             build.state = BuildState.FETCHING
             build.started = time.time()
             build.log.notify()
-            self._running[build.id] = asyncio.create_task(self._run(build))
+            self._tasks[build.id] = asyncio.create_task(self.runner.run(build))
         self._update_gauges()
 
     def _update_gauges(self) -> None:
-        metrics.QUEUE_LENGTH.set(len(self._queue))
-        metrics.BUILDS_IN_PROGRESS.set(self._running_count())
+        metrics.QUEUE_LENGTH.set(len(self.scheduler.waiting))
+        metrics.BUILDS_IN_PROGRESS.set(self.scheduler.running_count())
 
     def queue_position(self, build: Build) -> int | None:
-        try:
-            return self._queue.index(build)
-        except ValueError:
-            return None
-
-    async def _run(self, build: Build) -> None:
-        if build.push_only:
-            build.log.append("pushing", f"{build.image} is built already: pushing it")
-            await self._push(build)
-            await self._refresh_quietly()
-            self._finish(build, exit_code=0)
-            return
-        try:
-            if build.previous_image_id is not None:
-                # repo2docker reuses an existing tag instead of building: move it aside for a
-                # forced rebuild, under a backup tag that keeps the image (and that listings
-                # ignore), and put it back if the rebuild does not succeed (see _complete)
-                await self.engine.tag_image(build.previous_image_id, self._backup_tag(build))
-                await self.engine.remove_image(build.image)
-            process = await self.builder.start(build)
-        except R2DError as e:
-            if isinstance(e, Unavailable):
-                self._mark_unavailable(e)
-            build.log.append("failed", f"Could not start the build: {e}")
-            await self._complete(build, exit_code=None, error=str(e))
-            return
-        self._processes[build.id] = process
-        if build.cancel_requested:
-            await process.cancel()
-        await self._follow(build, process)
-
-    async def _follow(self, build: Build, process: BuildProcess) -> None:
-        # A CancelledError (the service stopping) propagates without completing the build: a
-        # DockerBuilder build goes on and the next service process follows it again.
-        error: str | None = None
-        exit_code: int | None = None
-        try:
-            async for raw in process.output():
-                self._handle_line(build, raw)
-            exit_code = await process.wait()
-        except R2DError as e:
-            error = f"lost contact with the build: {e}"
-            if isinstance(e, Unavailable):
-                self._mark_unavailable(e)
-        with contextlib.suppress(Exception):
-            await process.cleanup()
-        await self._complete(build, exit_code, error)
-
-    def _handle_line(self, build: Build, raw: str) -> None:
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError
-            message = str(record.get("message", "")).rstrip("\n")
-            phase = str(record.get("phase", build.state.value))
-        except ValueError:
-            message, phase = raw, build.state.value
-        if phase == "failed":
-            build.error = build.error or short_error(message) or None
-        state = _PHASES.get(phase)
-        if state is not None and not build.done and state != build.state:
-            build.state = state
-        for line in message.split("\n") if message else [""]:
-            build.log.append(
-                phase
-                if phase in ("fetching", "building", "pushing", "failed")
-                else build.state.value,
-                line,
-            )
-
-    async def _complete(self, build: Build, exit_code: int | None, error: str | None) -> None:
-        try:
-            await self._finish_run(build, exit_code, error)
-        finally:
-            if build.previous_image_id is not None:
-                with contextlib.suppress(R2DError):
-                    if build.state != BuildState.BUILT:
-                        await self.engine.tag_image(build.previous_image_id, build.image)
-                    await self.engine.remove_image(self._backup_tag(build))
-                    await self._refresh_images(force=True)
-            build.previous_image_id = None
-
-    @staticmethod
-    def _backup_tag(build: Build) -> str:
-        return f"{build.repository}:r2d-previous-{build.id}"
-
-    async def _finish_run(self, build: Build, exit_code: int | None, error: str | None) -> None:
-        if build.cancel_requested:
-            self._finish_cancelled(build, "cancelled")
-            try:
-                await self.builder.forget(build)
-            except R2DError as e:
-                self.log.warning(
-                    "Could not remove what is left of cancelled build %s: %s", build.id, e
-                )
-            return
-        if exit_code == 0 and error is None:
-            found = None
-            with contextlib.suppress(Unavailable):
-                found = await self.engine.inspect_image(build.image)
-            if found is not None:
-                if build.push and not build.cancel_requested:
-                    await self._push(build)
-                # the index knows the image before anyone hears the build is done
-                await self._refresh_quietly()
-                self._finish(build, exit_code=0)
-                return
-            error = f"repo2docker finished but the image {build.image} is not in the Docker engine"
-        if error is None:
-            error = f"repo2docker exited with status {exit_code}"
-        self._finish(build, exit_code=exit_code, error=error)
-
-    # ---- registry ---------------------------------------------------------------------------------
-    def _check_push_target(self, image: str) -> None:
-        domain = parse_reference(image).domain
-        if domain != self.registry.host:
-            raise InvalidRequest(
-                f"images are named {image}, which is not in the registry {self.registry.host}: set "
-                f"c.BuildManager.image_prefix to start with it, e.g. '{self.registry.host}/r2d-'",
-                field="push",
-            )
-
-    def _registry_prefix(self) -> str:
-        """The repository-name prefix our images have inside the registry (for the catalog)."""
-        host = self.registry.host
-        if not self.image_name_template.startswith("{prefix}"):
-            return ""
-        prefix = self.image_prefix
-        return prefix[len(host) + 1 :] if host and prefix.startswith(host + "/") else ""
-
-    def _registry_location(self, image: str) -> tuple[str, str] | None:
-        """(path, tag) of ``image`` in the configured registry, or None if it is not there."""
-        parsed = parse_reference(image)
-        if parsed.domain != self.registry.host or not parsed.tag:
-            return None
-        return parsed.path, parsed.tag
-
-    async def _registry_image(self, image: str) -> Any:
-        """The registry's image for ``image``, or None (also when the registry is unreachable)."""
-        location = self._registry_location(image)
-        if location is None:
-            return None
-        try:
-            return await self.registry.client().image(*location)
-        except NotFound:
-            return None
-        except R2DError as e:
-            self.log.warning("Registry lookup of %s failed: %s", image, e)
-            return None
-
-    async def _in_registry(self, image: str) -> bool:
-        location = self._registry_location(image)
-        if location is None:
-            return False
-        try:
-            await self.registry.client().digest(*location)
-            return True
-        except R2DError:
-            return False
-
-    async def _push(self, build: Build) -> None:
-        """Push the built image through the engine; a failure leaves the build built, not pushed."""
-        build.state = BuildState.PUSHING
-        build.log.notify()
-        parsed = parse_reference(build.image)
-        build.log.append("pushing", f"Pushing {build.image}")
-        seen: dict[str, str] = {}
-        try:
-            credentials = self.registry.credentials()
-            auth = {"username": credentials[0], "password": credentials[1]} if credentials else None
-            async for record in self.engine.push_image(
-                parsed.repository, parsed.tag or "latest", auth
-            ):
-                if record.get("error"):
-                    raise Unavailable(f"push failed: {record['error']}")
-                status, layer = record.get("status", ""), record.get("id", "")
-                # one line per layer state ("Preparing", "Pushed", ...), not per progress tick
-                if (
-                    status
-                    and seen.get(layer) != status
-                    and not (record.get("progressDetail") or {}).get("current")
-                ):
-                    seen[layer] = status
-                    build.log.append("pushing", f"{layer}: {status}" if layer else status)
-            self.registry.client().invalidate(parsed.path)
-            build.push_error = None
-            build.log.append("pushing", f"Pushed {build.image}")
-        except R2DError as e:
-            build.push_error = str(e)
-            build.log.append(
-                "pushing",
-                f"Push failed: {e} (the image is built locally; request the build again with push to retry)",
-            )
-
-    def _failed_step(self, build: Build) -> str | None:
-        for line in reversed(build.log.lines(max(0, build.log.total - 400))):
-            if _STEP_RE.match(line.message):
-                return line.message.strip()
-        return None
-
-    def _finish(self, build: Build, *, exit_code: int | None, error: str | None = None) -> None:
-        build.exit_code = exit_code
-        build.finished = build.finished if build.recovered and build.finished else time.time()
-        if error is None:
-            build.state = BuildState.BUILT
-            build.log.append("built", f"Built {build.image}")
-        else:
-            build.state = BuildState.FAILED
-            build.failed_step = self._failed_step(build)
-            if build.error is None or build.error == error or not build.error:
-                build.error = error
-            elif error not in build.error:
-                build.error = f"{build.error} ({error})"
-        self._release(build)
-
-    def _finish_cancelled(self, build: Build, reason: str) -> None:
-        if build.done:
-            return
-        build.state = BuildState.CANCELLED
-        build.finished = time.time()
-        build.error = None
-        if not build.log.closed:
-            build.log.append("cancelled", f"Build {reason}")
-        if build in self._queue:
-            self._queue.remove(build)
-        self._release(build)
+        return self.scheduler.queue_position(build)
 
     def _release(self, build: Build) -> None:
+        """A build is done (``BuildRunner.on_done``): free its slot, start what waits."""
         outcome = build.state.value
         metrics.BUILDS.labels(outcome).inc()
         if build.started and build.finished and not build.recovered:
             metrics.BUILD_DURATION.labels(outcome).observe(max(0.0, build.finished - build.started))
         if not build.log.closed:
             build.log.close()
-        if self._active.get(build.image) is build:
-            del self._active[build.image]
-        self._processes.pop(build.id, None)
-        self._running.pop(build.id, None)
+        self.scheduler.release(build)
+        self.runner.processes.pop(build.id, None)
+        self._tasks.pop(build.id, None)
         build.credentials = None  # not needed any more: drop the secret from memory
         self.log.info(
             "Build %s %s%s", build.id, build.state.value, f": {build.error}" if build.error else ""
         )
+        if build.state == BuildState.BUILT:
+            try:
+                self.after_built(build)
+            except Exception:
+                self.log.exception("after_built hook failed for build %s", build.id)
         self._trim_history()
         self._schedule()
 
@@ -836,199 +637,32 @@ class BuildManager(LoggingConfigurable):
             raise Conflict(f"build {build_id} is {build.state.value} already")
         build.cancel_requested = True
         reason = f"cancelled by {by}" if by else "cancelled"
-        if build in self._queue:
-            self._finish_cancelled(build, reason)
+        if self.scheduler.is_waiting(build):
+            self.runner.finish_cancelled(build, reason)
             return build
-        process = self._processes.get(build.id)
+        process = self.runner.processes.get(build.id)
         if process is not None:
             build.log.append(build.state.value, f"Cancelling ({reason})")
             await process.cancel()
-        task = self._running.get(build.id)
+        task = self._tasks.get(build.id)
         if task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), wait)
         return build
 
     # ---- images -----------------------------------------------------------------------------------
-    async def _refresh_images(self, force: bool = False) -> None:
-        """Bring the image index up to date with Docker (and the registry).
-
-        A stale index is refreshed in the background while callers get the current one
-        (stale-while-revalidate), so listings never wait for Docker; ``force`` waits.
-        """
-        if not force and time.monotonic() - self._images_at < self.image_cache_ttl:
-            return
-        if not force and self._images_loaded and self.image_cache_ttl > 0:
-            if self._images_refresh is None or self._images_refresh.done():
-                self._images_refresh = asyncio.create_task(self._refresh_quietly(force=False))
-            return
-        await self._load_images(force)
-
-    async def _refresh_quietly(self, force: bool = True) -> None:
-        """Refresh the index; a failure is logged (listings report it), not raised."""
-        try:
-            await self._load_images(force)
-        except R2DError as e:
-            self.log.warning("Refreshing the image index failed: %s", e)
-
-    async def _load_images(self, force: bool) -> None:
-        async with self._images_lock:
-            if not force and time.monotonic() - self._images_at < self.image_cache_ttl:
-                return
-            summaries = await self._engine_call(self.engine.list_images())
-            images: dict[str, ImageVersion] = {}
-            for summary in summaries:
-                for tag in summary.get("RepoTags") or []:
-                    # Only the name our template gives these labels counts: an image labelled as
-                    # alice's but tagged elsewhere (by hand, or with an older template) is ignored.
-                    fields = self._owned_fields(summary.get("Labels"), tag)
-                    if fields is None:
-                        continue
-                    images[tag] = self._version(
-                        fields,
-                        tag,
-                        created=float(summary.get("Created") or 0),
-                        size=summary.get("Size"),
-                        local=True,
-                        image_id=summary.get("Id"),
-                    )
-            warnings: list[str] = []
-            if self.registry.configured:
-                try:
-                    remote = await self.registry.client().list_images(self._registry_prefix())
-                except R2DError as e:
-                    remote = []
-                    warnings.append(
-                        f"registry {self.registry.host} unavailable, showing local images only: {e}"
-                    )
-                for item in remote:
-                    self._merge_remote(images, item)
-            self._images = images
-            self._all_groups = self._build_groups(images)
-            self._images_loaded = True
-            self._image_warnings = warnings
-            # an incomplete listing is not trusted for the TTL: the next one asks again
-            self._images_at = 0.0 if warnings else time.monotonic()
-
-    def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
-        """Add a registry image to the index (or mark the local one pushed), if it is ours."""
-        fields = self._owned_fields(item.labels, item.reference)
-        if fields is None:
-            return
-        version = images.get(item.reference)
-        if version is not None:
-            version.pushed = True
-            version.digest = item.digest
-            return
-        images[item.reference] = self._version(
-            fields,
-            item.reference,
-            created=item.created.timestamp() if item.created else None,
-            size=item.size,
-            local=False,
-            pushed=True,
-            digest=item.digest,
-        )
-
-    def _owned_fields(self, labels: dict[str, str] | None, reference: str) -> dict[str, str] | None:
-        """Our label fields, if ``reference`` is the very name our template gives them."""
-        fields = parse_labels(labels)
-        if fields is None:
-            return None
-        try:
-            expected = self.image_for(
-                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
-            )
-        except InvalidRequest:
-            return None
-        return fields if reference == expected else None
-
-    @staticmethod
-    def _version(
-        fields: dict[str, str], reference: str, *, created: float | None, **found: Any
-    ) -> ImageVersion:
-        return ImageVersion(
-            reference=reference,
-            owner=fields["owner"],
-            name=fields["name"],
-            repo=fields.get("repo", ""),
-            ref=fields.get("ref", ""),
-            sha=fields["sha"],
-            created=parse_time(fields.get("created")) or created,
-            build_id=fields.get("build-id"),
-            **found,
-        )
-
-    @staticmethod
-    def _build_groups(images: dict[str, ImageVersion]) -> list[ImageGroup]:
-        """Versions grouped per (owner, name), newest first (once per refresh, not per request)."""
-        grouped: dict[tuple[str, str], list[ImageVersion]] = {}
-        for version in images.values():
-            grouped.setdefault((version.owner, version.name), []).append(version)
-        groups = []
-        for (owner, name), versions in grouped.items():
-            versions.sort(key=lambda v: v.created or 0, reverse=True)
-            groups.append(ImageGroup(owner, name, versions[0].repository, versions))
-        groups.sort(key=lambda g: g.newest.created or 0, reverse=True)
-        return groups
-
-    def _groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
-        if owners is None:
-            return list(self._all_groups)
-        return [g for g in self._all_groups if g.owner in owners]
-
-    def _group(self, owner: str, name: str) -> ImageGroup:
-        groups = [g for g in self._groups({owner}) if g.name == name]
-        if not groups:
-            raise NotFound(f"{owner} has no image {name!r}")
-        return groups[0]
-
     async def list_images(self, owners: Iterable[str] | None = None) -> list[ImageGroup]:
         """Built images, grouped per (owner, name), newest first."""
-        await self._refresh_images()
-        return self._groups(set(owners) if owners is not None else None)
+        return await self.catalog.list_images(owners)
 
     async def get_image(self, owner: str, name: str) -> ImageGroup:
-        await self._refresh_images()
-        return self._group(owner, name)
+        return await self.catalog.get_image(owner, name)
 
     async def delete_image(
         self, owner: str, name: str, tag: str | None = None
     ) -> dict[str, list[Any]]:
         """Delete all versions of an image, or the one with ``tag``; report what failed."""
-        await self._refresh_images(force=True)
-        group = self._group(owner, name)
-        versions = [v for v in group.versions if tag is None or v.tag == tag]
-        if not versions:
-            raise NotFound(f"{owner}'s image {name!r} has no version {tag!r}")
-        deleted: list[str] = []
-        errors: list[dict[str, str]] = []
-        for version in versions:
-            ok = True
-            if version.local:
-                try:
-                    await self._engine_call(self.engine.remove_image(version.reference))
-                except NotFound:
-                    pass
-                except R2DError as e:
-                    ok = False
-                    errors.append({"image": version.reference, "where": "local", "message": str(e)})
-            if version.pushed and self.registry.configured:
-                parsed = parse_reference(version.reference)
-                try:
-                    await self.registry.client().delete(parsed.path, parsed.tag or "latest")
-                    self.registry.client().invalidate(parsed.path)
-                except NotFound:
-                    pass
-                except R2DError as e:
-                    ok = False
-                    errors.append(
-                        {"image": version.reference, "where": "registry", "message": str(e)}
-                    )
-            if ok:
-                deleted.append(version.reference)
-        await self._refresh_images(force=True)
-        return {"deleted": deleted, "errors": errors}
+        return await self.catalog.delete_image(owner, name, tag)
 
     # ---- health -----------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:

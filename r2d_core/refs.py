@@ -100,7 +100,10 @@ def git_env(url: str | RepoURL, credentials: Credentials | None = None) -> dict[
     """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/tmp"),
+        # never /tmp: any local user (a TLJH user's terminal) could plant /tmp/.gitconfig or
+        # /tmp/.ssh/config there (core.fsmonitor, ProxyCommand: commands run as the service);
+        # without $HOME (a root systemd unit), the account's own home from the password database
+        "HOME": os.environ.get("HOME") or os.path.expanduser("~"),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "/bin/false",
         "SSH_ASKPASS": "/bin/false",

@@ -8,7 +8,8 @@ Three scopes, each optionally filtered the way JupyterHub filters its own scopes
 
 ``custom:repo2docker:build`` alone means *every* namespace; ``...!user`` (arriving expanded as
 ``!user=NAME``) the caller's own, ``...!user=bob`` bob's, ``...!group=team`` the namespaces of the
-members of group ``team`` (resolved through the Hub API with the service's token, cached briefly).
+members of group ``team`` (resolved through the Hub API with the service's token, cached briefly),
+``...!server=alice/`` (what a single-user server's token carries) alice's.
 
 Pure functions (:func:`parse_permissions`) plus one async helper (:class:`Authorizer`) that needs the
 Hub only for group membership — no tornado here, like ``jupyterhub.scopes``.
@@ -91,9 +92,9 @@ class Permissions:
 def parse_permissions(scopes: Iterable[str], name: str, kind: str = "user") -> Permissions:
     """The caller's :class:`Permissions` from the scopes JupyterHub resolved for it.
 
-    ``!user`` unexpanded (as a role definition writes it) means the caller itself; any other
-    filter than ``user`` and ``group`` grants nothing here (``!server=``/``!service=`` do not name
-    an image namespace).
+    ``!user`` unexpanded (as a role definition writes it) means the caller itself;
+    ``!server=USER/NAME`` (a single-user server's token) means USER's namespace; any other filter
+    (``!service=``, ``!server`` unexpanded) grants nothing here.
     """
     grants: dict[str, Grant] = {}
     for scope in scopes:
@@ -111,6 +112,10 @@ def parse_permissions(scopes: Iterable[str], name: str, kind: str = "user") -> P
             grant = Grant(owners=frozenset({filter_[5:]}))
         elif filter_.startswith("group="):
             grant = Grant(groups=frozenset({filter_[6:]}))
+        elif filter_.startswith("server=") and "/" in filter_:
+            # a token of USER's server (its OAuth client's '!server' expands to
+            # '!server=USER/NAME'): the server acts in its owner's namespace, never beyond
+            grant = Grant(owners=frozenset({filter_[7:].split("/", 1)[0]}))
         else:
             continue
         for each in (action, *_IMPLIED.get(action, ())):

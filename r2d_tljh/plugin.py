@@ -7,9 +7,11 @@ TLJH discovers it through the ``tljh`` entry-point group (pluggy project ``tljh`
 * the handlers of :mod:`r2d_tornado.handlers` — the same code the standalone service runs — on
   JupyterHub's own ``BaseHandler``: identity and scopes are the ones the Hub resolved for the
   request (cookie or API token), no OAuth round trip;
-* the custom scopes, and default roles (admins: every namespace; users: their own) unless the
-  admin defined roles named ``repo2docker-admin``/``repo2docker-user`` or set
-  ``R2DPlugin.add_default_roles = False``.
+* the custom scopes and default grants (see :mod:`r2d_tljh.settings`).
+
+TLJH calls the hook before it loads ``jupyterhub_config.d``; the plugin's settings
+(``R2DPlugin``) and roles are therefore decided when the Hub has loaded its whole configuration
+(:func:`configure`), so the admin's last word applies whatever the load order.
 
 The :class:`~r2d_core.manager.BuildManager` is created on first use, in the Hub's event loop, from
 the Hub's final configuration (so ``jupyterhub_config.d`` files loaded after this hook apply), and
@@ -26,47 +28,38 @@ from typing import Any
 
 from jupyterhub.handlers import BaseHandler
 from pluggy import HookimplMarker
-from traitlets import Bool, Float, Unicode
-from traitlets.config import Config, Configurable
+from traitlets.config import Config
 
 from r2d_core.manager import BuildManager
-from r2d_core.scopes import SCOPE_PREFIX, Authorizer
+from r2d_core.scopes import Authorizer
 from r2d_tornado.handlers import ContextProvider, Identity, R2DContext, make_handlers
+
+from .settings import R2DPlugin, plan_hub_config, resolve_config_value
 
 __all__ = ["R2DPlugin", "configure", "tljh_custom_jupyterhub_config", "tljh_extra_hub_pip_packages"]
 
 hookimpl = HookimplMarker("tljh")
 
 
-class R2DPlugin(Configurable):
-    """Settings of the TLJH plugin (the build settings are the service's own traits)."""
-
-    path = Unicode(
-        "repo2docker",
-        config=True,
-        help="Path of the UI and API under the Hub prefix (default 'repo2docker': /hub/repo2docker/).",
-    )
-    keepalive_interval = Float(
-        15.0, config=True, help="Seconds between keepalive comments on event streams (default 15)."
-    )
-    add_default_roles = Bool(
-        True,
-        config=True,
-        help="""Add the roles 'repo2docker-admin' (Hub admins: every namespace) and give every user
-        build/delete on their own namespace, unless roles of those names are configured (default True).""",
-    )
-
-
 class TLJHBase(BaseHandler):
-    """Identity from the Hub's own request handling (cookie or API token, XSRF checked by the Hub)."""
+    """Identity from the Hub's own request handling (cookie or API token, XSRF checked by the Hub).
+
+    XSRF is checked on reads too, as JupyterHub's own ``APIHandler`` and ``HubOAuth`` (the
+    standalone service) do: a cookie-authenticated scripted GET (``Sec-Fetch-Mode: cors``, ...)
+    needs the token, navigations do not (JupyterHub's ``_needs_check_xsrf`` decides).
+    """
 
     _accept_token_auth = True
+    # BaseHandler spares GET (page views); the API answers data, so only HEAD/OPTIONS are spared
+    _xsrf_safe_methods = frozenset({"HEAD", "OPTIONS"})
 
     def check_xsrf_cookie(self) -> None:
         # Without any cookie there is no ambient credential to forge: let authentication answer
         # (401 logged out, or the token's identity) instead of a 403 about a missing XSRF token.
         if not self.request.cookies:
             return
+        if getattr(self, "_token_authenticated", False):
+            return  # an API token is no ambient credential
         super().check_xsrf_cookie()
 
     async def r2d_identify(self) -> Identity | None:
@@ -111,6 +104,12 @@ class HubContext(ContextProvider):
         self._context: R2DContext | None = None
         self._lock: asyncio.Lock | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> HubContext:
+        # one shared runtime object: traitlets deep-copies config values into the Hub's traits,
+        # and a copy would make the same handlers compare unequal (and be replaced, and warned
+        # about, once more)
+        return self
+
     async def get(self, handler: Any) -> R2DContext:
         if self._context is not None:
             return self._context
@@ -153,33 +152,156 @@ def _stop_with_the_hub(manager: BuildManager) -> None:
     atexit.register(kill_children)
 
 
-def configure(c: Config) -> None:
-    """Add the plugin's handlers, scopes and default roles to the Hub config ``c``."""
-    plugin = R2DPlugin(config=c)
-    path = plugin.path.strip("/")
-    handlers = make_handlers(path, TLJHBase, HubContext(path))
-    c.JupyterHub.extra_handlers = [*c.JupyterHub.get("extra_handlers", []), *handlers]
+# --- registration: decided when the Hub has loaded its whole configuration ---------------------
+# TLJH calls the hook *before* it loads /opt/tljh/config/jupyterhub_config.d/*.py, and each of
+# those files starts from an empty ``c`` merged in afterwards (traitlets' load_subconfig). So the
+# hook cannot know the admin's settings yet: it registers the plugin, and the final values are
+# planned when the JupyterHub application loads the merged configuration into its traits — before
+# it creates roles (init_role_creation) and handlers (init_handlers).
 
-    read, build, delete = (f"{SCOPE_PREFIX}:{a}" for a in ("read", "build", "delete"))
-    scopes = dict(c.JupyterHub.get("custom_scopes", {}))
-    scopes.setdefault(
-        read, {"description": "See repo2docker images and builds, and follow build logs"}
+_OBSERVED = ("extra_handlers", "load_roles", "custom_scopes", "extra_user_scopes")
+
+
+def _is_ours(spec: Any) -> bool:
+    """A URL spec the plugin added (its handler classes live in r2d_tljh / r2d_tornado)."""
+    handler = spec[1] if isinstance(spec, (tuple, list)) and len(spec) > 1 else None
+    return isinstance(handler, type) and handler.__module__.split(".")[0] in (
+        "r2d_tljh",
+        "r2d_tornado",
     )
-    scopes.setdefault(build, {"description": "Build repo2docker images", "subscopes": [read]})
-    scopes.setdefault(delete, {"description": "Delete repo2docker images", "subscopes": [read]})
-    c.JupyterHub.custom_scopes = scopes
 
-    if plugin.add_default_roles:
-        roles = list(c.JupyterHub.get("load_roles", []))
-        names = {role.get("name") for role in roles}
-        if "repo2docker-admin" not in names:
-            # JupyterHub's admin flag grants no custom scopes: give admins theirs through a role
-            # assigned to the admin users (kept in sync by TLJH's admin list).
-            admins = sorted(c.Authenticator.get("admin_users", set()) or [])
-            roles.append({"name": "repo2docker-admin", "users": admins, "scopes": [build, delete]})
-        if "repo2docker-user" not in names and "user" not in names:
-            roles.append({"name": "user", "scopes": ["self", f"{build}!user", f"{delete}!user"]})
-        c.JupyterHub.load_roles = roles
+
+class _Registration:
+    """Applies the plugin to a Hub: handlers at ``R2DPlugin.path``, scopes, default roles.
+
+    ``config`` is the root config TLJH hands to the hook; every ``jupyterhub_config.d`` file is
+    merged into it, so when the Hub loads its traits it holds the admin's final settings."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._handlers: dict[str, list[tuple[str, type, dict[str, Any]]]] = {}
+        self._busy = False
+        self._announced: tuple[str, bool] | None = None
+
+    def settings(self) -> R2DPlugin:
+        return R2DPlugin(config=self.config)
+
+    def handlers(self, path: str) -> list[tuple[str, type, dict[str, Any]]]:
+        # one set per path, so planning again sets an equal value (no new change event)
+        if path not in self._handlers:
+            self._handlers[path] = make_handlers(path, TLJHBase, HubContext(path))
+        return self._handlers[path]
+
+    def admin_users(self) -> set[str]:
+        section = self.config.Authenticator if "Authenticator" in self.config else {}
+        return set(resolve_config_value(section.get("admin_users"), set()) or ())
+
+    def plan(
+        self,
+        extra_handlers: list[Any],
+        load_roles: list[dict[str, Any]],
+        custom_scopes: dict[str, Any],
+        extra_user_scopes: set[str] | None,
+    ) -> dict[str, Any]:
+        """The values of the Hub's traits with the plugin applied."""
+        settings = self.settings()
+        plan = plan_hub_config(
+            add_default_roles=settings.add_default_roles,
+            load_roles=load_roles,
+            custom_scopes=custom_scopes,
+            extra_user_scopes=extra_user_scopes,
+            admin_users=self.admin_users(),
+        )
+        values: dict[str, Any] = {
+            "extra_handlers": [
+                *(spec for spec in extra_handlers if not _is_ours(spec)),
+                *self.handlers(settings.path),
+            ],
+            "load_roles": plan.load_roles,
+            "custom_scopes": plan.custom_scopes,
+        }
+        if plan.extra_user_scopes is not None:
+            values["extra_user_scopes"] = plan.extra_user_scopes
+        return values
+
+    def apply_to_config(self, with_roles: bool) -> None:
+        """Write the plan into ``config`` now (from the values it holds so far)."""
+        from jupyterhub.app import JupyterHub
+
+        hub = self.config.JupyterHub
+        # JupyterHub < 6 has no extra_user_scopes: the plan then extends the user role instead
+        has_extra = JupyterHub.class_traits().get("extra_user_scopes") is not None
+        values = self.plan(
+            resolve_config_value(hub.get("extra_handlers"), []),
+            resolve_config_value(hub.get("load_roles"), []),
+            resolve_config_value(hub.get("custom_scopes"), {}),
+            resolve_config_value(hub.get("extra_user_scopes"), set()) if has_extra else None,
+        )
+        hub.extra_handlers = values["extra_handlers"]
+        hub.custom_scopes = values["custom_scopes"]
+        if with_roles:
+            hub.load_roles = values["load_roles"]
+            if "extra_user_scopes" in values:
+                hub.extra_user_scopes = values["extra_user_scopes"]
+
+    def attach(self, app: Any) -> None:
+        """Plan again whenever the Hub loads (or reloads) one of the traits the plugin touches."""
+        app.observe(lambda _change: self.apply_to_hub(app), names=list(_OBSERVED))
+
+    def apply_to_hub(self, app: Any) -> None:
+        # called from trait notifications, after the Hub set all its config values; setting the
+        # traits here notifies again: ignore those (planning is idempotent anyway)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            extra = set(app.extra_user_scopes) if app.has_trait("extra_user_scopes") else None
+            values = self.plan(
+                list(app.extra_handlers), list(app.load_roles), dict(app.custom_scopes), extra
+            )
+            for name, value in values.items():
+                if getattr(app, name) != value:
+                    setattr(app, name, value)
+            settings = self.settings()
+            if self._announced != (settings.path, settings.add_default_roles):
+                self._announced = (settings.path, settings.add_default_roles)
+                app.log.info(
+                    "repo2docker-service: UI and API at %shub/%s/, default roles %s",
+                    app.base_url,
+                    settings.path,
+                    "on" if settings.add_default_roles else "off",
+                )
+        finally:
+            self._busy = False
+
+
+def _loading_hub() -> Any | None:
+    """The JupyterHub application whose config file is running this hook, if any."""
+    from jupyterhub.app import JupyterHub
+
+    return JupyterHub.instance() if JupyterHub.initialized() else None
+
+
+def configure(c: Config, app: Any | None = None) -> None:
+    """Add the plugin to the Hub config ``c``: handlers, custom scopes and default roles.
+
+    Inside a Hub (the TLJH case: the hook runs while the Hub loads ``jupyterhub_config.py``) the
+    settings and roles are decided when the Hub has loaded its *whole* configuration, so
+    ``jupyterhub_config.d`` files loaded after the hook are obeyed: ``R2DPlugin.path``,
+    ``R2DPlugin.add_default_roles``, their own ``user`` role (extended) and admin users. Outside
+    a Hub (``app`` None and no Hub loading) everything is applied to ``c`` at once."""
+    app = app if app is not None else _loading_hub()
+    registration = getattr(app, "_r2d_tljh_registration", None)
+    if registration is not None:  # the hook ran again for this Hub: one registration only
+        registration.config = c
+    else:
+        registration = _Registration(c)
+    # handlers and scopes go into c now as well: a config dump shows them, and the Hub loading
+    # extra_handlers is what triggers the final planning
+    registration.apply_to_config(with_roles=app is None)
+    if app is not None and getattr(app, "_r2d_tljh_registration", None) is None:
+        app._r2d_tljh_registration = registration
+        registration.attach(app)
 
 
 @hookimpl

@@ -25,17 +25,19 @@ from traitlets.config import Application, catch_config_error
 from r2d_core import __version__
 from r2d_core.builders import DockerBuilder, LocalProcessBuilder
 from r2d_core.engine import DockerEngine
+from r2d_core.lifecycle import LifecyclePolicy
 from r2d_core.manager import BuildManager
 from r2d_core.scopes import Authorizer, HubGroups
 
 from .auth import ServiceAuthBase
 from .handlers import R2DContext, make_handlers
 from .hubconfig import hub_config_snippet
+from .logscrub import ScrubbedSummary, scrub_uri
 
-__all__ = ["R2DService", "main"]
+__all__ = ["R2DService", "main", "scrub_uri"]
 
 
-class _CallbackHandler(HubOAuthCallbackHandler):
+class _CallbackHandler(ScrubbedSummary, HubOAuthCallbackHandler):
     @property
     def hub_auth(self):  # type: ignore[override]
         return self.settings["hub_auth"]
@@ -79,7 +81,15 @@ class R2DService(Application):
     version = __version__
     description = "Build images from repositories with repo2docker, as a JupyterHub service."
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
-    classes = [BuildManager, DockerEngine, LocalProcessBuilder, DockerBuilder, HubGroups, HubOAuth]
+    classes = [
+        BuildManager,
+        DockerEngine,
+        LocalProcessBuilder,
+        DockerBuilder,
+        LifecyclePolicy,
+        HubGroups,
+        HubOAuth,
+    ]
 
     @default("log_level")
     def _default_log_level(self) -> int:
@@ -208,12 +218,18 @@ class R2DService(Application):
         )
         if handler.request.path.rstrip("/").endswith(("health", "metrics")) and status < 400:
             level = self.log.debug
-        # the URI never carries credentials (tokens go in headers), so it is safe to log
+        # query strings do carry secrets (OAuth code/state, _xsrf of EventSources, ?token=)
+        location = ""
+        if status in (301, 302, 303, 307, 308):
+            target = handler._headers.get("Location")  # tornado has no public getter
+            if target:
+                location = f" -> {scrub_uri(target)}"
         level(
-            "%d %s %s %.1fms",
+            "%d %s %s%s %.1fms",
             status,
             handler.request.method,
-            handler.request.uri,
+            scrub_uri(handler.request.uri or ""),
+            location,
             1000 * handler.request.request_time(),
         )
 
@@ -223,7 +239,9 @@ class R2DService(Application):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.manager.start()
-        server = httpserver.HTTPServer(self.web_app, xheaders=True)
+        # tornado reads a whole body before any handler runs: read at most this much (the API
+        # answers 413 above MAX_BODY_BYTES itself; beyond this the connection is closed, 400)
+        server = httpserver.HTTPServer(self.web_app, xheaders=True, max_body_size=8 * 1024 * 1024)
         server.listen(self.port, self.ip)
         self.log.info(
             "repo2docker-service %s at http://%s:%d%s (builder: %s)",

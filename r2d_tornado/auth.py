@@ -13,6 +13,15 @@ from r2d_core.errors import Forbidden
 
 from .handlers import Identity
 
+try:
+    # the very rule HubOAuth applies to cookies (navigations spared, scripted requests checked)
+    from jupyterhub._xsrf_utils import _needs_check_xsrf
+except ImportError:  # pragma: no cover - a JupyterHub that moved it: writes only, as before 4.1
+
+    def _needs_check_xsrf(handler: web.RequestHandler) -> bool:
+        return handler.request.method not in ("GET", "HEAD", "OPTIONS")
+
+
 __all__ = ["ServiceAuthBase"]
 
 
@@ -30,14 +39,17 @@ class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):
     async def r2d_identify(self) -> Identity | None:
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
-            if self.request.method not in ("GET", "HEAD", "OPTIONS") and self.get_cookie(
-                self.hub_auth.cookie_name
-            ):
-                # logged in, but the write came without the XSRF token: say so, not "log in"
-                raise Forbidden(
-                    "this request carries the login cookie but no valid XSRF token: send the "
-                    "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
-                )
+            if self.get_cookie(self.hub_auth.cookie_name) and _needs_check_xsrf(self):
+                try:
+                    self.check_xsrf_cookie()  # HubOAuth's check (get_user patched it in)
+                except web.HTTPError:
+                    # logged in, but a write or a scripted read came without the XSRF token
+                    # (HubOAuth then ignores the cookie): say so, not "log in"
+                    raise Forbidden(
+                        "this request carries the login cookie but no valid XSRF token: send the "
+                        "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
+                    ) from None
+                # the token was fine: the login itself expired (401 below)
             return None
         access = self.hub_auth.access_scopes
         if access and not self.hub_auth.check_scopes(access, model):

@@ -29,16 +29,23 @@ from tornado.log import app_log
 
 from r2d_core import __version__
 from r2d_core.errors import (
+    Forbidden,
     InvalidRequest,
+    NotFound,
     R2DError,
     Unauthorized,
     Unavailable,
-    http_status,
+    error_response,
 )
 from r2d_core.manager import BuildManager
-from r2d_core.models import Build, BuildState, Credentials, ImageGroup
+from r2d_core.metrics import METRICS_SCOPE
+from r2d_core.metrics import REGISTRY as METRICS_REGISTRY
+from r2d_core.models import Build, Credentials, ImageGroup
+from r2d_core.schema import PARAMETERS, parse_json_body, validate_body, validate_query
 from r2d_core.scopes import ACTIONS, Authorizer, Permissions, parse_permissions, scope_for
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
+
+from .logscrub import ScrubbedSummary
 
 __all__ = ["ContextProvider", "Identity", "R2DContext", "make_handlers"]
 
@@ -80,7 +87,11 @@ class ContextProvider:
 
 
 def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Run an API method with the caller identified, mapping :class:`R2DError` to its status."""
+    """Run an API method with the caller identified, mapping every exception to a JSON answer.
+
+    :class:`R2DError` answers its own status; anything else is a bug: logged with its traceback,
+    answered 500 (tornado's own ``HTTPError`` keeps its status, through :meth:`write_error`).
+    """
 
     @functools.wraps(method)
     async def wrapper(self: R2DHandler, *args: Any, **kwargs: Any) -> Any:
@@ -90,11 +101,16 @@ def r2d_api(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
             return await method(self, *args, **kwargs)
         except R2DError as e:
             self.r2d_send_error(e)
+        except web.HTTPError:
+            raise
+        except Exception as e:
+            app_log.exception("unexpected error in %s %s", self.request.method, self.request.path)
+            self.r2d_send_error(e)
 
     return wrapper
 
 
-class R2DHandler(web.RequestHandler):
+class R2DHandler(ScrubbedSummary, web.RequestHandler):
     """Shared logic of every handler (a mixin placed before the adapter's base class)."""
 
     identity: Identity
@@ -131,8 +147,9 @@ class R2DHandler(web.RequestHandler):
         self.identity = identity
         self.permissions = parse_permissions(identity.scopes, identity.name, identity.kind)
 
-    def r2d_send_error(self, error: R2DError) -> None:
-        status = http_status(error)
+    def r2d_send_error(self, error: BaseException) -> None:
+        """The one place an exception becomes an HTTP answer (status and body: errors.py)."""
+        status, body = error_response(error)
         if isinstance(error, Unavailable):
             app_log.warning("%s %s: %s", self.request.method, self.request.path, error)
         if self._finished:
@@ -149,7 +166,7 @@ class R2DHandler(web.RequestHandler):
         if retry_after:
             self.set_header("Retry-After", str(int(retry_after)))
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps(error.to_dict()))
+        self.finish(json.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # errors tornado raises itself (404 route, 405 method, 500 bug): JSON, no traceback
@@ -163,8 +180,20 @@ class R2DHandler(web.RequestHandler):
             )
         else:
             message = reason
+        if status_code == 405:
+            # RFC 9110: a 405 lists the methods the resource has
+            self.set_header("Allow", ", ".join(self.r2d_methods()))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": "http_error", "message": message}))
+
+    @classmethod
+    def r2d_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements."""
+        return [
+            m
+            for m in cls.SUPPORTED_METHODS
+            if getattr(cls, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)
+        ]
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -172,14 +201,27 @@ class R2DHandler(web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(data))
 
-    def body_json(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise InvalidRequest("the request body must be JSON") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("the request body must be a JSON object")
-        return data
+    def body_json(self, schema: str) -> dict[str, Any]:
+        """The JSON body, within the size and depth limits, valid against request ``schema``."""
+        length = self.request.headers.get("Content-Length", "")
+        data = parse_json_body(
+            self.request.body, content_length=int(length) if length.isdigit() else None
+        )
+        return validate_body(schema, data)
+
+    def query(self, operation: str) -> dict[str, Any]:
+        """The query (and header) parameters of ``operation`` (as the OpenAPI document names it),
+        validated."""
+        arguments = {
+            name: self.get_query_arguments(name, strip=False)
+            for name in self.request.query_arguments
+        }
+        headers = {
+            p["name"]: self.request.headers.get_list(p["name"])
+            for p in PARAMETERS.get(operation, [])
+            if p["in"] == "header"
+        }
+        return validate_query(operation, arguments, headers)
 
     async def can(self, action: str, owner: str) -> bool:
         return await self.ctx.authorizer.allowed(self.permissions, action, owner)
@@ -225,6 +267,7 @@ class InfoHandler(R2DHandler):
                     "max_concurrent_builds": manager.max_concurrent_builds,
                     "max_builds_per_owner": manager.max_builds_per_owner,
                     "max_queued_builds": manager.max_queued_builds,
+                    **manager.lifecycle.limits(),
                 },
                 "user": {"name": self.identity.name, "kind": self.identity.kind},
                 "permissions": self.permissions.to_dict(),
@@ -242,9 +285,10 @@ class InfoHandler(R2DHandler):
 class ImagesHandler(R2DHandler):
     @r2d_api
     async def get(self) -> None:
+        query = self.query("get /api/images")
         if not self.permissions.grant("read").any:
             await self.require("read", self.identity.name)
-        owners = await self.readable_owners(self.get_argument("owner", None))
+        owners = await self.readable_owners(query.get("owner"))
         groups = await self.manager.list_images(owners)
         images = [await self.image_json(g) for g in groups]
         self.write_json({"images": images, "warnings": getattr(self.manager, "image_warnings", [])})
@@ -258,63 +302,42 @@ class ImageHandler(R2DHandler):
 
     @r2d_api
     async def delete(self, owner: str, name: str) -> None:
+        query = self.query("delete /api/images/{owner}/{name}")
         await self.require("delete", owner, hide=True)
-        result = await self.manager.delete_image(owner, name, self.get_argument("tag", None))
+        result = await self.manager.delete_image(owner, name, query.get("tag"))
         self.write_json(result)
 
 
 class BuildsHandler(R2DHandler):
     @r2d_api
     async def get(self) -> None:
+        query = self.query("get /api/builds")
         if not self.permissions.grant("read").any:
             await self.require("read", self.identity.name)
-        owners = await self.readable_owners(self.get_argument("owner", None))
-        states = self.get_arguments("state") or None
-        if states:
-            valid = {s.value for s in BuildState}
-            bad = [s for s in states if s not in valid]
-            if bad:
-                raise InvalidRequest(
-                    f"unknown state {bad[0]!r}; use one of {', '.join(sorted(valid))}",
-                    field="state",
-                )
+        owners = await self.readable_owners(query.get("owner"))
+        states = query.get("state") or None
         builds = self.manager.list_builds(owners, states)
         self.write_json({"builds": [await self.build_json(b) for b in builds]})
 
     @r2d_api
     async def post(self) -> None:
-        body = self.body_json()
+        # types, unknown fields, sizes: the BuildRequest schema of the OpenAPI document
+        body = self.body_json("BuildRequest")
         owner = body.get("owner") or (self.identity.name if self.identity.kind == "user" else None)
         if not owner:
             raise InvalidRequest(
                 "a service must say which owner it builds for ('owner')", field="owner"
             )
-        if not isinstance(owner, str):
-            raise InvalidRequest("owner must be a string", field="owner")
         await self.require("build", owner)
         credentials = None
-        raw_credentials = body.get("credentials")
-        if raw_credentials:
-            if (
-                not isinstance(raw_credentials, dict)
-                or not isinstance(raw_credentials.get("username", ""), str)
-                or not isinstance(raw_credentials.get("password"), str)
-            ):
-                raise InvalidRequest(
-                    "credentials must be {'username': str, 'password': str}", field="credentials"
-                )
+        if "credentials" in body:
+            raw_credentials = body["credentials"]
             credentials = Credentials(
                 raw_credentials.get("username") or "git", raw_credentials["password"]
             )
-        for flag in ("push", "force"):
-            if not isinstance(body.get(flag, False), bool):
-                raise InvalidRequest(f"{flag} must be true or false", field=flag)
-        for text in ("repo", "ref", "name"):
-            if body.get(text) is not None and not isinstance(body.get(text), str):
-                raise InvalidRequest(f"{text} must be a string", field=text)
         try:
             result = await self.manager.submit(
-                repo=body.get("repo", ""),
+                repo=body["repo"],
                 ref=body.get("ref") or "HEAD",
                 name=body.get("name") or None,
                 owner=owner,
@@ -379,6 +402,7 @@ class BuildLogsHandler(R2DHandler):
 
     @r2d_api
     async def get(self, build_id: str) -> None:
+        self.query("get /api/builds/{build_id}/logs")
         build = self.manager.get_build(build_id)
         await self.require("read", build.owner, hide=True)
         since = self._since()
@@ -468,10 +492,28 @@ class HealthHandler(R2DHandler):
 
 
 class MetricsHandler(R2DHandler):
+    """This service's metrics only (:data:`r2d_core.metrics.REGISTRY`), for holders of
+    ``read:metrics`` (JupyterHub's scope for its own ``/hub/metrics``)."""
+
     @r2d_api
     async def get(self) -> None:
+        if METRICS_SCOPE not in self.identity.scopes:
+            raise Forbidden(
+                f"metrics need the {METRICS_SCOPE} scope (as the Hub's own /hub/metrics); "
+                "ask a Hub admin for a token with it",
+                scope=METRICS_SCOPE,
+            )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest())
+        self.set_header("Cache-Control", "no-store")
+        self.finish(generate_latest(METRICS_REGISTRY))
+
+
+class APINotFoundHandler(R2DHandler):
+    """Any other path under ``api/`` (or an id the routes refuse): a JSON 404, as the document
+    says, not tornado's HTML page."""
+
+    async def prepare(self) -> None:
+        self.r2d_send_error(NotFound(f"no such API endpoint: {self.request.path}"))
 
 
 class OpenAPIHandler(R2DHandler):
@@ -574,6 +616,7 @@ _ROUTES: list[tuple[str, type[R2DHandler]]] = [
     (r"api/builds/([0-9a-f]+)/logs/?", BuildLogsHandler),
     (r"health/?", HealthHandler),
     (r"metrics/?", MetricsHandler),
+    (r"api/.*", APINotFoundHandler),
     (r"", PageHandler),
 ]
 

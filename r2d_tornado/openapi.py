@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from r2d_core import __version__
+from r2d_core.metrics import METRICS_SCOPE
+from r2d_core.schema import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    PARAMETERS,
+    REQUEST_SCHEMAS,
+    STATES,
+)
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
 
 __all__ = ["openapi_document"]
 
-_STATES = ["queued", "fetching", "building", "pushing", "built", "failed", "cancelled"]
+_STATES = STATES
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -26,9 +34,15 @@ def _error(description: str) -> dict[str, Any]:
 
 _ERRORS = {
     "401": _error("Not logged in: no Hub cookie and no token"),
-    "403": _error("Missing scope; the message names it"),
+    "403": _error("Missing scope (the message names it), or a cookie without the XSRF token"),
     "503": _error("Docker engine (or registry, git server) unavailable"),
 }
+_BAD_QUERY = {"400": _error("Invalid query parameter; `field` names it")}
+
+
+def _query(operation: str) -> list[dict[str, Any]]:
+    """The operation's query/header parameters: the very ones the handlers validate against."""
+    return [dict(p) for p in PARAMETERS[operation]]
 
 
 def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]:
@@ -72,10 +86,13 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "title": "repo2docker-service",
             "version": __version__,
             "description": "Build container images from repositories with repo2docker, as a JupyterHub "
-            "service. Authenticate with a JupyterHub OAuth cookie (writes need `X-XSRFToken`) or "
+            "service. Authenticate with a JupyterHub OAuth cookie (scripted requests, reads "
+            "included, need `X-XSRFToken` or `?_xsrf=`) or "
             "`Authorization: token <JupyterHub API token>`. Permissions are the custom scopes "
             "`custom:repo2docker:read|build|delete`, optionally filtered with `!user`, `!user=NAME`, "
-            "`!group=NAME`.",
+            "`!group=NAME`. Request bodies are JSON of at most "
+            f"{MAX_BODY_BYTES // 1024} KiB (larger: 413) nested at most {MAX_JSON_DEPTH} levels "
+            "deep (deeper: 400); unknown fields are refused (400, `field` names them).",
         },
         "servers": [{"url": base_url}],
         "components": {
@@ -97,6 +114,8 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "message": string,
                         "field": string,
                         "scope": string,
+                        # lifecycle refusals: the c.LifecyclePolicy setting that refused
+                        "limit": string,
                     },
                 },
                 "Permissions": {
@@ -182,23 +201,8 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "url": string,
                     },
                 },
-                "BuildRequest": {
-                    "type": "object",
-                    "required": ["repo"],
-                    "properties": {
-                        "repo": {"type": "string", "description": "git URL (allow-listed)"},
-                        "ref": {"type": "string", "default": "HEAD", "pattern": REF_PATTERN},
-                        "name": {"type": "string", "pattern": NAME_PATTERN},
-                        "owner": {"type": "string", "description": "default: the caller"},
-                        "push": {"type": "boolean", "default": False},
-                        "force": {"type": "boolean", "default": False},
-                        "credentials": {
-                            "type": "object",
-                            "properties": {"username": string, "password": string},
-                            "description": "for a private repository; never stored or logged",
-                        },
-                    },
-                },
+                # the request schemas the handlers validate against (r2d_core.schema)
+                **REQUEST_SCHEMAS,
             },
         },
         "security": [{"hubToken": []}, {"hubCookie": []}],
@@ -212,7 +216,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "/api/images": {
                 "get": {
                     "summary": "Images the caller may read, newest first",
-                    "parameters": [{"name": "owner", "in": "query", "schema": string}],
+                    "parameters": _query("get /api/images"),
                     "responses": {
                         "200": _json(
                             {
@@ -224,6 +228,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             },
                             "Images",
                         ),
+                        **_BAD_QUERY,
                         **_ERRORS,
                     },
                 }
@@ -243,7 +248,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                     "parameters": [
                         owner_param,
                         name_param,
-                        {"name": "tag", "in": "query", "schema": string},
+                        *_query("delete /api/images/{owner}/{name}"),
                     ],
                     "responses": {
                         "200": _json(
@@ -256,6 +261,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             },
                             "What was deleted, and what failed",
                         ),
+                        **_BAD_QUERY,
                         "404": _error("No such image"),
                         **_ERRORS,
                     },
@@ -264,14 +270,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "/api/builds": {
                 "get": {
                     "summary": "Builds in progress and recent builds the caller may read",
-                    "parameters": [
-                        {"name": "owner", "in": "query", "schema": string},
-                        {
-                            "name": "state",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": _STATES},
-                        },
-                    ],
+                    "parameters": _query("get /api/builds"),
                     "responses": {
                         "200": _json(
                             {
@@ -280,6 +279,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             },
                             "Builds",
                         ),
+                        **_BAD_QUERY,
                         **_ERRORS,
                     },
                 },
@@ -302,14 +302,26 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             },
                             "An image for this commit exists; nothing was built",
                         ),
-                        "400": _error("Invalid input; `field` names it"),
-                        "409": _error("Would overwrite another owner's image"),
+                        "400": _error(
+                            "Invalid input (not JSON, too deep, unknown field, wrong type, a "
+                            "repository outside the allow-list, an unknown ref...); `field` "
+                            "names it"
+                        ),
+                        "409": _error(
+                            "Would overwrite another owner's image; or the owner is at a limit "
+                            "(`error` `quota_exceeded`, `limit` names the setting)"
+                        ),
+                        "413": _error(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"),
                         "429": _error("Queue full"),
                         "504": _error(
                             "The git server did not send its refs within `ref_timeout` "
                             "(`error`: `ref_timeout`)"
                         ),
                         **_ERRORS,
+                        "503": _error(
+                            "Docker engine unavailable; or the disk guard refuses new builds "
+                            "(`error` `insufficient_storage`, with `free_bytes`, `min_free_bytes`)"
+                        ),
                     },
                 },
             },
@@ -341,24 +353,35 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                     "(data: Build), `done` (data: Build; the stream ends). Resume with `Last-Event-ID` "
                     "or `?since=N`. Comments `: keepalive` every 15 s. `?format=text` gives text/plain "
                     "(`&follow=0` without following).",
-                    "parameters": [
-                        build_id,
-                        {"name": "since", "in": "query", "schema": {"type": "integer"}},
-                        {
-                            "name": "format",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": ["sse", "text"]},
-                        },
-                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
-                    ],
+                    "parameters": [build_id, *_query("get /api/builds/{build_id}/logs")],
                     "responses": {
                         "200": {
                             "description": "The log",
                             "content": {
-                                "text/event-stream": {"schema": string},
+                                # the schema of each event (OpenAPI 3.2's itemSchema, as
+                                # schemathesis reads it for 3.0 documents too)
+                                "text/event-stream": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["event", "data"],
+                                        "properties": {
+                                            "event": {
+                                                "type": "string",
+                                                "enum": ["log", "state", "done"],
+                                            },
+                                            "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                            "data": {
+                                                "type": "string",
+                                                "description": "JSON: `{phase, message, time}` "
+                                                "(log) or a Build (state, done)",
+                                            },
+                                        },
+                                    }
+                                },
                                 "text/plain": {"schema": string},
                             },
                         },
+                        **_BAD_QUERY,
                         "404": _error("No such build"),
                         **_ERRORS,
                     },
@@ -376,7 +399,9 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics of this service",
+                    "description": f"Needs the `{METRICS_SCOPE}` scope (JupyterHub's own, as for "
+                    "`/hub/metrics`). Serves only this service's `r2d_*` metrics.",
                     "responses": {
                         "200": {
                             "description": "Metrics",

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +33,8 @@ ROLES: list[dict[str, Any]] = [
     # read everything, change nothing
     {"name": "r2d-viewer", "users": ["carol"], "scopes": [ACCESS, READ]},
     # everything everywhere
-    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE]},
+    # (and the metrics, with JupyterHub's own scope for them)
+    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE, "read:metrics"]},
     # build for the members of group "team" (frank)
     {"name": "r2d-team-builder", "users": ["erin"], "scopes": [ACCESS, f"{BUILD}!group=team"]},
     # may open the service, holds no repo2docker scope
@@ -173,3 +176,59 @@ async def wait_build(caller: Caller, build_id: str, timeout: float = 120) -> dic
                         event = line[7:]
                     elif line.startswith("data: ") and event == "done":
                         return json.loads(line[6:])
+
+
+TLJH_TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "tljh.md"
+TLJH_CONFIG_D = "/opt/tljh/config/jupyterhub_config.d/"
+
+
+def tljh_recipes() -> dict[str, str]:
+    """The TLJH tutorial's recipes, exactly as written: every fenced ``python`` block whose first
+    line is ``# /opt/tljh/config/jupyterhub_config.d/<file>``, by file name."""
+    text = TLJH_TUTORIAL.read_text()
+    recipes = {}
+    for block in re.findall(r"^```python\n(.*?)^```", text, re.M | re.S):
+        first = block.split("\n", 1)[0]
+        if first.startswith(f"# {TLJH_CONFIG_D}"):
+            recipes[first[len(f"# {TLJH_CONFIG_D}") :].strip()] = block
+    return recipes
+
+
+#: the recipes the behaviour suite runs through (adapter "tljh-recipes"), and who is in the groups
+#: they grant to (set with load_groups, as the tutorial allows)
+SUITE_RECIPES = (
+    "repo2docker-path.py",
+    "repo2docker-roles.py",
+    "repo2docker-viewers.py",
+    "repo2docker-admins.py",
+)
+RECIPE_GROUPS = {
+    "repo2docker-viewers": {"users": ["carol"]},
+    "repo2docker-admins": {"users": ["admin1"]},
+}
+
+
+def suite_hub(docker_host: str, adapter: str) -> Hub:
+    """A Hub for the behaviour suite: :func:`adapter_hub`'s, or "tljh-recipes": the TLJH plugin
+    configured by the TLJH tutorial's recipes as written (path /hub/images/, default roles off,
+    carol in the read-only group, admin1 in the admin group) instead of the suite's own viewer and
+    admin roles."""
+    if adapter != "tljh-recipes":
+        return adapter_hub(docker_host, adapter)
+    recipes = tljh_recipes()
+    hub = make_hub(
+        docker_host,
+        mode="tljh",
+        service_name="images",  # where the path recipe puts it (the URLs the tests use)
+        tljh_set_path=False,
+        tljh_default_roles=True,  # turned off by the recipe, not by the test's own file
+        roles=[
+            *(r for r in ROLES if r["name"] not in ("r2d-viewer", "r2d-admin")),
+            # admin1's Hub scopes other than repo2docker's (the recipes grant only those)
+            {"name": "r2d-admin-hub", "users": ["admin1"], "scopes": ["read:metrics"]},
+        ],
+        groups={**GROUPS, **RECIPE_GROUPS},
+        config_d={name: recipes[name] for name in SUITE_RECIPES},
+    )
+    hub.config.service_config = tljh_service_config(docker_host)
+    return hub

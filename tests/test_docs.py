@@ -37,6 +37,7 @@ def test_docs_build_without_warnings(tmp_path):
         "BuildManager.max_concurrent_builds",
         "DockerBuilder.image",
         "Registry.url",
+        "LifecyclePolicy.keep_versions",
         "R2DPlugin.path",
     ):
         assert trait in config

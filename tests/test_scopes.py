@@ -42,13 +42,22 @@ def test_unrelated_scopes_and_filters_grant_nothing():
             "read:users",
             "custom:repo2docker:admin",
             "custom:repo2dockerx:read",
-            "custom:repo2docker:read!server=alice/x",
+            "custom:repo2docker:read!server",
             "custom:repo2docker:read!service=x",
             "access:services!service=repo2docker",
         ],
         "alice",
     )
     assert all(not p.grant(a).any for a in ("read", "build", "delete"))
+
+
+def test_server_filter_means_the_server_owners_namespace():
+    """A single-user server's OAuth token carries '!server=OWNER/NAME' whoever logged in."""
+    p = parse_permissions(["custom:repo2docker:build!server=alice/"], "admin1")
+    assert p.grant("build") == Grant(owners=frozenset({"alice"}))
+    assert p.grant("read").owners == {"alice"}
+    named = parse_permissions(["custom:repo2docker:read!server=bob/lab"], "bob")
+    assert named.grant("read").owners == {"bob"} and not named.grant("build").any
 
 
 async def test_group_filter_resolves_members():

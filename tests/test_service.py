@@ -18,18 +18,18 @@ import pytest
 from tests.service_support import (
     SERVICE,
     Callers,
-    adapter_hub,
     make_hub,
     running,
+    suite_hub,
     wait_build,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
 
-@pytest.fixture(scope="session", params=["service", "tljh"])
+@pytest.fixture(scope="session", params=["service", "tljh", "tljh-recipes"])
 def hub(request, docker_host, local_images, git_server):
-    with running(adapter_hub(docker_host, request.param)) as hub:
+    with running(suite_hub(docker_host, request.param)) as hub:
         yield hub
 
 
@@ -115,10 +115,12 @@ MATRIX = [
     ("anon", "GET", "api/builds", None, 401),
     ("gina", "GET", "api/builds", None, 403),
     ("alice", "GET", "api/builds", None, 200),
-    # health needs nobody; metrics and the OpenAPI document need a Hub identity
+    # health needs nobody; metrics need read:metrics; the OpenAPI document a Hub identity
     ("anon", "GET", "health", None, 200),
     ("anon", "GET", "metrics", None, 401),
-    ("carol", "GET", "metrics", None, 200),
+    ("carol", "GET", "metrics", None, 403),
+    ("alice", "GET", "metrics", None, 403),
+    ("admin1", "GET", "metrics", None, 200),
     ("anon", "GET", "api/openapi.json", None, 401),
     ("gina", "GET", "api/openapi.json", None, 200),
 ]
@@ -141,7 +143,8 @@ async def test_authorization_matrix(hub, callers, seeded, who, method, path, bod
     if status in (401, 403):
         assert r.json()["message"]
     if status == 403 and who != "dave":
-        assert "custom:repo2docker:" in r.json()["message"]  # names the scope the caller lacks
+        # names the scope the caller lacks
+        assert "custom:repo2docker:" in r.json()["message"] or "read:metrics" in r.json()["message"]
 
 
 async def test_lists_only_show_readable_namespaces(callers, seeded):
@@ -295,9 +298,12 @@ async def test_delete_image_through_api(callers, git_server):
 
 
 async def test_metrics_and_openapi(callers):
-    carol = await callers.token("carol")
-    metrics = (await carol.request("GET", "metrics")).text
+    admin = await callers.token("admin1")
+    metrics = (await admin.request("GET", "metrics")).text
     assert "r2d_builds_total" in metrics and "r2d_build_queue_length" in metrics
+    # only this service's registry: never the Hub's (TLJH) or the process's default collectors
+    assert "jupyterhub_" not in metrics and "process_cpu" not in metrics
+    carol = await callers.token("carol")
     doc = (await carol.request("GET", "api/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/api/builds/{build_id}/logs" in doc["paths"]
 
@@ -343,7 +349,12 @@ def test_generate_hub_config_is_valid_python():
         "custom:repo2docker:delete",
     }
     assert c.JupyterHub.services[0]["oauth_client_allowed_scopes"]
-    assert "custom:repo2docker:read" in c.Spawner.oauth_client_allowed_scopes
+    # a server never acts beyond its owner's namespace: only filtered scopes (proved against a
+    # real Hub in tests/test_http_security.py)
+    repo2docker = [s for s in c.Spawner.oauth_client_allowed_scopes if s.startswith("custom:")]
+    assert repo2docker and all(s.endswith("!server") for s in repo2docker)
+    tokens = [s for s in c.Spawner.server_token_scopes if s.startswith("custom:")]
+    assert tokens and all(s.endswith("!user") for s in tokens)
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert (
         "custom:repo2docker:build!user" in roles["user"]["scopes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import types
 
 import httpx
 import pluggy
@@ -15,19 +16,22 @@ from tests.service_support import make_hub, tljh_service_config, wait_build
 
 
 def _plugin_manager() -> pluggy.PluginManager:
-    class Specs:
-        hookspec = pluggy.HookspecMarker("tljh")
+    """As TLJH's tljh.utils.get_plugin_manager: hookspecs from a module (tljh.hooks)."""
+    hookspec = pluggy.HookspecMarker("tljh")
 
-        @hookspec
-        def tljh_custom_jupyterhub_config(c):  # type: ignore[no-untyped-def]
-            pass
+    @hookspec
+    def tljh_custom_jupyterhub_config(c):  # type: ignore[no-untyped-def]
+        pass
 
-        @hookspec
-        def tljh_extra_hub_pip_packages():  # type: ignore[no-untyped-def]
-            pass
+    @hookspec
+    def tljh_extra_hub_pip_packages():  # type: ignore[no-untyped-def]
+        pass
 
+    hooks = types.ModuleType("tljh.hooks")
+    hooks.tljh_custom_jupyterhub_config = tljh_custom_jupyterhub_config  # type: ignore[attr-defined]
+    hooks.tljh_extra_hub_pip_packages = tljh_extra_hub_pip_packages  # type: ignore[attr-defined]
     pm = pluggy.PluginManager("tljh")
-    pm.add_hookspecs(Specs)
+    pm.add_hookspecs(hooks)
     pm.load_setuptools_entrypoints("tljh")
     return pm
 
@@ -50,19 +54,24 @@ def test_entry_point_hooks_configure_the_hub():
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["custom"]["scopes"] == ["self"]  # the admin's own roles stay
     assert roles["repo2docker-admin"]["users"] == ["root-admin"]
-    assert (
-        "custom:repo2docker:build!user" in roles["user"]["scopes"]
-        and "self" in roles["user"]["scopes"]
-    )
+    # every user's own namespace: added to JupyterHub's default user role, no role redefined
+    assert "user" not in roles
+    assert "custom:repo2docker:build!user" in c.JupyterHub.extra_user_scopes
 
 
-def test_admin_roles_are_respected():
+def test_admin_roles_are_extended_not_replaced():
+    """Without a Hub loading (``configure`` on a bare Config): applied at once, same merge."""
     c = Config()
     c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self"]}]
     c.R2DPlugin.path = "images"
     _plugin_manager().hook.tljh_custom_jupyterhub_config(c=c)
     roles = [r for r in c.JupyterHub.load_roles if r["name"] == "user"]
-    assert roles == [{"name": "user", "scopes": ["self"]}]
+    assert roles == [
+        {
+            "name": "user",
+            "scopes": ["self", "custom:repo2docker:build!user", "custom:repo2docker:delete!user"],
+        }
+    ]
     assert any(p.startswith("/images/") for p, *_ in c.JupyterHub.extra_handlers)
 
 

@@ -5,6 +5,22 @@ from __future__ import annotations
 import json
 
 
+def _type(schema: dict) -> str:
+    if "enum" in schema:
+        return " | ".join(f"`{v}`" for v in schema["enum"])
+    if schema.get("type") == "array":
+        return f"list of {_type(schema.get('items', {}))}"
+    text = schema.get("type", "any")
+    if "minimum" in schema:
+        text += f" ≥ {schema['minimum']}"
+    return text
+
+
+def _parameter(p: dict) -> str:
+    line = f"- `{p['name']}` ({p['in']}, {_type(p.get('schema', {}))})"
+    return line + (f": {p['description']}" if p.get("description") else "")
+
+
 def render() -> str:
     from r2d_tornado.openapi import openapi_document
 
@@ -27,8 +43,12 @@ def render() -> str:
             params = op.get("parameters", [])
             if params:
                 out += ["Parameters:", ""]
-                out += [f"- `{p['name']}` ({p['in']})" for p in params]
+                out += [_parameter(p) for p in params]
                 out += [""]
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                name = body["schema"].get("$ref", "").rsplit("/", 1)[-1]
+                out += [f"Body: JSON, the `{name}` schema below (unknown fields are refused).", ""]
             out += ["Responses:", ""]
             out += [f"- **{code}**: {r['description']}" for code, r in op["responses"].items()]
             out += [""]

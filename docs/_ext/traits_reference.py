@@ -10,12 +10,13 @@ CLASSES = [
     "r2d_tornado.app.R2DService",
     "r2d_core.manager.BuildManager",
     "r2d_core.engine.DockerEngine",
+    "r2d_core.lifecycle.LifecyclePolicy",
     "r2d_core.builders.Builder",
     "r2d_core.builders.LocalProcessBuilder",
     "r2d_core.builders.DockerBuilder",
     "r2d_core.registry.config.Registry",
     "r2d_core.scopes.HubGroups",
-    "r2d_tljh.plugin.R2DPlugin",
+    "r2d_tljh.settings.R2DPlugin",
 ]
 
 

@@ -61,7 +61,7 @@ class Challenge:
         return self.params.get("scope", "").split()
 
 
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # nosec B105  # RFC 7230's "token" grammar, no password
 _PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*("((?:[^"\\]|\\.)*)"|{_TOKEN}=*)\s*')
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?=\s|$|,)")
 _TOKEN68_RE = re.compile(r"\s+[A-Za-z0-9._~+/-]+=*\s*(?=,|$)")

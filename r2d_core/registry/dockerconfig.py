@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 #: what a credential helper answers as Username when Secret is an identity (refresh) token
-_IDENTITY_TOKEN_USER = "<token>"
+_IDENTITY_TOKEN_USER = "<token>"  # nosec B105  # the protocol marker, no password
 
 
 def default_docker_config_path() -> str:
@@ -124,7 +124,8 @@ def _from_entry(entry: dict[str, Any], key: str, path: str) -> tuple[str, str] |
 def _from_helper(name: str, server: str, path: str, timeout: float) -> tuple[str, str] | None:
     program = f"docker-credential-{name}"
     try:
-        proc = subprocess.run(
+        # argv list, no shell; the helper name comes from the admin's Docker config
+        proc = subprocess.run(  # nosec B603
             [program, "get"],
             input=server.encode(),
             capture_output=True,

@@ -85,33 +85,64 @@ class HubConfig:
     extra_config: str = ""
     #: extra_handlers-style TLJH config (a Python snippet appended as is)
     singleuser_scopes: bool = False
+    #: mode "tljh": TLJH's ``users.admin`` (applied before the hook, as TLJH's configurer does),
+    #: whether the plugin's default roles stay on (the behaviour suite turns them off: its roles
+    #: say who may do what), and the admin's jupyterhub_config.d files (name -> text), loaded
+    #: after the hook in name order the way TLJH's jupyterhub_config.py loads them
+    tljh_admins: list[str] = field(default_factory=list)
+    tljh_default_roles: bool = False
+    #: whether the test's own file sets R2DPlugin.path to service_name (off: an admin file does)
+    tljh_set_path: bool = True
+    config_d: dict[str, str] = field(default_factory=dict)
 
 
-# How TLJH's jupyterhub_config.py calls plugins: a pluggy manager for project "tljh", hook
-# specifications as tljh.hooks declares them, plugins found through the "tljh" entry-point group.
+# How TLJH's jupyterhub_config.py calls plugins (tljh/jupyterhub_config.py, tljh/utils.py): a
+# pluggy manager for project "tljh", hook specifications as tljh.hooks declares them, plugins found
+# through the "tljh" entry-point group, the config hook called on ``c``; then every
+# jupyterhub_config.d/*.py file, in sorted order, through load_subconfig (each file gets a fresh
+# ``c`` that is merged in afterwards).
 _TLJH_HOOK = """
+import glob as _glob
+import os as _os
+
 import pluggy
 
-class _TLJHHookSpecs:
-    hookspec = pluggy.HookspecMarker("tljh")
+c.Authenticator.admin_users = set({admins!r})  # TLJH's users.admin (tljh.configurer)
 
-    @hookspec
-    def tljh_custom_jupyterhub_config(c):
-        pass
+import types as _types
 
-    @hookspec
-    def tljh_extra_hub_pip_packages():
-        pass
+_hookspec = pluggy.HookspecMarker("tljh")
 
+@_hookspec
+def tljh_custom_jupyterhub_config(c):
+    pass
+
+@_hookspec
+def tljh_extra_hub_pip_packages():
+    pass
+
+_hooks = _types.ModuleType("tljh.hooks")  # a module, as TLJH's own hookspecs are
+_hooks.tljh_custom_jupyterhub_config = tljh_custom_jupyterhub_config
+_hooks.tljh_extra_hub_pip_packages = tljh_extra_hub_pip_packages
 _pm = pluggy.PluginManager("tljh")
-_pm.add_hookspecs(_TLJHHookSpecs)
+_pm.add_hookspecs(_hooks)
 _pm.load_setuptools_entrypoints("tljh")
 assert _pm.get_plugins(), "the tljh entry point of repo2docker-service was not found"
-# the service's own traits, as an admin would put them in jupyterhub_config.d
-{config}
-c.R2DPlugin.path = {path!r}
-c.R2DPlugin.add_default_roles = False
 _pm.hook.tljh_custom_jupyterhub_config(c=c)
+
+for _ec in sorted(_glob.glob(_os.path.join({config_dir!r}, "jupyterhub_config.d", "*.py"))):
+    load_subconfig(_ec)
+"""
+
+# The test's own settings for mode "tljh", as an admin would write them in jupyterhub_config.d
+# (sorted first: an admin's files named after it have the last word).
+_TLJH_HARNESS_FILE = """
+# the service's own traits
+{config}
+{path}
+{default_roles}
+c.JupyterHub.load_roles.extend({roles!r})
+c.JupyterHub.load_groups.update({groups!r})
 """
 
 
@@ -176,8 +207,11 @@ class Hub:
             },
             *c.roles,
         ]
-        if c.mode == "tljh":
-            roles = roles[1:]  # no service process: nothing to resolve groups for
+        tljh = c.mode == "tljh"
+        if tljh:
+            # no service process: nothing to resolve groups for; the suite's roles, groups and
+            # scopes come from jupyterhub_config.d and the plugin, as on a TLJH install
+            roles = roles[1:2]
         return "\n".join(
             [
                 "c = get_config()  # noqa",
@@ -195,7 +229,9 @@ class Hub:
                 "c.Authenticator.allow_all = True",
                 "c.JupyterHub.redirect_to_server = False",
                 "c.JupyterHub.cleanup_servers = True",
-                "c.JupyterHub.custom_scopes = "
+                ""
+                if tljh
+                else "c.JupyterHub.custom_scopes = "
                 + repr(
                     {
                         SCOPES["read"]: {"description": "See repo2docker images and builds"},
@@ -211,15 +247,37 @@ class Hub:
                 ),
                 f"c.JupyterHub.services = {services!r}",
                 f"c.JupyterHub.load_roles = {roles!r}",
-                f"c.JupyterHub.load_groups = {c.groups!r}",
-                _TLJH_HOOK.format(path=name, config=c.service_config) if c.mode == "tljh" else "",
+                "" if tljh else f"c.JupyterHub.load_groups = {c.groups!r}",
+                _TLJH_HOOK.format(admins=sorted(c.tljh_admins), config_dir=str(self.dir))
+                if tljh
+                else "",
                 c.extra_config,
             ]
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    def tljh_config_d(self) -> dict[str, str]:
+        """The jupyterhub_config.d files of mode "tljh": the test's settings, then the admin's."""
+        c = self.config
+        harness = _TLJH_HARNESS_FILE.format(
+            config=c.service_config,
+            path=f"c.R2DPlugin.path = {c.service_name!r}" if c.tljh_set_path else "",
+            default_roles=""
+            if c.tljh_default_roles
+            else "c.R2DPlugin.add_default_roles = False  # the suite's roles say who does what",
+            roles=c.roles,
+            groups=c.groups,
+        )
+        return {"00-harness.py": harness, **c.config_d}
+
     def start(self, timeout: float = 60.0) -> Hub:
         (self.dir / "jupyterhub_config.py").write_text(self.config_text())
+        if self.config.mode == "tljh":
+            config_d = self.dir / "jupyterhub_config.d"
+            shutil.rmtree(config_d, ignore_errors=True)
+            config_d.mkdir()
+            for file_name, text in self.tljh_config_d().items():
+                (config_d / file_name).write_text(text)
         env = dict(os.environ)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("JUPYTERHUB_API_TOKEN", None)

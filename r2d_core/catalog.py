@@ -1,0 +1,329 @@
+"""The image catalog: which images exist, whose they are, and where (engine and/or registry).
+
+Built images are found by their labels (owner, name, repo, ref, sha, build id) and indexed in
+memory, refreshed from Docker (and merged with the registry's images) after a short TTL and after
+every change the service makes. An image counts as an owner's only when its reference is the very
+name the naming template gives its labels: a mis-tagged image is ignored, and nobody builds over an
+image somebody else built (:meth:`ImageCatalog.owner_of`).
+
+The catalog knows nothing about builds or the queue; :class:`~r2d_core.manager.BuildManager` uses
+it for listings, deletes, "is it built already?" and the push target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from .engine import DockerEngine
+from .errors import InvalidRequest, NotFound, R2DError
+from .models import ImageGroup, ImageVersion, parse_labels, parse_time
+from .naming import image_reference, parse_reference
+from .registry.config import Registry
+
+__all__ = ["CatalogSettings", "ImageCatalog"]
+
+T = TypeVar("T")
+
+
+class CatalogSettings(Protocol):
+    """The settings the catalog reads (live, so a changed trait applies): BuildManager's traits."""
+
+    image_prefix: str
+    image_name_template: str
+    image_cache_ttl: float
+
+
+class ImageCatalog:
+    """The in-memory image index over the engine and the optional registry."""
+
+    def __init__(
+        self,
+        *,
+        settings: CatalogSettings,
+        engine: DockerEngine,
+        registry: Registry,
+        engine_call: Callable[[Awaitable[T]], Awaitable[T]],
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.registry = registry
+        #: awaits an engine call, noting an unreachable engine (the manager reconnects)
+        self._engine_call = engine_call
+        self.log = log
+        self._images: dict[str, ImageVersion] = {}
+        self._images_at = 0.0
+        self._images_lock = asyncio.Lock()
+        self._image_warnings: list[str] = []
+        self._all_groups: list[ImageGroup] = []
+        self._images_loaded = False
+        self._images_refresh: asyncio.Task[None] | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why the last image listing may be incomplete (e.g. the registry was unreachable)."""
+        return list(self._image_warnings)
+
+    def knows(self, reference: str) -> bool:
+        """Whether the index lists ``reference`` (as of its last refresh)."""
+        return reference in self._images
+
+    def close(self) -> None:
+        """Stop a background refresh (the service is stopping)."""
+        if self._images_refresh is not None:
+            self._images_refresh.cancel()
+
+    # ---- naming and ownership -------------------------------------------------------------------
+    def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
+        """The image reference a build of ``owner``'s ``name`` at ``sha`` produces."""
+        return image_reference(
+            self.settings.image_name_template,
+            prefix=self.settings.image_prefix,
+            owner=owner,
+            name=name,
+            sha=sha,
+            ref=ref,
+        )
+
+    @staticmethod
+    def owner_of(labels: dict[str, str] | None) -> str | None:
+        """The owner an image's (or registry manifest's) labels name, or None if it is not ours."""
+        fields = parse_labels(labels)
+        return None if fields is None else fields.get("owner")
+
+    def _owned_fields(self, labels: dict[str, str] | None, reference: str) -> dict[str, str] | None:
+        """Our label fields, if ``reference`` is the very name our template gives them."""
+        fields = parse_labels(labels)
+        if fields is None:
+            return None
+        try:
+            expected = self.image_for(
+                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
+            )
+        except InvalidRequest:
+            return None
+        return fields if reference == expected else None
+
+    # ---- the index --------------------------------------------------------------------------------
+    async def refresh(self, force: bool = False) -> None:
+        """Bring the image index up to date with Docker (and the registry).
+
+        A stale index is refreshed in the background while callers get the current one
+        (stale-while-revalidate), so listings never wait for Docker; ``force`` waits.
+        """
+        ttl = self.settings.image_cache_ttl
+        if not force and time.monotonic() - self._images_at < ttl:
+            return
+        if not force and self._images_loaded and ttl > 0:
+            if self._images_refresh is None or self._images_refresh.done():
+                self._images_refresh = asyncio.create_task(self.refresh_quietly(force=False))
+            return
+        await self._load_images(force)
+
+    async def refresh_quietly(self, force: bool = True) -> None:
+        """Refresh the index; a failure is logged (listings report it), not raised."""
+        try:
+            await self._load_images(force)
+        except R2DError as e:
+            self.log.warning("Refreshing the image index failed: %s", e)
+
+    async def _load_images(self, force: bool) -> None:
+        async with self._images_lock:
+            if not force and time.monotonic() - self._images_at < self.settings.image_cache_ttl:
+                return
+            summaries = await self._engine_call(self.engine.list_images())
+            images: dict[str, ImageVersion] = {}
+            for summary in summaries:
+                for tag in summary.get("RepoTags") or []:
+                    # Only the name our template gives these labels counts: an image labelled as
+                    # alice's but tagged elsewhere (by hand, or with an older template) is ignored.
+                    fields = self._owned_fields(summary.get("Labels"), tag)
+                    if fields is None:
+                        continue
+                    images[tag] = self._version(
+                        fields,
+                        tag,
+                        created=float(summary.get("Created") or 0),
+                        size=summary.get("Size"),
+                        local=True,
+                        image_id=summary.get("Id"),
+                    )
+            warnings: list[str] = []
+            if self.registry.configured:
+                try:
+                    remote = await self.registry.client().list_images(self.registry_prefix())
+                except R2DError as e:
+                    remote = []
+                    warnings.append(
+                        f"registry {self.registry.host} unavailable, showing local images only: {e}"
+                    )
+                for item in remote:
+                    self._merge_remote(images, item)
+            self._images = images
+            self._all_groups = self._build_groups(images)
+            self._images_loaded = True
+            self._image_warnings = warnings
+            # an incomplete listing is not trusted for the TTL: the next one asks again
+            self._images_at = 0.0 if warnings else time.monotonic()
+
+    def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
+        """Add a registry image to the index (or mark the local one pushed), if it is ours."""
+        fields = self._owned_fields(item.labels, item.reference)
+        if fields is None:
+            return
+        version = images.get(item.reference)
+        if version is not None:
+            version.pushed = True
+            version.digest = item.digest
+            return
+        images[item.reference] = self._version(
+            fields,
+            item.reference,
+            created=item.created.timestamp() if item.created else None,
+            size=item.size,
+            local=False,
+            pushed=True,
+            digest=item.digest,
+        )
+
+    @staticmethod
+    def _version(
+        fields: dict[str, str], reference: str, *, created: float | None, **found: Any
+    ) -> ImageVersion:
+        return ImageVersion(
+            reference=reference,
+            owner=fields["owner"],
+            name=fields["name"],
+            repo=fields.get("repo", ""),
+            ref=fields.get("ref", ""),
+            sha=fields["sha"],
+            created=parse_time(fields.get("created")) or created,
+            build_id=fields.get("build-id"),
+            **found,
+        )
+
+    @staticmethod
+    def _build_groups(images: dict[str, ImageVersion]) -> list[ImageGroup]:
+        """Versions grouped per (owner, name), newest first (once per refresh, not per request)."""
+        grouped: dict[tuple[str, str], list[ImageVersion]] = {}
+        for version in images.values():
+            grouped.setdefault((version.owner, version.name), []).append(version)
+        groups = []
+        for (owner, name), versions in grouped.items():
+            versions.sort(key=lambda v: v.created or 0, reverse=True)
+            groups.append(ImageGroup(owner, name, versions[0].repository, versions))
+        groups.sort(key=lambda g: g.newest.created or 0, reverse=True)
+        return groups
+
+    def groups(self, owners: set[str] | None = None) -> list[ImageGroup]:
+        """The index's groups (no refresh), optionally only those of ``owners``."""
+        if owners is None:
+            return list(self._all_groups)
+        return [g for g in self._all_groups if g.owner in owners]
+
+    def group(self, owner: str, name: str) -> ImageGroup:
+        """``owner``'s image ``name`` from the index (no refresh); NotFound if there is none."""
+        groups = [g for g in self.groups({owner}) if g.name == name]
+        if not groups:
+            raise NotFound(f"{owner} has no image {name!r}")
+        return groups[0]
+
+    async def list_images(self, owners: Iterable[str] | None = None) -> list[ImageGroup]:
+        """Built images, grouped per (owner, name), newest first."""
+        await self.refresh()
+        return self.groups(set(owners) if owners is not None else None)
+
+    async def get_image(self, owner: str, name: str) -> ImageGroup:
+        await self.refresh()
+        return self.group(owner, name)
+
+    async def delete_image(
+        self, owner: str, name: str, tag: str | None = None
+    ) -> dict[str, list[Any]]:
+        """Delete all versions of an image, or the one with ``tag``; report what failed."""
+        await self.refresh(force=True)
+        group = self.group(owner, name)
+        versions = [v for v in group.versions if tag is None or v.tag == tag]
+        if not versions:
+            raise NotFound(f"{owner}'s image {name!r} has no version {tag!r}")
+        deleted: list[str] = []
+        errors: list[dict[str, str]] = []
+        for version in versions:
+            ok = True
+            if version.local:
+                try:
+                    await self._engine_call(self.engine.remove_image(version.reference))
+                except NotFound:
+                    pass
+                except R2DError as e:
+                    ok = False
+                    errors.append({"image": version.reference, "where": "local", "message": str(e)})
+            if version.pushed and self.registry.configured:
+                parsed = parse_reference(version.reference)
+                try:
+                    await self.registry.client().delete(parsed.path, parsed.tag or "latest")
+                    self.registry.client().invalidate(parsed.path)
+                except NotFound:
+                    pass
+                except R2DError as e:
+                    ok = False
+                    errors.append(
+                        {"image": version.reference, "where": "registry", "message": str(e)}
+                    )
+            if ok:
+                deleted.append(version.reference)
+        await self.refresh(force=True)
+        return {"deleted": deleted, "errors": errors}
+
+    # ---- the registry -----------------------------------------------------------------------------
+    def check_push_target(self, image: str) -> None:
+        """Refuse a push of ``image`` when its name does not put it in the configured registry."""
+        domain = parse_reference(image).domain
+        if domain != self.registry.host:
+            raise InvalidRequest(
+                f"images are named {image}, which is not in the registry {self.registry.host}: set "
+                f"c.BuildManager.image_prefix to start with it, e.g. '{self.registry.host}/r2d-'",
+                field="push",
+            )
+
+    def registry_prefix(self) -> str:
+        """The repository-name prefix our images have inside the registry (for the catalog)."""
+        host = self.registry.host
+        if not self.settings.image_name_template.startswith("{prefix}"):
+            return ""
+        prefix = self.settings.image_prefix
+        return prefix[len(host) + 1 :] if host and prefix.startswith(host + "/") else ""
+
+    def registry_location(self, image: str) -> tuple[str, str] | None:
+        """(path, tag) of ``image`` in the configured registry, or None if it is not there."""
+        parsed = parse_reference(image)
+        if parsed.domain != self.registry.host or not parsed.tag:
+            return None
+        return parsed.path, parsed.tag
+
+    async def registry_image(self, image: str) -> Any:
+        """The registry's image for ``image``, or None (also when the registry is unreachable)."""
+        location = self.registry_location(image)
+        if location is None:
+            return None
+        try:
+            return await self.registry.client().image(*location)
+        except NotFound:
+            return None
+        except R2DError as e:
+            self.log.warning("Registry lookup of %s failed: %s", image, e)
+            return None
+
+    async def in_registry(self, image: str) -> bool:
+        """Whether the registry has ``image`` (False when it cannot be asked)."""
+        location = self.registry_location(image)
+        if location is None:
+            return False
+        try:
+            await self.registry.client().digest(*location)
+            return True
+        except R2DError:
+            return False

@@ -1,0 +1,348 @@
+"""The request schemas of the REST API: one source of truth for the OpenAPI document and the checks.
+
+:mod:`r2d_tornado.openapi` publishes these schemas (request bodies under ``components.schemas``,
+query parameters on their operations) and the adapters validate every request against the very
+same dictionaries with `jsonschema <https://python-jsonschema.readthedocs.io>`_ (already installed:
+JupyterHub depends on it). No per-field type checks anywhere else.
+
+The schemas use only keywords that mean the same in OpenAPI 3.0 Schema Objects and JSON Schema
+draft 7 (``type``, ``properties``, ``required``, ``additionalProperties``, ``pattern``,
+``minLength``/``maxLength``, ``minimum``, ``enum``, ``items``, ``maxItems``) and no ``nullable``,
+so draft 7 validation is exactly what the document promises.
+
+Limits, checked before the body is parsed (both documented in the OpenAPI document):
+
+* :data:`MAX_BODY_BYTES` — larger bodies answer 413;
+* :data:`MAX_JSON_DEPTH` — deeper nesting answers 400 (Python's parser recurses: a 100k-deep array
+  would otherwise raise ``RecursionError``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jsonschema
+
+from .errors import InvalidRequest, PayloadTooLarge
+from .validation import NAME_PATTERN, REF_PATTERN
+
+__all__ = [
+    "BUILD_REQUEST",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "PARAMETERS",
+    "REQUEST_SCHEMAS",
+    "STATES",
+    "parse_json_body",
+    "validate_body",
+    "validate_query",
+]
+
+#: request bodies larger than this answer 413 (a build request is a few hundred bytes)
+MAX_BODY_BYTES = 64 * 1024
+#: JSON nested deeper than this answers 400 (a build request nests 2 levels)
+MAX_JSON_DEPTH = 16
+
+STATES = ["queued", "fetching", "building", "pushing", "built", "failed", "cancelled"]
+
+
+def _or_empty(pattern: str) -> str:
+    # "" means "the default" in the UI's form; the pattern applies to anything else
+    return f"^$|{pattern}"
+
+
+#: POST api/builds
+BUILD_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["repo"],
+    "additionalProperties": False,
+    "properties": {
+        "repo": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "description": "the git URL of the repository (must match the service's allow-list)",
+        },
+        "ref": {
+            "type": "string",
+            "maxLength": 255,
+            "pattern": _or_empty(REF_PATTERN),
+            "default": "HEAD",
+            "description": "a branch, tag or commit (empty: HEAD)",
+        },
+        "name": {
+            "type": "string",
+            "maxLength": 64,
+            "pattern": _or_empty(NAME_PATTERN),
+            "description": "the image's name: letters, digits, '.', '_', '-', starting with a "
+            "letter or digit (empty: derived from the repository)",
+        },
+        "owner": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "the JupyterHub user whose namespace the image goes to (default: the "
+            "caller; a service must send it)",
+        },
+        "push": {
+            "type": "boolean",
+            "default": False,
+            "description": "push the image to the configured registry",
+        },
+        "force": {
+            "type": "boolean",
+            "default": False,
+            "description": "build even if an image for this commit exists",
+        },
+        "credentials": {
+            "type": "object",
+            "required": ["password"],
+            "additionalProperties": False,
+            "properties": {
+                "username": {"type": "string", "maxLength": 255, "description": "default: git"},
+                "password": {"type": "string", "maxLength": 4096},
+            },
+            "description": "for a private repository (HTTP basic auth); never stored or logged",
+        },
+    },
+}
+
+#: request body schemas by the name they are published under in ``components.schemas``
+REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {"BuildRequest": BUILD_REQUEST}
+
+_OWNER_QUERY = {
+    "name": "owner",
+    "in": "query",
+    "description": "only this owner's namespace",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+#: query (and header) parameters by operation (``"METHOD path"`` as in the OpenAPI document), as
+#: OpenAPI Parameter Objects; ``array`` parameters may be repeated (``?state=a&state=b``)
+PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    "get /api/images": [_OWNER_QUERY],
+    "delete /api/images/{owner}/{name}": [
+        {
+            "name": "tag",
+            "in": "query",
+            "description": "delete only this version (a tag listed in `versions`)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        }
+    ],
+    "get /api/builds": [
+        _OWNER_QUERY,
+        {
+            "name": "state",
+            "in": "query",
+            "description": "only builds in these states (repeat the parameter for several)",
+            "style": "form",
+            "explode": True,
+            "schema": {
+                "type": "array",
+                "maxItems": len(STATES),
+                "items": {"type": "string", "enum": STATES},
+            },
+        },
+    ],
+    "get /api/builds/{build_id}/logs": [
+        {
+            "name": "since",
+            "in": "query",
+            "description": "the first line number to send",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        {
+            "name": "format",
+            "in": "query",
+            "description": "`sse` (default) or `text`",
+            "schema": {"type": "string", "enum": ["sse", "text"]},
+        },
+        {
+            "name": "follow",
+            "in": "query",
+            "description": "with `format=text`: `0` stops at the current end of the log",
+            "schema": {"type": "integer", "enum": [0, 1]},
+        },
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "description": "resume after this line number (what an EventSource sends when it "
+            "reconnects)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    ],
+}
+
+
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    # JSON Schema patterns are ECMA 262 regexes, where "$" matches only at the very end; Python's
+    # "$" also matches before a final newline ("main\n" would pass ^...$)
+    if isinstance(instance, str) and not re.search(
+        _UNESCAPED_DOLLAR.sub(r"\\Z", pattern), instance
+    ):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Draft7 = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _ecma_pattern})
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    _Draft7.check_schema(schema)
+    return _Draft7(schema)
+
+
+_BODY_VALIDATORS = {name: _validator(schema) for name, schema in REQUEST_SCHEMAS.items()}
+
+
+def _query_schema(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {p["name"]: p["schema"] for p in parameters},
+    }
+
+
+_QUERY_VALIDATORS = {op: _validator(_query_schema(ps)) for op, ps in PARAMETERS.items()}
+
+# a JSON string (escapes included), so that brackets inside strings are not counted
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``data`` nests arrays/objects deeper than ``limit`` (a linear scan, no parsing)."""
+    depth = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def parse_json_body(body: bytes | None, *, content_length: int | None = None) -> Any:
+    """Decode a request body within the size and depth limits, or raise the error to answer."""
+    size = len(body or b"")
+    if size > MAX_BODY_BYTES or (content_length or 0) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB",
+            limit=MAX_BODY_BYTES,
+        )
+    if not body:
+        raise InvalidRequest("the request needs a JSON body")
+    if json_depth_exceeds(body):
+        raise InvalidRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8 too (UnicodeDecodeError)
+        raise InvalidRequest("the request body must be JSON") from None
+
+
+def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.path), list(e.path)))
+    if not errors:
+        return None
+    error = errors[0]
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - known)
+        field = ".".join([*path, unknown[0]]) if unknown else ".".join(path)
+        return InvalidRequest(
+            f"unknown field {field!r}; known fields: {', '.join(sorted(known))}",
+            field=field.split(".")[0],
+        )
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        field = ".".join([*path, missing]) if missing else ".".join(path)
+        return InvalidRequest(f"{field} is required", field=field.split(".")[0])
+    field = ".".join(path)
+    description = error.schema.get("description")
+    if error.validator == "type":
+        what = {
+            "string": "a string",
+            "boolean": "true or false",
+            "object": "a JSON object",
+            "integer": "an integer",
+            "array": "a list",
+        }
+        expected = error.validator_value
+        message = f"must be {what.get(expected, expected)}" if isinstance(expected, str) else ""
+        message = message or error.message
+    elif error.validator == "enum":
+        message = f"must be one of {', '.join(map(str, error.validator_value))}"
+    elif error.validator == "pattern":
+        message = f"does not match {error.validator_value}"
+    elif error.validator in ("maxLength", "minLength", "maxItems", "minimum"):
+        message = {
+            "maxLength": f"is longer than {error.validator_value} characters",
+            "minLength": "must not be empty",
+            "maxItems": f"may be given at most {error.validator_value} times",
+            "minimum": f"must be at least {error.validator_value}",
+        }[error.validator]
+    else:
+        message = "is invalid"
+    if description:
+        message += f": {description}"
+    if not field:
+        return InvalidRequest(f"the request body {message}")
+    return InvalidRequest(f"{field} {message}", field=field.split(".")[0])
+
+
+def validate_body(schema_name: str, data: Any) -> dict[str, Any]:
+    """``data`` if it matches the request schema ``schema_name``, else raise :class:`InvalidRequest`
+    naming the first offending field."""
+    error = _first_error(_BODY_VALIDATORS[schema_name], data)
+    if error is not None:
+        raise error
+    return data
+
+
+def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
+    if schema.get("type") == "integer":
+        try:
+            return int(value)
+        except ValueError:
+            return value  # the schema names the expected type
+    return value
+
+
+def validate_query(
+    operation: str,
+    arguments: Mapping[str, Sequence[str]],
+    headers: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The typed query (and header) parameters of ``operation`` (``"get /api/builds"``), validated.
+
+    ``arguments`` maps each query parameter's name to its (decoded) values; ``headers`` each
+    header parameter's name, as the document spells it, to its values. Parameters the operation
+    does not define are ignored (cache busters, ``_xsrf``, other headers); a non-array parameter
+    given more than once is refused.
+    """
+    parameters = {p["name"]: p for p in PARAMETERS.get(operation, [])}
+    values: dict[str, Any] = {}
+    for name, parameter in parameters.items():
+        source = (headers or {}) if parameter["in"] == "header" else arguments
+        given = list(source.get(name, ()))
+        if not given:
+            continue
+        schema = parameter["schema"]
+        if schema.get("type") == "array":
+            values[name] = [_coerce(v, schema.get("items", {})) for v in given]
+        elif len(given) > 1:
+            raise InvalidRequest(f"{name} may be given only once", field=name)
+        else:
+            values[name] = _coerce(given[0], schema)
+    if operation in _QUERY_VALIDATORS:
+        error = _first_error(_QUERY_VALIDATORS[operation], values)
+        if error is not None:
+            raise error
+    return values

@@ -1,0 +1,77 @@
+"""Sizes in bytes for settings: ``"10G"``-style parsing and formatting, a traitlet that takes both,
+and environment fallbacks that fail loudly on nonsense instead of silently using a default."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from traitlets import Integer, TraitError
+
+__all__ = ["ByteSize", "env_bool", "env_value", "format_bytes", "parse_bytes"]
+
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """``"10G"`` → 10 GiB. Units K, M, G, T, P are powers of 1024 (as JupyterHub's ``mem_limit``);
+    ``Gi``, ``GB`` and ``GiB`` mean the same. A plain number is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value!r}")
+        return int(value)
+    match = _BYTES_RE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 500M, 10G, 1.5T or a number of bytes)")
+    number, unit, _ = match.groups()
+    return int(float(number) * 1024 ** _UNITS[unit.lower()])
+
+
+def format_bytes(value: int | float) -> str:
+    """``1536`` → ``"1.5 KiB"``: sizes in messages, as ``du -h`` would say them."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ByteSize(Integer):  # type: ignore[type-arg]
+    """An integer number of bytes that also accepts ``"10G"``-style strings (config and CLI)."""
+
+    info_text = "a size in bytes, or a string such as 500M, 10G, 1.5T"
+
+    def validate(self, obj: Any, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = parse_bytes(value)
+            except ValueError as e:
+                raise TraitError(f"{self.name}: {e}") from None
+        return super().validate(obj, value)
+
+    def from_string(self, s: str) -> int:
+        return parse_bytes(s)
+
+
+def env_value(name: str, parse: Any, fallback: Any) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return fallback
+    try:
+        return parse(raw)
+    except ValueError:
+        raise TraitError(f"environment variable {name}={raw!r} is not valid") from None
+
+
+def env_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
