@@ -81,7 +81,7 @@ _TAIL_LINES = 8
 #: the most bytes of one git command's output kept (stdout: head, stderr: tail)
 MAX_GIT_OUTPUT = 16 * 1024 * 1024
 
-_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: "$" also matches before a final newline
 #: options of every git process; constants only (nothing a user sends becomes a key)
 _GIT_CONFIG: tuple[tuple[str, str], ...] = (
     ("protocol.file.allow", "never"),
