@@ -126,6 +126,19 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         self._r2d = r2d
         super().initialize(**kwargs)
 
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # The UI's Build and Delete buttons must not be framed by another page (clickjacking; a
+        # page on another port of the same host is "same site" and gets the cookies). JupyterHub
+        # answers its own pages so (the TLJH adapter's base has set it already); the standalone
+        # service does the same, or what tornado_settings["headers"] says, as the Hub reads it.
+        if "Content-Security-Policy" not in self._headers:
+            headers = self.settings.get("headers") or {}
+            self.set_header(
+                "Content-Security-Policy",
+                headers.get("Content-Security-Policy", "frame-ancestors 'none'"),
+            )
+
     @property
     def ctx(self) -> R2DContext:
         assert isinstance(self._r2d, R2DContext), "r2d_setup() first"
