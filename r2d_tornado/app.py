@@ -182,6 +182,14 @@ class R2DService(Application):
         15.0, config=True, help="Seconds between keepalive comments on event streams (default 15)."
     )
 
+    max_streams_per_user = Int(
+        20,
+        config=True,
+        help="""Event streams (build logs, the BinderHub-compatible endpoint) one user or service may
+        hold open at once (default 20; 0: no limit); one more answers 429. Each open stream holds
+        a connection for as long as its build runs.""",
+    )
+
     tornado_settings = Dict(config=True, help="Extra tornado Application settings.")
 
     subcommands = {
@@ -216,6 +224,7 @@ class R2DService(Application):
             hub_url=self.hub_prefix,
             logout_url=self.hub_prefix + "logout",
             keepalive_interval=self.keepalive_interval,
+            max_streams_per_user=self.max_streams_per_user,
         )
         handlers: list[Any] = make_handlers(self.base_url, ServiceAuthBase, self.context)
         handlers.insert(0, (self.base_url + "oauth_callback", _CallbackHandler))

@@ -215,3 +215,53 @@ async def test_cookie_event_stream_needs_the_xsrf_token(rhub, callers):
         assert r.status_code == 200, r.text
     finally:
         await client.aclose()
+
+
+# ---- resource exhaustion --------------------------------------------------------------------------
+async def test_event_streams_per_user_are_capped(rhub, callers, git_server):
+    """One user's open event streams are capped (default 20): each holds a connection (in TLJH a
+    file descriptor of the Hub) while the build runs; more answer 429, other users are not
+    affected, and a closed stream frees its slot."""
+    import contextlib
+
+    alice = await callers.token("alice")
+    bob = await callers.token("bob")
+    r = await alice.request(
+        "POST", "api/builds", json={"repo": git_server.url("slow"), "force": True}
+    )
+    assert r.status_code == 202, r.text
+    build = r.json()
+    path = f"api/builds/{build['id']}/logs"
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = []
+            for _ in range(20):
+                s = await stack.enter_async_context(
+                    alice.client.stream("GET", path, headers=alice.headers)
+                )
+                assert s.status_code == 200
+                streams.append(s)
+            r = await alice.request("GET", path)
+            assert r.status_code == 429, r.text
+            assert r.json()["error"] == "rate_limited" and r.headers.get("Retry-After")
+            # the BinderHub endpoint counts too, and says so as an event
+            token = await asyncio.to_thread(rhub.token_for, "alice")
+            r = await alice.client.get(
+                rhub.service_url + "build/gh/r2d/slow/main",
+                params={"build_only": "true"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            events = _binder_events(r.text)
+            assert events[-1]["phase"] == "failed" and events[-1]["status_code"] == 429, events
+            # bob is not alice: his own streams are his (he may not read hers: 404)
+            r = await bob.request("GET", path)
+            assert r.status_code == 404, r.text
+            await streams[0].aclose()
+            for _ in range(50):  # the service notices the closed connection
+                r = await alice.request("GET", path, params={"format": "text", "follow": "0"})
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 200, r.text
+    finally:
+        await alice.request("DELETE", f"api/builds/{build['id']}")
