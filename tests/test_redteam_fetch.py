@@ -127,3 +127,50 @@ def test_symlinked_gitmodules_is_not_read(git_server, served, tmp_path):
     f = fetcher(tmp_path)
     with pytest.raises(FetchError, match=r"invalid path|points outside"):
         f.fetch(f.check(git_server.url(name), "repository"), str(tmp_path / "o"), head)
+
+
+async def test_local_builds_inherit_none_of_the_services_secrets(git_server, tmp_path, monkeypatch):
+    """The LocalProcessBuilder's build runs repo2docker, which reads the (hostile) repository:
+    its environment must not hold the service's Hub API token or registry password."""
+    import json
+    import sys
+
+    from r2d_core.builders import LocalProcessBuilder
+    from r2d_core.engine import DockerEngine
+    from r2d_core.models import Build
+
+    secrets = {
+        "JUPYTERHUB_API_TOKEN": "hub-token-secret",
+        "JPY_API_TOKEN": "old-hub-token-secret",
+        "R2D_REGISTRY_PASSWORD": "registry-secret",
+        "JUPYTERHUB_CLIENT_ID": "service-r2d",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # kept: builds may need it
+    dump = "import json, os, sys; print(json.dumps(dict(os.environ)))"
+    builder = LocalProcessBuilder(
+        engine=DockerEngine(host="unix:///nonexistent.sock"),
+        command=[sys.executable, "-c", dump],
+        allowed_repo_patterns=[r"^git://127\.0\.0\.1:\d+/"],
+        allowed_networks=["127.0.0.0/8"],
+    )
+    repo = git_server.repos["hello"]
+    build = Build(
+        id="0123456789ab",
+        owner="alice",
+        name="hello",
+        repo=git_server.url("hello"),
+        ref="main",
+        sha=repo.head,
+        image="r2d-alice-hello:x",
+    )
+    process = await builder.start(build)
+    lines = [line async for line in process.output()]
+    assert await process.wait() == 0, lines
+    await process.cleanup()
+    env = json.loads(next(line for line in lines if line.startswith("{") and "PATH" in line))
+    text = json.dumps(env)
+    assert [k for k, v in secrets.items() if k in env or v in text] == []
+    assert env["HTTPS_PROXY"] == "http://proxy.invalid:3128"
+    assert env["DOCKER_HOST"] == "unix:///nonexistent.sock"
