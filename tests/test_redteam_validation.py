@@ -67,7 +67,7 @@ def test_binder_spec_segment_with_a_final_newline_is_refused():
         "https://user:pw@github.com/x",
         "https://github.com@127.0.0.1/x",
         "https://github.com\u202e/x",
-        "https://ｇｉｔｈｕｂ.com/x",  # fullwidth: NFKC/nameprep would rewrite it
+        "https://\uff47\uff49\uff54\uff48\uff55\uff42.com/x",  # fullwidth: NFKC would rewrite it
         "https://github.com%2f@127.0.0.1/x",
         "https://github.com/%2e%2e/%2e%2e/x",
         "https://github.com/x%00",
@@ -115,6 +115,6 @@ def test_homoglyph_host_is_not_the_allowed_host():
 
     pattern = [r"^https://github\.com/"]
     assert validate_repo_url("https://GitHub.com/x", pattern) == "https://github.com/x"
-    for url in ("https://gіthub.com/x", "https://github.com.evil.example/x"):  # Cyrillic і
+    for url in ("https://g\u0456thub.com/x", "https://github.com.evil.example/x"):  # Cyrillic i
         with pytest.raises(InvalidRequest):
             validate_repo_url(url, pattern)
