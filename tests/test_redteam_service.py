@@ -265,3 +265,70 @@ async def test_event_streams_per_user_are_capped(rhub, callers, git_server):
             assert r.status_code == 200, r.text
     finally:
         await alice.request("DELETE", f"api/builds/{build['id']}")
+
+
+@pytest.fixture(scope="module")
+def quick_timeout_hub(docker_host, local_images):
+    hub = adapter_hub(docker_host, "service")
+    hub.config.service_config += "\nc.R2DService.request_timeout = 2\n"
+    with running(hub) as hub:
+        yield hub
+
+
+async def test_slowloris_client_is_cut_off(quick_timeout_hub, git_server):
+    """A client that sends its headers one line at a time, never finishing, is disconnected
+    after ``R2DService.request_timeout`` (tornado's own default: an hour per connection). The
+    service port is reachable without the proxy by anyone on the host."""
+    import time
+
+    port = quick_timeout_hub.config.service_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /services/r2d/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 15:
+            try:
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(1024), 0.5)
+                if data == b"":
+                    closed = True
+                    break
+            except asyncio.TimeoutError:
+                continue
+            except (ConnectionError, OSError):
+                closed = True
+                break
+        assert closed, "a dripping client kept its connection for 15 s"
+        assert time.monotonic() - started < 10
+    finally:
+        writer.close()
+    # a normal request still works, and an event stream outlives the timeout (answers are not cut)
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(f"http://127.0.0.1:{port}/services/r2d/health")
+        assert r.status_code == 200
+    callers = Callers(quick_timeout_hub)
+    try:
+        alice = await callers.token("alice")
+        r = await alice.request(
+            "POST", "api/builds", json={"repo": git_server.url("slow"), "force": True}
+        )
+        assert r.status_code == 202, r.text
+        build = r.json()
+        try:
+            started = time.monotonic()
+            last = 0.0
+            async with alice.client.stream(
+                "GET", f"api/builds/{build['id']}/logs", headers=alice.headers
+            ) as stream:
+                async for _chunk in stream.aiter_bytes():
+                    last = time.monotonic() - started
+                    if last > 5:
+                        break
+            assert last > 5, "the event stream was cut"
+        finally:
+            await alice.request("DELETE", f"api/builds/{build['id']}")
+    finally:
+        await callers.aclose()
