@@ -40,7 +40,7 @@ import sys
 import tempfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ __all__ = [
     "DockerBuilder",
     "LocalProcessBuilder",
     "RecoveredBuild",
+    "build_environment",
     "fetch_bootstrap",
 ]
 
@@ -373,6 +374,18 @@ class _LocalProcess(BuildProcess):
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
 
+#: prefixes of the service's own variables, never inherited by a build: the Hub's API token and
+#: OAuth client (``JUPYTERHUB_*``, ``JPY_*``), the service's settings and secrets (``R2D_*``, e.g.
+#: ``R2D_REGISTRY_PASSWORD``). repo2docker reads the hostile repository in that process.
+_SERVICE_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "R2D_")
+
+
+def build_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a local build inherits: the service's, without its identity and secrets
+    (proxies, ``PATH``, ``HOME``, ``DOCKER_*`` stay)."""
+    return {k: v for k, v in environ.items() if not k.upper().startswith(_SERVICE_ENV_PREFIXES)}
+
+
 class LocalProcessBuilder(Builder):
     """Run the build as a child process of the service: ``python -I -m r2d_core.fetch`` fetches
     into a temporary directory (removed afterwards), then ``exec``s :attr:`command`."""
@@ -396,7 +409,7 @@ class LocalProcessBuilder(Builder):
         spec = self.fetch_spec(
             build, workdir, list(self.command), credentials_stdin=credentials is not None
         )
-        env = dict(os.environ)
+        env = build_environment(os.environ)
         env[SPEC_ENV] = json.dumps(spec)
         env["DOCKER_HOST"] = self.engine.host
         env["PYTHONUNBUFFERED"] = "1"

@@ -65,6 +65,7 @@ __all__ = [
     "SPEC_ENV",
     "FetchError",
     "Fetcher",
+    "check_links",
     "git_environment",
     "main",
     "resolve_submodule_url",
@@ -83,7 +84,7 @@ _TAIL_LINES = 8
 #: the most bytes of one git command's output kept (stdout: head, stderr: tail)
 MAX_GIT_OUTPUT = 16 * 1024 * 1024
 
-_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: "$" also matches before a final newline
 #: options of every git process; constants only (nothing a user sends becomes a key)
 _GIT_CONFIG: tuple[tuple[str, str], ...] = (
     ("protocol.file.allow", "never"),
@@ -403,6 +404,8 @@ class Fetcher:
         what = "repository" if depth == 0 else f"submodule {dest}"
         self.clone(url, dest, sha, what)
         self.fetch_submodules(url, dest, depth)
+        if depth == 0:
+            check_links(dest)
 
     def submodule_entries(self, dest: str) -> list[tuple[str, str, str, str]]:
         """``(name, path, url, sha)`` for each gitlink that ``.gitmodules`` maps."""
@@ -461,6 +464,36 @@ class Fetcher:
             emit("fetching", f"Fetching submodule {name} from {url} at {sha[:12]}")
             self.clone(url, target, sha, what)
             self.fetch_submodules(url, target, depth + 1)
+
+
+def check_links(root: str) -> None:
+    """Refuse a checkout (submodules included) with a symlink that resolves outside ``root``.
+
+    repo2docker reads files of the checkout where it runs (with the LocalProcessBuilder: on the
+    service's host, as the service's user) and prints some of them (``apt.txt`` becomes part of
+    the generated Dockerfile, or of its error): a link to ``/etc/shadow``, ``/proc/self/environ``
+    or ``../repo2docker_config.py`` would put a file of the host into the build log. Links that
+    stay inside the checkout (dangling ones too) are kept.
+    """
+    top = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(top):
+        # os.walk does not descend into symlinked directories: they are listed, and checked
+        dirnames[:] = [
+            d for d in dirnames if d != ".git" or os.path.islink(os.path.join(dirpath, d))
+        ]
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                continue
+            resolved = os.path.realpath(path)
+            if resolved != top and not resolved.startswith(top + os.sep):
+                relative = os.path.relpath(path, top)
+                raise FetchError(
+                    f"{relative} is a symbolic link that points outside the repository "
+                    f"({os.readlink(path)[:200]!r}): refused, since building would read that "
+                    "file of the build host; make it a regular file or a link inside the "
+                    "repository"
+                )
 
 
 def _store_size(repo: str) -> int:

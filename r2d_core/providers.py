@@ -52,7 +52,7 @@ DEFAULT_URL_TEMPLATES: dict[str, str] = {
 
 #: one path segment of an owner, repository or namespace (GitHub's and GitLab's own rules are
 #: narrower still); anything else could change the URL the template produces
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}\Z")
 #: ``git@host:path``, which ``git`` accepts and BinderHub maps to ``ssh://git@host/path``
 _SCP_LIKE = re.compile(r"^([\w\-]+@[\w\-.]+):(.+)$")
 _MAX_SPEC = 4096

@@ -77,8 +77,8 @@ _PARSE_SLICE = 8 * 1024
 _USER_AGENT = "git/2.39 (repo2docker-service)"
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
-_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
-_SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: "$" also matches before a final newline
+_SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}\Z")
 #: "<sha> <refname>[\0capabilities]" (the refname ends at NUL; the line's newline is stripped)
 _REF_LINE = re.compile(rb"([0-9a-f]{40}) ([^\0]+)")
 

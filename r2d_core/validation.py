@@ -195,7 +195,7 @@ def validate_ref(ref: object) -> str:
     if ref.startswith("-"):
         raise InvalidRequest("ref must not start with '-'")
     if (
-        not re.match(REF_PATTERN, ref)
+        not re.fullmatch(REF_PATTERN, ref)
         or ".." in ref
         or "@{" in ref
         or "//" in ref
@@ -209,7 +209,7 @@ def validate_ref(ref: object) -> str:
 
 def validate_name(name: object) -> str:
     """Return the image display ``name`` if it follows :data:`NAME_PATTERN`."""
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise InvalidRequest(
             f"name {name!r} is not valid: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

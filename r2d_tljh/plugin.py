@@ -127,13 +127,15 @@ class HubContext(ContextProvider):
         groups = HubDBGroups(handler.db)
         await manager.start()
         _stop_with_the_hub(manager)
+        settings = R2DPlugin(config=config)
         return R2DContext(
             manager=manager,
             authorizer=Authorizer(groups),
             base_url=f"{hub_prefix}{self.path}/",
             hub_url=hub_prefix,
             logout_url=f"{hub_prefix}logout",
-            keepalive_interval=R2DPlugin(config=config).keepalive_interval,
+            keepalive_interval=settings.keepalive_interval,
+            max_streams_per_user=settings.max_streams_per_user,
         )
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from traitlets import Bool, Float, TraitError, Unicode, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from r2d_core.scopes import scope_for
@@ -104,6 +104,13 @@ class R2DPlugin(Configurable):
     )
     keepalive_interval = Float(
         15.0, config=True, help="Seconds between keepalive comments on event streams (default 15)."
+    )
+    max_streams_per_user = Int(
+        20,
+        config=True,
+        help="""Event streams (build logs, the BinderHub-compatible endpoint) one user or service may
+        hold open at once (default 20; 0: no limit); one more answers 429. Each open stream holds
+        a connection (a file descriptor of the Hub) for as long as its build runs.""",
     )
     add_default_roles = Bool(
         True,

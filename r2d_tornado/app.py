@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import httpserver, web
-from traitlets import Bool, Dict, Float, Int, Unicode, default
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
 from r2d_core import __version__
@@ -182,6 +182,29 @@ class R2DService(Application):
         15.0, config=True, help="Seconds between keepalive comments on event streams (default 15)."
     )
 
+    request_timeout = Float(
+        60.0,
+        config=True,
+        help="""Seconds a client may take to send a request's headers, or its body, and a kept-alive
+        connection may sit idle (default 60). Tornado's own default is an hour: a client sending
+        one byte a minute (slowloris) would hold a connection, and a file descriptor, that long.
+        Event streams are answers, not requests: they are not cut.""",
+    )
+
+    @validate("request_timeout")
+    def _check_request_timeout(self, proposal: Any) -> float:
+        if proposal["value"] <= 0:
+            raise TraitError("R2DService.request_timeout must be a positive number of seconds")
+        return proposal["value"]
+
+    max_streams_per_user = Int(
+        20,
+        config=True,
+        help="""Event streams (build logs, the BinderHub-compatible endpoint) one user or service may
+        hold open at once (default 20; 0: no limit); one more answers 429. Each open stream holds
+        a connection for as long as its build runs.""",
+    )
+
     tornado_settings = Dict(config=True, help="Extra tornado Application settings.")
 
     subcommands = {
@@ -216,6 +239,7 @@ class R2DService(Application):
             hub_url=self.hub_prefix,
             logout_url=self.hub_prefix + "logout",
             keepalive_interval=self.keepalive_interval,
+            max_streams_per_user=self.max_streams_per_user,
         )
         handlers: list[Any] = make_handlers(self.base_url, ServiceAuthBase, self.context)
         handlers.insert(0, (self.base_url + "oauth_callback", _CallbackHandler))
@@ -258,7 +282,13 @@ class R2DService(Application):
         await self.manager.start()
         # tornado reads a whole body before any handler runs: read at most this much (the API
         # answers 413 above MAX_BODY_BYTES itself; beyond this the connection is closed, 400)
-        server = httpserver.HTTPServer(self.web_app, xheaders=True, max_body_size=8 * 1024 * 1024)
+        server = httpserver.HTTPServer(
+            self.web_app,
+            xheaders=True,
+            max_body_size=8 * 1024 * 1024,
+            idle_connection_timeout=self.request_timeout,  # also the time to send the headers
+            body_timeout=self.request_timeout,
+        )
         server.listen(self.port, self.ip)
         self.log.info(
             "repo2docker-service %s at http://%s:%d%s (builder: %s)",

@@ -33,7 +33,7 @@ from tornado.log import app_log
 
 from r2d_core.errors import Forbidden, InvalidRequest, R2DError, Unauthorized, http_status
 from r2d_core.models import Build, BuildState
-from r2d_core.providers import RepoProviders
+from r2d_core.providers import ProviderSpec, RepoProviders
 
 from .handlers import R2DHandler
 
@@ -134,6 +134,12 @@ class BinderBuildHandler(R2DHandler):
             await self.require("build", owner)
         except Forbidden as e:
             raise Forbidden(f"You may not build images here: {e}") from None
+        # a stream slot before the build is queued: a refused stream queues nothing
+        with self.ctx.stream_slot(identity.name):
+            await self._submit_and_follow(owner, spec)
+
+    async def _submit_and_follow(self, owner: str, spec: ProviderSpec) -> None:
+        identity = self.identity
         manager = self.manager
         result = await manager.submit(
             repo=spec.repo,

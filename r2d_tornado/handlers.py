@@ -14,11 +14,13 @@ service (:mod:`r2d_tornado.app`) and the TLJH plugin (:mod:`r2d_tljh`) cannot dr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ from r2d_core.errors import (
     InvalidRequest,
     NotFound,
     R2DError,
+    RateLimited,
     Unauthorized,
     Unavailable,
     error_response,
@@ -75,6 +78,34 @@ class R2DContext:
     hub_url: str = "/hub/"
     logout_url: str = "/hub/logout"
     keepalive_interval: float = 15.0
+    #: event streams (build logs, BinderHub endpoint) one caller may hold open at once
+    max_streams_per_user: int = 20
+    #: open event streams by caller name
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stream_slot(self, who: str) -> Iterator[None]:
+        """Hold one of ``who``'s event-stream slots, or raise :class:`RateLimited` (429).
+
+        Each stream holds a connection (a file descriptor of the service, or of the Hub itself
+        in TLJH) for as long as the build runs: without a cap, one user could open thousands
+        and leave no descriptor for anyone else."""
+        if self.max_streams_per_user and self.streams.get(who, 0) >= self.max_streams_per_user:
+            raise RateLimited(
+                f"{who} has {self.max_streams_per_user} event streams open already; close one "
+                "(another tab?) and try again",
+                retry_after=5,
+                limit=self.max_streams_per_user,
+            )
+        self.streams[who] = self.streams.get(who, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.streams.get(who, 1) - 1
+            if left > 0:
+                self.streams[who] = left
+            else:
+                self.streams.pop(who, None)
 
     def registry_info(self) -> dict[str, Any]:
         registry = self.manager.registry
@@ -125,6 +156,19 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
     def initialize(self, r2d: R2DContext | ContextProvider, **kwargs: Any) -> None:
         self._r2d = r2d
         super().initialize(**kwargs)
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # The UI's Build and Delete buttons must not be framed by another page (clickjacking; a
+        # page on another port of the same host is "same site" and gets the cookies). JupyterHub
+        # answers its own pages so (the TLJH adapter's base has set it already); the standalone
+        # service does the same, or what tornado_settings["headers"] says, as the Hub reads it.
+        if "Content-Security-Policy" not in self._headers:
+            headers = self.settings.get("headers") or {}
+            self.set_header(
+                "Content-Security-Policy",
+                headers.get("Content-Security-Policy", "frame-ancestors 'none'"),
+            )
 
     @property
     def ctx(self) -> R2DContext:
@@ -409,10 +453,11 @@ class BuildLogsHandler(R2DHandler):
         build = self.manager.get_build(build_id)
         await self.require("read", build.owner, hide=True)
         since = self._since()
-        if self.get_argument("format", "") == "text":
-            await self._text(build, since, self.get_argument("follow", "1") != "0")
-        else:
-            await self._events(build, since)
+        with self.ctx.stream_slot(self.identity.name):
+            if self.get_argument("format", "") == "text":
+                await self._text(build, since, self.get_argument("follow", "1") != "0")
+            else:
+                await self._events(build, since)
 
     def _since(self) -> int:
         last = self.request.headers.get("Last-Event-ID")
