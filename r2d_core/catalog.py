@@ -61,6 +61,8 @@ class ImageCatalog:
         self._all_groups: list[ImageGroup] = []
         self._images_loaded = False
         self._images_refresh: asyncio.Task[None] | None = None
+        #: the build archive (r2d_core.archive): a deleted version's records go with it
+        self.archive: Any = None
 
     @property
     def warnings(self) -> list[str]:
@@ -269,6 +271,7 @@ class ImageCatalog:
             if version.pushed and self.registry.configured:
                 parsed = parse_reference(version.reference)
                 try:
+                    await self._delete_artifacts(parsed.path, parsed.tag or "latest")
                     await self.registry.client().delete(parsed.path, parsed.tag or "latest")
                     self.registry.client().invalidate(parsed.path)
                 except NotFound:
@@ -282,6 +285,13 @@ class ImageCatalog:
                 deleted.append(version.reference)
         await self.refresh(force=True)
         return {"deleted": deleted, "errors": errors}
+
+    async def _delete_artifacts(self, path: str, tag: str) -> None:
+        """Delete the build records attached to ``path:tag`` (before the image: they point to it)."""
+        if self.archive is None:
+            return
+        digest = await self.registry.client().digest(path, tag)
+        await self.archive.store().delete_for_image(path, digest)
 
     # ---- the registry -----------------------------------------------------------------------------
     def check_push_target(self, image: str) -> None:

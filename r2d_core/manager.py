@@ -34,6 +34,7 @@ from traitlets import Bool, Float, Instance, Int, List, Type, Unicode, default, 
 from traitlets.config import LoggingConfigurable
 
 from . import metrics
+from .archive import BuildArchive
 from .builders import Builder, BuildProcess, LocalProcessBuilder, RecoveredBuild
 from .catalog import ImageCatalog
 from .engine import DockerEngine
@@ -423,6 +424,14 @@ class BuildManager(LoggingConfigurable):
             engine_call=self._engine_call,
             log=self.log,
         )
+        self.archive = BuildArchive(
+            settings=self,
+            registry=self.registry,
+            location=self.catalog.registry_location,
+            registry_prefix=self.catalog.registry_prefix,
+            log=self.log,
+        )
+        self.catalog.archive = self.archive
         self.runner = BuildRunner(
             settings=self,
             engine=self.engine,
@@ -461,11 +470,31 @@ class BuildManager(LoggingConfigurable):
                 self.reconnect_interval,
             )
             self._mark_unavailable(e)
+        await self._restore_archive()
+
+    async def _restore_archive(self) -> None:
+        """Builds of pushed images from the registry's records (a fresh engine has none)."""
+        try:
+            restored = await self.archive.restore(set(self._builds))
+        except R2DError as e:
+            self.log.warning("Could not read build records from the registry: %s", e)
+            return
+        for build in restored:
+            if build.id not in self._builds:
+                self._builds[build.id] = build
+        self._builds = OrderedDict(sorted(self._builds.items(), key=lambda kv: kv[1].created))
+        if restored:
+            self.log.info(
+                "Restored %d builds from the registry in %.2fs",
+                len(restored),
+                self.archive.last_restore.get("seconds", 0.0),
+            )
 
     async def stop(self) -> None:
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
         await self.lifecycle.stop()
+        await self.archive.stop()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         self.catalog.close()
@@ -721,6 +750,7 @@ class BuildManager(LoggingConfigurable):
         self.log.info(
             "Build %s %s%s", build.id, build.state.value, f": {build.error}" if build.error else ""
         )
+        self.archive.build_done(build)  # its record and log to the registry, in a task
         if build.state == BuildState.BUILT:
             try:
                 self.after_built(build)
