@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import R2DError
+from .errors import NotFound, R2DError
 from .logs import LogBudget
 from .models import Build, BuildState, iso
 from .records import build_from_record, decode_log, decode_record, encode_log, encode_record
@@ -62,7 +62,8 @@ class BuildArchive:
         self.location = location
         self.registry_prefix = registry_prefix
         self.log = log
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: uploads in flight -> the image reference of their build
+        self._tasks: dict[asyncio.Task[bool], str] = {}
         #: build id -> build whose upload failed, waiting for a retry
         self.pending: dict[str, Build] = {}
         self._retry_delay = _RETRY_FIRST
@@ -90,8 +91,8 @@ class BuildArchive:
         if self._stopping or not self.wanted(build):
             return
         task = asyncio.create_task(self._upload(build))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = build.image
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
 
     async def _upload(self, build: Build) -> bool:
         location = self.location(build.image)
@@ -110,6 +111,11 @@ class BuildArchive:
                 if build.state == BuildState.BUILT and build.push_error is None
                 else None,
             )
+        except NotFound:
+            # the image (or its repository) was deleted meanwhile: its record is not wanted
+            build.record_error = None
+            self.pending.pop(build.id, None)
+            return True
         except R2DError as e:
             build.record_error = (
                 f"the build's record and log are not in the registry yet ({e}); the service "
@@ -148,6 +154,17 @@ class BuildArchive:
         """Wait for the uploads started so far."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def forget_image(self, image: str) -> None:
+        """``image`` is being deleted: let its uploads end first (so no record comes back after
+        the delete), and retry none of them any more."""
+        uploads = [task for task, ref in self._tasks.items() if ref == image]
+        if uploads:
+            await asyncio.wait(uploads, timeout=30)
+        for build_id, build in list(self.pending.items()):
+            if build.image == image:
+                del self.pending[build_id]
+                build.record_error = None
 
     async def stop(self) -> None:
         self._stopping = True

@@ -271,7 +271,9 @@ class ImageCatalog:
             if version.pushed and self.registry.configured:
                 parsed = parse_reference(version.reference)
                 try:
-                    await self._delete_artifacts(parsed.path, parsed.tag or "latest")
+                    await self._delete_artifacts(
+                        version.reference, parsed.path, parsed.tag or "latest"
+                    )
                     await self.registry.client().delete(parsed.path, parsed.tag or "latest")
                     self.registry.client().invalidate(parsed.path)
                 except NotFound:
@@ -286,10 +288,11 @@ class ImageCatalog:
         await self.refresh(force=True)
         return {"deleted": deleted, "errors": errors}
 
-    async def _delete_artifacts(self, path: str, tag: str) -> None:
+    async def _delete_artifacts(self, reference: str, path: str, tag: str) -> None:
         """Delete the build records attached to ``path:tag`` (before the image: they point to it)."""
         if self.archive is None:
             return
+        await self.archive.forget_image(reference)
         digest = await self.registry.client().digest(path, tag)
         await self.archive.store().delete_for_image(path, digest)
 
