@@ -210,3 +210,50 @@ async def test_failed_build_has_a_record_without_subject(server: RegistryServer)
         [stored] = await store.find([repository])
         record, _ = await store.read(stored, max_log_bytes=1 << 22)
         assert decode_record(record)["state"] == "failed"
+
+
+async def test_listing_snapshot_makes_a_new_client_cold_listing_cheap(server: RegistryServer):
+    from r2d_core.registry.snapshot import SNAPSHOT_TAG, read_snapshot, write_snapshot
+    from tests.test_registry_client import Recorder
+
+    prefix = unique("alice")
+    repos = [f"{prefix}-{i}" for i in range(3)]
+    async with server.pusher() as pusher:
+        for repo in repos:
+            for tag in ("v1", "v2"):
+                await pusher.push_image(repo, tag, labels={"who": f"{repo}:{tag}"})
+    snapshot_repo = f"{prefix}-snap"
+    async with service_client(server) as client:
+        images = await client.list_images(prefix)
+        assert len(images) == 6 and client.listing_changed
+        assert await write_snapshot(client, snapshot_repo) >= 6
+        assert not client.listing_changed
+    async with server.pusher() as pusher:  # moved by someone else after the snapshot
+        moved = await pusher.push_image(repos[2], "v2", labels={"who": "moved"}, seed="again")
+    recorder = Recorder()
+    user = {"anonymous": None, "htpasswd": "alice", "token": "admin"}[server.mode]
+    auth = RegistryAuth(user, server.users[user]) if user else RegistryAuth()
+    async with RegistryClient(
+        server.url,
+        auth=auth,
+        listing_ttl=60,
+        revalidate_batch=2,
+        event_hooks={"request": [recorder]},
+    ) as client:
+        assert await read_snapshot(client, snapshot_repo) >= 6
+        listed = await client.list_images(prefix)
+        kinds = recorder.kinds()
+        # no config blob read for any tag: labels come from the snapshot; 2 digests re-checked
+        assert kinds["GET blob"] == 1  # the snapshot itself
+        # the snapshot's manifest + 2 re-checks (+ the first request's 401 with credentials)
+        assert kinds["GET manifest"] == 1 + 2 + (server.mode != "anonymous")
+        assert SNAPSHOT_TAG not in {i.tag for i in listed}
+        assert [(i.repository, i.tag) for i in listed] == [(i.repository, i.tag) for i in images]
+        before = next(i for i in listed if (i.repository, i.tag) == (repos[2], "v2"))
+        assert before.labels == {"who": f"{repos[2]}:v2"}  # as the snapshot says, for now
+        # the moved tag is seen once the rotation reaches it (3 listings of 2 re-checks here)
+        client.listing_ttl = 0
+        for _ in range(2):
+            listed = await client.list_images(prefix)
+        now = next(i for i in listed if (i.repository, i.tag) == (repos[2], "v2"))
+        assert (now.digest, now.labels) == (moved.digest, {"who": "moved"})
