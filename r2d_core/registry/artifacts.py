@@ -39,8 +39,9 @@ from typing import Any
 
 from ..errors import NotFound, R2DError, UpstreamError
 from .artifacts_tags import RECORD_TAG_PREFIX, record_tag, referrers_tag
-from .client import RegistryClient, _sha256
+from .client import RegistryClient
 from .models import OCI_INDEX, OCI_MANIFEST
+from .names import _sha256
 
 __all__ = [
     "ARTIFACT_TYPE",

@@ -20,10 +20,7 @@ Caching, and why it stays correct:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
 import ssl
 import time
 from collections import OrderedDict
@@ -42,6 +39,7 @@ from ..errors import (
     Unavailable,
     UpstreamError,
 )
+from .artifactio import ArtifactIO
 from .artifacts_tags import is_artifact_tag
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
 from .models import (
@@ -52,6 +50,7 @@ from .models import (
     RegistryImage,
     parse_created,
 )
+from .names import _check_reference, _check_repository, _is_digest, _sha256
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -60,11 +59,6 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
-# distribution/reference grammar for the path of a repository, and tags/digests
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _ERROR_TEXT_MAX = 200
 
 
@@ -135,26 +129,6 @@ def reference_host(url: str) -> str:
     return "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
 
 
-def _check_repository(repository: str) -> str:
-    if not _REPOSITORY_RE.match(repository) or len(repository) > 255:
-        raise InvalidRequest(f"{repository!r} is not a valid repository name", field="repository")
-    return repository
-
-
-def _check_reference(reference: str) -> str:
-    if not (_TAG_RE.match(reference) or _DIGEST_RE.match(reference)):
-        raise InvalidRequest(f"{reference!r} is not a valid tag or digest", field="tag")
-    return reference
-
-
-def _is_digest(reference: str) -> bool:
-    return ":" in reference
-
-
-def _sha256(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
 class _Summary:
     """What a listing needs of one manifest digest (immutable, so cached without expiry)."""
 
@@ -182,7 +156,7 @@ class _Summary:
         return summary
 
 
-class RegistryClient:
+class RegistryClient(ArtifactIO):
     """Talk to one registry; every method raises :mod:`r2d_core.errors` exceptions only.
 
     ``listing_ttl``: seconds :meth:`list_images` trusts its catalog, tag lists and tag digests
@@ -623,146 +597,6 @@ class RegistryClient:
         self._summaries.pop(digest)
         return digest
 
-    # ---- raw manifests and blobs (OCI artifacts: r2d_core.registry.artifacts) ------------------
-    async def head_manifest(self, repository: str, reference: str) -> tuple[str, str, int]:
-        """(media type, digest, size) of a manifest: a descriptor for an OCI ``subject``."""
-        _check_repository(repository)
-        _check_reference(reference)
-        response = await self._request(
-            "HEAD",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Accept": MANIFEST_ACCEPT},
-            what=f"looking up {repository}:{reference}",
-            repository=repository,
-        )
-        digest = response.headers.get("Docker-Content-Digest")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        size = response.headers.get("Content-Length")
-        if not digest or not media_type or not (size or "").isdigit():
-            body = await self.raw_manifest(repository, reference)
-            data = _json_object(body, "manifest")
-            return str(data.get("mediaType") or media_type), _sha256(body), len(body)
-        return media_type, digest, int(size or 0)
-
-    async def raw_manifest(
-        self, repository: str, reference: str, *, accept: str = MANIFEST_ACCEPT
-    ) -> bytes:
-        """A manifest's bytes as stored (checked against its digest when asked by digest)."""
-        _check_repository(repository)
-        _check_reference(reference)
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Accept": accept},
-            what=f"reading the manifest {repository}:{reference}",
-            repository=repository,
-        )
-        body = response.content
-        if reference.startswith("sha256:") and _sha256(body) != reference:
-            raise UpstreamError(f"the registry sent a manifest of {repository} not matching")
-        return body
-
-    async def put_manifest(
-        self, repository: str, reference: str, body: bytes, media_type: str
-    ) -> str:
-        """Store a manifest under a tag (or its digest); returns its digest."""
-        _check_repository(repository)
-        _check_reference(reference)
-        await self._request(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Content-Type": media_type},
-            content=body,
-            ok=(200, 201, 202),
-            what=f"storing the manifest {repository}:{reference}",
-            repository=repository,
-        )
-        self.invalidate(repository)
-        return _sha256(body)
-
-    async def upload_blob(self, repository: str, data: bytes) -> str:
-        """Upload a blob (monolithic: POST, then PUT with the digest) unless it is there already."""
-        _check_repository(repository)
-        digest = _sha256(data)
-        exists = await self._request(
-            "HEAD",
-            f"/v2/{repository}/blobs/{digest}",
-            ok=(200, 404),
-            what=f"looking up a blob of {repository}",
-            repository=repository,
-        )
-        if exists.status_code == 200:
-            return digest
-        started = await self._request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            ok=(202,),
-            what=f"starting a blob upload to {repository}",
-            repository=repository,
-        )
-        location = started.headers.get("Location")
-        if not location:
-            raise UpstreamError(f"the registry started an upload to {repository} without Location")
-        target = httpx.URL(self.url).join(location)
-        if f"{target.scheme}://{target.netloc.decode()}" != self.url:
-            raise UpstreamError(f"the registry's upload location for {repository} leaves it")
-        # appended by hand: httpx's params= would drop the upload's own query (its _state)
-        separator = "&" if "?" in str(target) else "?"
-        await self._request(
-            "PUT",
-            f"{target}{separator}digest={digest}",
-            headers={"Content-Type": "application/octet-stream"},
-            content=data,
-            ok=(201, 204),
-            what=f"uploading a blob to {repository}",
-            repository=repository,
-        )
-        return digest
-
-    async def blob(self, repository: str, digest: str, *, max_bytes: int) -> bytes:
-        """A blob's bytes (at most ``max_bytes``), checked against its digest."""
-        _check_repository(repository)
-        _check_reference(digest)
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/blobs/{digest}",
-            what=f"reading a blob of {repository}",
-            repository=repository,
-        )
-        body = response.content
-        if len(body) > max_bytes:
-            raise UpstreamError(f"a blob of {repository} is larger than {max_bytes} bytes")
-        if digest.startswith("sha256:") and _sha256(body) != digest:
-            raise UpstreamError(f"the registry sent a blob of {repository} not matching")
-        return body
-
-    async def delete_manifest(self, repository: str, digest: str) -> None:
-        """Delete a manifest by digest (its tags go with it); a missing one is no error."""
-        _check_repository(repository)
-        _check_reference(digest)
-        await self._request(
-            "DELETE",
-            f"/v2/{repository}/manifests/{digest}",
-            ok=(200, 202, 204, 404),
-            what=f"deleting a manifest of {repository}",
-            repository=repository,
-        )
-        self.invalidate(repository)
-        self._manifests.pop(digest)
-        self._summaries.pop(digest)
-
-    async def delete_blob(self, repository: str, digest: str) -> None:
-        """Unlink a blob from ``repository`` (a missing one is no error)."""
-        _check_repository(repository)
-        _check_reference(digest)
-        await self._request(
-            "DELETE",
-            f"/v2/{repository}/blobs/{digest}",
-            ok=(200, 202, 204, 404),
-            what=f"deleting a blob of {repository}",
-            repository=repository,
-        )
-
     # ---- listing internals ---------------------------------------------------------------------
     def _fresh(self, read_at: float) -> bool:
         return time.monotonic() - read_at < self.listing_ttl
@@ -980,16 +814,6 @@ class RegistryClient:
             size=summary.size,
             reference=f"{self.host}/{repository}:{tag}",
         )
-
-
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise UpstreamError(f"the registry sent a {what} that is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamError(f"the registry sent a {what} that is not a JSON object")
-    return data
 
 
 def _is_pull_scope(scope: str) -> bool:
