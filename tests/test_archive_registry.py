@@ -107,6 +107,16 @@ def test_record_and_log_round_trip_without_credentials():
     ]
 
 
+def test_record_keeps_options_and_annotations_when_the_build_has_them():
+    build = a_build("h/r2d-alice-demo:" + "a" * 40)
+    assert "options" not in decode_record(encode_record(build))  # none: not written
+    build.options = {"user_id": 1000}  # what the build-options feature adds to builds
+    build.annotations = {"org.example/cpu": "2"}
+    record = decode_record(encode_record(build))
+    assert record["options"] == {"user_id": 1000}
+    assert record["annotations"] == {"org.example/cpu": "2"}
+
+
 def test_damaged_or_huge_log_is_refused():
     from r2d_core.errors import UpstreamError
 
