@@ -414,6 +414,7 @@ class BuildManager(LoggingConfigurable):
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._restore_task: asyncio.TimerHandle | None = None
         self._stopping = False
         self._last_error: str | None = None
         self.scheduler = Scheduler(self)
@@ -477,7 +478,16 @@ class BuildManager(LoggingConfigurable):
         try:
             restored = await self.archive.restore(set(self._builds))
         except R2DError as e:
-            self.log.warning("Could not read build records from the registry: %s", e)
+            self.log.warning(
+                "Could not read build records from the registry (%s); retrying in %gs",
+                e,
+                self.reconnect_interval * 6,
+            )
+            if not self._stopping:
+                self._restore_task = asyncio.get_running_loop().call_later(
+                    self.reconnect_interval * 6,
+                    lambda: asyncio.ensure_future(self._restore_archive()),
+                )
             return
         for build in restored:
             if build.id not in self._builds:
@@ -495,6 +505,8 @@ class BuildManager(LoggingConfigurable):
         self._stopping = True
         await self.lifecycle.stop()
         await self.archive.stop()
+        if self._restore_task is not None:
+            self._restore_task.cancel()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         self.catalog.close()

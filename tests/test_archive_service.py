@@ -185,3 +185,63 @@ async def test_registry_outage_during_the_record_upload_is_retried(
         assert record_tag(build.id) in await m.registry.client().tags(path)
     finally:
         await m.stop()
+
+
+@pytest.mark.parametrize("registry", ["htpasswd"], indirect=True)
+async def test_records_are_read_once_the_registry_is_back(registry, docker_host, local_images):
+    import asyncio
+    import time
+
+    from r2d_core.logs import LogBuffer
+    from r2d_core.models import Build
+    from r2d_core.records import encode_log, encode_record
+    from r2d_core.registry import RegistryAuth, RegistryClient
+    from r2d_core.registry.artifacts import ArtifactStore
+
+    log = LogBuffer()
+    log.append("failed", "it broke")
+    log.close()
+    build = Build(
+        id="00000000beef",
+        owner="pia",
+        name="late",
+        repo="git://127.0.0.1/x",
+        ref="HEAD",
+        sha="c" * 40,
+        image=f"{registry.host}/r2d-pia-late:{'c' * 40}",
+        push=True,
+        state=BuildState.FAILED,
+        error="it broke",
+        log=log,
+    )
+    auth = RegistryAuth("alice", registry.users["alice"])
+    async with RegistryClient(registry.url, auth=auth) as client:
+        await ArtifactStore(client).push(
+            "r2d-pia-late",
+            build_id=build.id,
+            owner="pia",
+            created="2026-12-01T08:00:00.000000Z",
+            record=encode_record(build),
+            log=encode_log(build.log),
+            image_tag=None,
+        )
+    registry.stop()
+    c = config_for(registry, docker_host)
+    c.BuildManager.reconnect_interval = 0.05
+    m = BuildManager(config=c)
+    await m.start()  # the registry is down: the service starts all the same
+    try:
+        assert m.list_builds(["pia"]) == []
+        registry.start()
+        deadline = time.monotonic() + 20
+        while not m.list_builds(["pia"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        [restored] = m.list_builds(["pia"])
+        assert (restored.id, restored.state, restored.error) == (
+            build.id,
+            BuildState.FAILED,
+            "it broke",
+        )
+        assert [x.message for x in restored.log.lines()] == ["it broke"]
+    finally:
+        await m.stop()
