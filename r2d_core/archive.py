@@ -55,12 +55,15 @@ class BuildArchive:
         location: Callable[[str], tuple[str, str] | None],
         registry_prefix: Callable[[], str],
         log: Any,
+        image_for: Callable[[str, str, str, str], str] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         #: (repository path, tag) of an image reference in the registry, or None
         self.location = location
         self.registry_prefix = registry_prefix
+        #: the image reference our naming template gives (owner, name, sha, ref)
+        self.image_for = image_for
         self.log = log
         #: uploads in flight -> the image reference of their build
         self._tasks: dict[asyncio.Task[bool], str] = {}
@@ -174,6 +177,23 @@ class BuildArchive:
             await asyncio.wait_for(self.idle(), 10)
 
     # ---- restoring ---------------------------------------------------------------------------
+    def _names_match(self, record: dict[str, Any], repository: str) -> bool:
+        """Whether the record's owner, name, sha and ref give its image, in the repository it
+        was found in: whoever can write to the registry must not make a build appear as another
+        owner's (the same rule the catalog applies to image labels)."""
+        if self.image_for is None:
+            return True
+        try:
+            image = self.image_for(
+                record["owner"], record["name"], record["sha"], str(record.get("ref") or "")
+            )
+        except R2DError:
+            return False
+        if image != record.get("image"):
+            return False
+        location = self.location(image)
+        return location is not None and location[0] == repository
+
     async def restore(self, known: set[str]) -> list[Build]:
         """The newest ``build_history`` archived builds not in ``known``, oldest first."""
         if not self.registry.configured:
@@ -203,6 +223,14 @@ class BuildArchive:
                 )
                 return None
             if record["id"] != stored.build_id or record["id"] in known:
+                return None
+            if not self._names_match(record, stored.repository):
+                self.log.warning(
+                    "Skipping the build record %s in %s: its owner and name do not give that "
+                    "repository (written by someone else?)",
+                    stored.build_id,
+                    stored.repository,
+                )
                 return None
             return build_from_record(record, log)
 

@@ -431,6 +431,7 @@ class BuildManager(LoggingConfigurable):
             location=self.catalog.registry_location,
             registry_prefix=self.catalog.registry_prefix,
             log=self.log,
+            image_for=self.catalog.image_for,
         )
         self.catalog.archive = self.archive
         self.runner = BuildRunner(

@@ -245,3 +245,49 @@ async def test_records_are_read_once_the_registry_is_back(registry, docker_host,
         assert [x.message for x in restored.log.lines()] == ["it broke"]
     finally:
         await m.stop()
+
+
+@pytest.mark.parametrize("registry", ["anonymous"], indirect=True)
+async def test_a_record_naming_another_owner_is_not_restored(registry, docker_host, local_images):
+    from r2d_core.logs import LogBuffer
+    from r2d_core.models import Build
+    from r2d_core.records import encode_log, encode_record
+    from r2d_core.registry import RegistryClient
+    from r2d_core.registry.artifacts import ArtifactStore
+
+    async with RegistryClient(registry.url) as client:
+        store = ArtifactStore(client)
+        for i, (owner, image_repo) in enumerate(
+            [("bob", "r2d-mallory-x"), ("bob", "r2d-bob-x"), ("mallory", "r2d-mallory-x")]
+        ):
+            log = LogBuffer()
+            log.close()
+            build = Build(
+                id=f"{i:012x}",
+                owner=owner,
+                name="x",
+                repo="git://127.0.0.1/x",
+                ref="HEAD",
+                sha="d" * 40,
+                image=f"{registry.host}/{image_repo}:{'d' * 40}",
+                push=True,
+                state=BuildState.FAILED,
+                log=log,
+            )
+            # all three written into mallory's repository
+            await store.push(
+                "r2d-mallory-x",
+                build_id=build.id,
+                owner=owner,
+                created=f"2026-12-01T08:00:0{i}.000000Z",
+                record=encode_record(build),
+                log=encode_log(build.log),
+                image_tag=None,
+            )
+    m = BuildManager(config=config_for(registry, docker_host))
+    await m.start()
+    try:
+        assert m.list_builds(["bob"]) == []
+        assert [b.id for b in m.list_builds(["mallory"])] == [f"{2:012x}"]
+    finally:
+        await m.stop()
