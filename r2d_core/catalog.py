@@ -22,6 +22,7 @@ from .errors import InvalidRequest, NotFound, R2DError
 from .models import ImageGroup, ImageVersion, parse_labels, parse_time
 from .naming import image_reference, parse_reference
 from .registry.config import Registry
+from .registry.snapshot import read_snapshot, snapshot_repository, write_snapshot
 
 __all__ = ["CatalogSettings", "ImageCatalog"]
 
@@ -61,6 +62,11 @@ class ImageCatalog:
         self._all_groups: list[ImageGroup] = []
         self._images_loaded = False
         self._images_refresh: asyncio.Task[None] | None = None
+        #: the build archive (r2d_core.archive): a deleted version's records go with it
+        self.archive: Any = None
+        self._snapshot_read = False
+        self._snapshot_written = float("-inf")
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -80,6 +86,8 @@ class ImageCatalog:
         """Stop a background refresh (the service is stopping)."""
         if self._images_refresh is not None:
             self._images_refresh.cancel()
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
 
     # ---- naming and ownership -------------------------------------------------------------------
     def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
@@ -159,7 +167,9 @@ class ImageCatalog:
             warnings: list[str] = []
             if self.registry.configured:
                 try:
+                    await self._read_snapshot()
                     remote = await self.registry.client().list_images(self.registry_prefix())
+                    self._write_snapshot_soon()
                 except R2DError as e:
                     remote = []
                     warnings.append(
@@ -173,6 +183,47 @@ class ImageCatalog:
             self._image_warnings = warnings
             # an incomplete listing is not trusted for the TTL: the next one asks again
             self._images_at = 0.0 if warnings else time.monotonic()
+
+    async def _read_snapshot(self) -> None:
+        """Once per process: start the registry listing from its snapshot (r2d_core.registry.
+        snapshot), so the first listing after a restart costs ~200 requests, not ~2,100."""
+        if self._snapshot_read or not self.registry.listing_snapshot:
+            return
+        self._snapshot_read = True
+        repository = snapshot_repository(self.registry_prefix())
+        if repository is None:
+            return
+        try:
+            taken = await read_snapshot(self.registry.client(), repository)
+        except R2DError as e:
+            self.log.warning("Could not read the listing snapshot from the registry: %s", e)
+            return
+        if taken:
+            self.log.info("Listing started from the registry's snapshot (%d tags)", taken)
+
+    def _write_snapshot_soon(self) -> None:
+        """Write the snapshot in the background when the listing learned something (at most
+        once a minute)."""
+        client = self.registry.client()
+        if (
+            not self.registry.listing_snapshot
+            or not client.listing_changed
+            or time.monotonic() - self._snapshot_written < 60
+            or (self._snapshot_task is not None and not self._snapshot_task.done())
+        ):
+            return
+        repository = snapshot_repository(self.registry_prefix())
+        if repository is None:
+            return
+        self._snapshot_written = time.monotonic()
+
+        async def write() -> None:
+            try:
+                await write_snapshot(client, repository)
+            except R2DError as e:
+                self.log.warning("Could not write the listing snapshot to the registry: %s", e)
+
+        self._snapshot_task = asyncio.create_task(write())
 
     def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
         """Add a registry image to the index (or mark the local one pushed), if it is ours."""
@@ -269,6 +320,9 @@ class ImageCatalog:
             if version.pushed and self.registry.configured:
                 parsed = parse_reference(version.reference)
                 try:
+                    await self._delete_artifacts(
+                        version.reference, parsed.path, parsed.tag or "latest"
+                    )
                     await self.registry.client().delete(parsed.path, parsed.tag or "latest")
                     self.registry.client().invalidate(parsed.path)
                 except NotFound:
@@ -282,6 +336,14 @@ class ImageCatalog:
                 deleted.append(version.reference)
         await self.refresh(force=True)
         return {"deleted": deleted, "errors": errors}
+
+    async def _delete_artifacts(self, reference: str, path: str, tag: str) -> None:
+        """Delete the build records attached to ``path:tag`` (before the image: they point to it)."""
+        if self.archive is None:
+            return
+        await self.archive.forget_image(reference)
+        digest = await self.registry.client().digest(path, tag)
+        await self.archive.store().delete_for_image(path, digest)
 
     # ---- the registry -----------------------------------------------------------------------------
     def check_push_target(self, image: str) -> None:

@@ -242,6 +242,47 @@ class LogBuffer:
         head = self.max_bytes // 4 if head_bytes is None else head_bytes
         self.head_bytes = max(0, min(head, self.max_bytes // 2))
 
+    @classmethod
+    def restored(
+        cls,
+        lines: Iterable[LogLine],
+        *,
+        total: int,
+        total_bytes: int,
+        budget: LogBudget | None = None,
+    ) -> LogBuffer:
+        """A closed log holding ``lines`` as a kept log had them (numbers, marker and all).
+
+        For a build's log read back from the registry (:mod:`r2d_core.records`): the lines before
+        the marker are the head, the marker's :class:`Omission` is the gap, the rest the tail, so
+        a replay (numbers, marker, resume after it) is the very one the original gave.
+        """
+        kept = list(lines)
+        buffer = cls(max(sum(line.cost for line in kept), 64 * 1024), head_bytes=0)
+        buffer._head_open = False
+        in_head = any(line.omitted is not None for line in kept)
+        for line in kept:
+            if line.omitted is not None:
+                buffer._gap_first = line.omitted.first
+                buffer._gap_bytes = line.omitted.bytes
+                buffer._gap_phase, buffer._gap_time = line.phase, line.time
+                in_head = False
+            elif in_head:
+                buffer._head.append(line)
+                buffer._head_cost += line.cost
+            else:
+                buffer._tail.append(line)
+                buffer._tail_cost += line.cost
+        buffer.head_bytes = buffer._head_cost
+        buffer._total = max(total, kept[-1].n + 1 if kept else 0)
+        buffer._total_bytes = total_bytes
+        buffer._closed = True
+        if budget is not None:
+            buffer._budget = budget
+            budget._register(buffer)
+            buffer._charge(0)
+        return buffer
+
     # ---- state -------------------------------------------------------------------------------
     @property
     def total(self) -> int:

@@ -34,6 +34,7 @@ from traitlets import Bool, Float, Instance, Int, List, Type, Unicode, default, 
 from traitlets.config import LoggingConfigurable
 
 from . import metrics
+from .archive import BuildArchive
 from .builders import Builder, BuildProcess, LocalProcessBuilder, RecoveredBuild
 from .catalog import ImageCatalog
 from .engine import DockerEngine
@@ -413,6 +414,7 @@ class BuildManager(LoggingConfigurable):
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._restore_task: asyncio.TimerHandle | None = None
         self._stopping = False
         self._last_error: str | None = None
         self.scheduler = Scheduler(self)
@@ -423,6 +425,15 @@ class BuildManager(LoggingConfigurable):
             engine_call=self._engine_call,
             log=self.log,
         )
+        self.archive = BuildArchive(
+            settings=self,
+            registry=self.registry,
+            location=self.catalog.registry_location,
+            registry_prefix=self.catalog.registry_prefix,
+            log=self.log,
+            image_for=self.catalog.image_for,
+        )
+        self.catalog.archive = self.archive
         self.runner = BuildRunner(
             settings=self,
             engine=self.engine,
@@ -461,11 +472,42 @@ class BuildManager(LoggingConfigurable):
                 self.reconnect_interval,
             )
             self._mark_unavailable(e)
+        await self._restore_archive()
+
+    async def _restore_archive(self) -> None:
+        """Builds of pushed images from the registry's records (a fresh engine has none)."""
+        try:
+            restored = await self.archive.restore(set(self._builds))
+        except R2DError as e:
+            self.log.warning(
+                "Could not read build records from the registry (%s); retrying in %gs",
+                e,
+                self.reconnect_interval * 6,
+            )
+            if not self._stopping:
+                self._restore_task = asyncio.get_running_loop().call_later(
+                    self.reconnect_interval * 6,
+                    lambda: asyncio.ensure_future(self._restore_archive()),
+                )
+            return
+        for build in restored:
+            if build.id not in self._builds:
+                self._builds[build.id] = build
+        self._builds = OrderedDict(sorted(self._builds.items(), key=lambda kv: kv[1].created))
+        if restored:
+            self.log.info(
+                "Restored %d builds from the registry in %.2fs",
+                len(restored),
+                self.archive.last_restore.get("seconds", 0.0),
+            )
 
     async def stop(self) -> None:
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
         await self.lifecycle.stop()
+        await self.archive.stop()
+        if self._restore_task is not None:
+            self._restore_task.cancel()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         self.catalog.close()
@@ -721,6 +763,7 @@ class BuildManager(LoggingConfigurable):
         self.log.info(
             "Build %s %s%s", build.id, build.state.value, f": {build.error}" if build.error else ""
         )
+        self.archive.build_done(build)  # its record and log to the registry, in a task
         if build.state == BuildState.BUILT:
             try:
                 self.after_built(build)

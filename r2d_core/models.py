@@ -138,6 +138,8 @@ class Build:
     stop_reason: str | None = None
     #: ``time.monotonic()`` of the build's last output (for the inactivity limit)
     last_output: float = field(default_factory=time.monotonic, repr=False)
+    #: why the build's record and log are not (yet) in the registry (r2d_core.archive)
+    record_error: str | None = None
 
     @property
     def done(self) -> bool:
@@ -175,6 +177,7 @@ class Build:
             "log": self.log.summary(),
             "requested_by": self.requested_by,
             "recovered": self.recovered,
+            "record_error": self.record_error,
         }
 
 

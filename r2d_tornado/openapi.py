@@ -207,6 +207,12 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         },
                         "requested_by": string,
                         "recovered": {"type": "boolean"},
+                        "record_error": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "why the build's record and log are not (yet) in the "
+                            "registry (pushed builds only); the service retries",
+                        },
                         "can_cancel": {"type": "boolean"},
                         "joined": {"type": "boolean"},
                         "logs_url": string,

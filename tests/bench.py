@@ -453,6 +453,14 @@ async def bench_registry(ctx: dict[str, Any]) -> None:
         row(r["benchmark"], r["value"], r["unit"], r.get("target", ""))
 
 
+async def bench_archive(ctx: dict[str, Any]) -> None:
+    """Restoring 200 build records and their logs on start (see tests/bench_archive.py)."""
+    from tests.bench_archive import bench_restore
+
+    for r in await bench_restore(records=200, repos=20):
+        row(r["benchmark"], r["value"], r["unit"], r.get("target", ""))
+
+
 async def bench_fetch(ctx: dict[str, Any], runs: int = 10) -> None:
     """The fetch stage (URL model, allow-list, address check, pinned git, checkout) against a
     bare ``git clone`` + ``git checkout`` of the same repository: what the checks cost."""
@@ -628,6 +636,7 @@ BENCHES = {
     "repeat": bench_repeat,
     "service": bench_service,
     "registry": bench_registry,
+    "archive": bench_archive,
     "fair": bench_fair,
     "logs": bench_logs,
 }

@@ -19,6 +19,7 @@ from r2d_core.errors import InsufficientStorage, QuotaExceeded, http_status
 from r2d_core.lifecycle import DAY, LifecyclePolicy, last_used, unused_versions, versions_beyond
 from r2d_core.manager import BuildManager
 from r2d_core.models import LABEL_PREFIX, BuildState, ImageVersion
+from r2d_core.registry.artifacts_tags import is_artifact_tag, record_tag, referrers_tag
 from r2d_core.sizes import format_bytes, parse_bytes
 from tests.harness.registry import RegistryServer
 from tests.registry_fixtures import require_registry_binary
@@ -176,7 +177,10 @@ async def test_keep_versions_removes_the_oldest_locally_and_in_the_registry(
         [group] = await m.list_images(["keeper"])
         assert [v.tag for v in group.versions] == [v2.sha, v1.sha]  # two: nothing dropped yet
         path = v1.image.split("/", 1)[1].rsplit(":", 1)[0]
-        assert set(await m.registry.client().tags(path)) == {v1.sha, v2.sha}
+        await m.archive.idle()  # the builds' records and logs are in the registry
+        tags = set(await m.registry.client().tags(path))
+        assert {t for t in tags if not is_artifact_tag(t)} == {v1.sha, v2.sha}
+        assert {record_tag(v1.id), record_tag(v2.id)} <= tags
 
         v3 = await build(m, git_server, "keeper", "main", push=True)
         deleted = [r.getMessage() for r in caplog.records if "Lifecycle: deleted" in r.getMessage()]
@@ -188,7 +192,15 @@ async def test_keep_versions_removes_the_oldest_locally_and_in_the_registry(
         assert [v.tag for v in group.versions] == [v3.sha, v2.sha]
         assert await inspect(docker_host, v1.image) is None
         assert await inspect(docker_host, v2.image) is not None
-        assert set(await m.registry.client().tags(path)) == {v2.sha, v3.sha}
+        await m.archive.idle()
+        tags = set(await m.registry.client().tags(path))
+        assert {t for t in tags if not is_artifact_tag(t)} == {v2.sha, v3.sha}
+        # v1's record and its referrers index went with it; the kept versions keep theirs
+        assert record_tag(v1.id) not in tags
+        client = m.registry.client()
+        kept = {referrers_tag(await client.digest(path, v.sha)) for v in (v2, v3)}
+        assert {t for t in tags if t.startswith("sha256-")} == kept
+        assert {record_tag(v2.id), record_tag(v3.id)} <= tags
         # another image of the same owner is its own count
         other = await build(m, git_server, "keeper", "v1", name="other")
         assert len((await m.get_image("keeper", "img")).versions) == 2

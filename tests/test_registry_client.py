@@ -182,10 +182,22 @@ async def test_list_images_cold_warm_and_revalidated(registry_anonymous):
         assert await client.list_images(prefix) == images
         assert recorder.calls == []  # within listing_ttl: nothing asked
 
-        client.listing_ttl = 0  # revalidate: one HEAD per tag, no manifest or config GETs
+        # revalidate: one conditional GET per tag (If-None-Match: its digest; 304), no config
+        client.listing_ttl = 0
         recorder.reset()
         assert await client.list_images(prefix) == images
-        assert recorder.kinds() == {"GET catalog": 1, "GET tags": 3, "HEAD manifest": 6}
+        assert recorder.kinds() == {"GET catalog": 1, "GET tags": 3, "GET manifest": 6}
+
+        # at most revalidate_batch tag digests re-checked per listing, the oldest check first
+        client.revalidate_batch = 2
+        recorder.reset()
+        assert await client.list_images(prefix) == images
+        assert recorder.kinds() == {"GET catalog": 1, "GET tags": 3, "GET manifest": 2}
+        first = {p for _m, p in recorder.calls if "/manifests/" in p}
+        recorder.reset()
+        assert await client.list_images(prefix) == images
+        second = {p for _m, p in recorder.calls if "/manifests/" in p}
+        assert len(second) == 2 and not first & second  # the next two, not the same again
 
 
 async def test_moved_tag_shows_after_ttl_or_invalidate(registry_anonymous):

@@ -20,13 +20,12 @@ Caching, and why it stays correct:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -40,8 +39,18 @@ from ..errors import (
     Unavailable,
     UpstreamError,
 )
+from .artifactio import ArtifactIO
+from .artifacts_tags import is_artifact_tag
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
-from .models import MANIFEST_ACCEPT, Descriptor, ImageConfig, Manifest, RegistryImage
+from .models import (
+    MANIFEST_ACCEPT,
+    Descriptor,
+    ImageConfig,
+    Manifest,
+    RegistryImage,
+    parse_created,
+)
+from .names import _check_reference, _check_repository, _is_digest, _sha256
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -50,11 +59,6 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
-# distribution/reference grammar for the path of a repository, and tags/digests
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _ERROR_TEXT_MAX = 200
 
 
@@ -82,6 +86,9 @@ class _LRU(Generic[K, V]):
 
     def keys(self) -> list[K]:
         return list(self._data)
+
+    def items(self) -> list[tuple[K, V]]:
+        return list(self._data.items())
 
     def clear(self) -> None:
         self._data.clear()
@@ -122,26 +129,6 @@ def reference_host(url: str) -> str:
     return "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
 
 
-def _check_repository(repository: str) -> str:
-    if not _REPOSITORY_RE.match(repository) or len(repository) > 255:
-        raise InvalidRequest(f"{repository!r} is not a valid repository name", field="repository")
-    return repository
-
-
-def _check_reference(reference: str) -> str:
-    if not (_TAG_RE.match(reference) or _DIGEST_RE.match(reference)):
-        raise InvalidRequest(f"{reference!r} is not a valid tag or digest", field="tag")
-    return reference
-
-
-def _is_digest(reference: str) -> bool:
-    return ":" in reference
-
-
-def _sha256(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
 class _Summary:
     """What a listing needs of one manifest digest (immutable, so cached without expiry)."""
 
@@ -154,8 +141,22 @@ class _Summary:
         self.architecture = config.architecture if config else None
         self.size = size
 
+    @classmethod
+    def of(
+        cls,
+        media_type: str,
+        labels: dict[str, str],
+        created: datetime | None,
+        architecture: str | None,
+        size: int | None,
+    ) -> _Summary:
+        summary = cls.__new__(cls)
+        summary.media_type, summary.labels, summary.created = media_type, labels, created
+        summary.architecture, summary.size = architecture, size
+        return summary
 
-class RegistryClient:
+
+class RegistryClient(ArtifactIO):
     """Talk to one registry; every method raises :mod:`r2d_core.errors` exceptions only.
 
     ``listing_ttl``: seconds :meth:`list_images` trusts its catalog, tag lists and tag digests
@@ -175,6 +176,7 @@ class RegistryClient:
         listing_ttl: float = 5.0,
         cache_size: int = 10000,
         platform: tuple[str, str] = ("linux", "amd64"),
+        revalidate_batch: int = 0,
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
@@ -184,6 +186,10 @@ class RegistryClient:
         self.page_size = max(1, page_size)
         self.listing_ttl = listing_ttl
         self.platform = platform
+        #: tag digests one revalidating listing re-checks at most, oldest check first (0: all)
+        self.revalidate_batch = max(0, revalidate_batch)
+        #: summaries learned since the last export_listing() (a snapshot is worth writing)
+        self.listing_changed = False
         self._auth = auth
         #: every HTTP request sent, token requests and retries included
         self.request_count = 0
@@ -270,6 +276,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
         repository: str | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         async with self._limit:
             try:
@@ -280,7 +287,7 @@ class RegistryClient:
                 for attempt in range(attempts):
                     try:
                         response = await self._http.request(
-                            method, url, headers=headers, params=params
+                            method, url, headers=headers, params=params, content=content
                         )
                         break
                     except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
@@ -533,18 +540,41 @@ class RegistryClient:
         """
         repositories = await self._listing_catalog(prefix)
         images: list[RegistryImage] = []
-        pending = []
+        stale = []
         for repository in repositories:
             # answered from the caches without a task per tag when everything is fresh
             cached = self._fresh_repo_images(repository)
             if cached is None:
-                pending.append(self._repo_images(repository))
+                stale.append(repository)
             else:
                 images.extend(cached)
-        for found in await asyncio.gather(*pending):
-            images.extend(found)
+        tag_lists = await asyncio.gather(*(self._repo_tags(r) for r in stale))
+        recheck = self._pick_rechecks(
+            [(r, t) for r, tags in zip(stale, tag_lists, strict=True) for t in tags]
+        )
+        found = await asyncio.gather(
+            *(
+                self._listed_image(r, t, recheck=(r, t) in recheck)
+                for r, tags in zip(stale, tag_lists, strict=True)
+                for t in tags
+            )
+        )
+        images.extend(image for image in found if image is not None)
         images.sort(key=lambda i: (i.repository, i.tag))
         return images
+
+    def _pick_rechecks(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which known, stale tag digests this listing re-checks: all, or the ``revalidate_batch``
+        checked longest ago (the others are listed as last seen, and checked on a later listing)."""
+        stale = []
+        for key in keys:
+            known = self._tag_digests.get(key)
+            if known is not None and not self._fresh(known[0]):
+                stale.append((known[0], key))
+        if self.revalidate_batch and len(stale) > self.revalidate_batch:
+            stale.sort()
+            stale = stale[: self.revalidate_batch]
+        return {key for _, key in stale}
 
     async def delete(self, repository: str, tag: str) -> str:
         """Delete the manifest ``tag`` points to; returns its digest.
@@ -592,7 +622,7 @@ class RegistryClient:
             images.append(self._image(repository, tag, known[1], summary))
         return images
 
-    async def _repo_images(self, repository: str) -> list[RegistryImage]:
+    async def _repo_tags(self, repository: str) -> list[str]:
         cached = self._tags_cache.get(repository)
         if cached is None or not self._fresh(cached[0]):
             read_at = time.monotonic()
@@ -600,31 +630,121 @@ class RegistryClient:
                 tags = await self.tags(repository)
             except NotFound:
                 tags = []  # the catalog still lists repositories whose images were all deleted
-            cached = (read_at, tags)
+            # the service's build records (r2d_core.registry.artifacts) are no image versions
+            cached = (read_at, [t for t in tags if not is_artifact_tag(t)])
             self._tags_cache.put(repository, cached)
-        found = await asyncio.gather(*(self._listed_image(repository, t) for t in cached[1]))
-        return [image for image in found if image is not None]
+        return cached[1]
 
-    async def _listed_image(self, repository: str, tag: str) -> RegistryImage | None:
+    async def _listed_image(
+        self, repository: str, tag: str, *, recheck: bool = True
+    ) -> RegistryImage | None:
         try:
             known = self._tag_digests.get((repository, tag))
             if known is not None:
                 read_at, digest = known
                 summary = self._summaries.get(digest)
-                if summary is not None and self._fresh(read_at):
+                if summary is not None and (self._fresh(read_at) or not recheck):
                     return self._image(repository, tag, digest, summary)
                 if summary is not None:
-                    digest = await self.digest(repository, tag)  # one HEAD revalidates the tag
-                    summary = self._summaries.get(digest)
-                    if summary is not None:
+                    # one conditional GET revalidates the tag: 304 if it still points to
+                    # `digest`, else the new manifest in the same answer
+                    manifest = await self._revalidate(repository, tag, digest)
+                    if manifest is None:
                         return self._image(repository, tag, digest, summary)
-                    manifest = await self.manifest(repository, digest)
                     summary = await self._summary(repository, manifest)
-                    return self._image(repository, tag, digest, summary)
+                    return self._image(repository, tag, manifest.digest, summary)
             return await self.image(repository, tag)
         except NotFound:
             self._tag_digests.pop((repository, tag))
             return None
+
+    async def _revalidate(self, repository: str, tag: str, digest: str) -> Manifest | None:
+        """None if ``tag`` still points to ``digest`` (``If-None-Match``: distribution's manifest
+        ETag is the digest), else the manifest it points to now."""
+        response = await self._request(
+            "GET",
+            f"/v2/{repository}/manifests/{tag}",
+            headers={"Accept": MANIFEST_ACCEPT, "If-None-Match": f'"{digest}"'},
+            ok=(200, 304),
+            what=f"revalidating {repository}:{tag}",
+            repository=repository,
+        )
+        header = response.headers.get("Docker-Content-Digest")
+        if response.status_code == 304 or (header == digest and not response.content):
+            self._tag_digests.put((repository, tag), (time.monotonic(), digest))
+            return None
+        body = response.content
+        computed = _sha256(body)
+        if header and header.startswith("sha256:") and header != computed:
+            raise UpstreamError(
+                f"the registry's digest header for {repository}:{tag} does not match the "
+                "manifest it sent"
+            )
+        if computed == digest:
+            self._tag_digests.put((repository, tag), (time.monotonic(), digest))
+            return None
+        manifest = Manifest.parse(body, header or computed, response.headers.get("Content-Type"))
+        self._manifests.put(manifest.digest, manifest)
+        self._tag_digests.put((repository, tag), (time.monotonic(), manifest.digest))
+        return manifest
+
+    # ---- listing snapshots (r2d_core.registry.snapshot) ----------------------------------------
+    def export_listing(self) -> list[list[Any]]:
+        """What the listing knows: ``[repository, tag, digest, media type, labels, created,
+        architecture, size]`` per tag (for a snapshot a new process starts from)."""
+        self.listing_changed = False
+        rows: list[list[Any]] = []
+        for (repository, tag), (_read_at, digest) in self._tag_digests.items():
+            summary = self._summaries.get(digest)
+            if summary is None:
+                continue
+            created = summary.created.isoformat() if summary.created else None
+            rows.append(
+                [
+                    repository,
+                    tag,
+                    digest,
+                    summary.media_type,
+                    summary.labels,
+                    created,
+                    summary.architecture,
+                    summary.size,
+                ]
+            )
+        return rows
+
+    def import_listing(self, rows: list[list[Any]]) -> int:
+        """Start from a snapshot: its summaries are content-addressed (valid as long as the
+        digest), its tag digests count as checked longest ago (re-checked first, at most
+        ``revalidate_batch`` per listing). Tags already known are left alone. Returns how many
+        rows were taken."""
+        taken = 0
+        for row in rows:
+            try:
+                repository, tag, digest, media_type, labels, created, architecture, size = row
+                _check_repository(repository)
+                _check_reference(tag)
+                _check_reference(digest)
+                if not isinstance(labels, dict) or not _is_digest(digest):
+                    continue
+                when = parse_created(created) if created else None
+            except (ValueError, TypeError, InvalidRequest):
+                continue
+            if self._summaries.get(digest) is None:
+                self._summaries.put(
+                    digest,
+                    _Summary.of(
+                        str(media_type),
+                        {str(k): str(v) for k, v in labels.items()},
+                        when,
+                        architecture if isinstance(architecture, str) else None,
+                        size if isinstance(size, int) else None,
+                    ),
+                )
+            if self._tag_digests.get((repository, tag)) is None:
+                self._tag_digests.put((repository, tag), (float("-inf"), digest))
+            taken += 1
+        return taken
 
     async def _summary(self, repository: str, manifest: Manifest) -> _Summary:
         cached = self._summaries.get(manifest.digest)
@@ -644,6 +764,7 @@ class RegistryClient:
                 config = await self._config(repository, target.config.digest)
         summary = _Summary(manifest, config, size)
         self._summaries.put(manifest.digest, summary)
+        self.listing_changed = True
         return summary
 
     def _pick_platform(self, index: Manifest) -> Descriptor | None:
