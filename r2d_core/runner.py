@@ -195,9 +195,12 @@ class BuildRunner:
         watchdog = None if ended else asyncio.create_task(self._watch(build))
         try:
             exit_code, error = await self._read(build, process)
-            with contextlib.suppress(Exception):
-                await process.cleanup()
-            await self.complete(build, exit_code, error, ended=ended)
+            try:
+                await self.complete(build, exit_code, error, ended=ended)
+            finally:
+                # after `done`: removing a checkout is nothing the user waits for
+                with contextlib.suppress(Exception):
+                    await process.cleanup()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -385,8 +388,11 @@ class BuildRunner:
             if found is not None:
                 if build.push and not build.cancel_requested:
                     await self.push(build)
-                # the index knows the image before anyone hears the build is done
-                await self.catalog.refresh_quietly()
+                # the index knows the image before anyone hears the build is done: from the
+                # inspect above (no re-listing of every image); a push also changes the
+                # registry's listing, which only a refresh reads
+                if build.push or not self.catalog.add_local(found):
+                    await self.catalog.refresh_quietly()
                 if build.cancel_requested:  # during the push: the image stays, not pushed
                     await self._cancelled(build)
                     return
