@@ -195,12 +195,9 @@ class BuildRunner:
         watchdog = None if ended else asyncio.create_task(self._watch(build))
         try:
             exit_code, error = await self._read(build, process)
-            try:
-                await self.complete(build, exit_code, error, ended=ended)
-            finally:
-                # after `done`: removing a checkout is nothing the user waits for
-                with contextlib.suppress(Exception):
-                    await process.cleanup()
+            with contextlib.suppress(Exception):
+                await process.cleanup()
+            await self.complete(build, exit_code, error, ended=ended)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
