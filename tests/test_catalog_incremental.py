@@ -1,6 +1,8 @@
-"""The image index learns of a finished build from the build's own image inspect (issue 14): no
-re-listing of every image between repo2docker's exit and ``done``, and a listing already under
-way does not drop the new image."""
+"""What a build costs between its request and ``done`` (issue 14).
+
+The image index learns of a finished build from the build's own image inspect: no re-listing of
+every image between repo2docker's exit and ``done``, and a listing already under way does not drop
+the new image. The build container's first line comes before the fetch stage is compiled."""
 
 from __future__ import annotations
 
@@ -95,8 +97,10 @@ async def test_listing_under_way_keeps_an_image_added_meanwhile():
 @pytest.mark.docker
 @pytest.mark.parametrize("builder", ["local", "docker"])
 async def test_finished_build_is_indexed_without_listing_the_engine(
-    make_manager, git_server, builder
-):  # noqa: F811
+    make_manager,  # noqa: F811 - the fixture imported above
+    git_server,
+    builder,
+):
     m = await make_manager(builder)
     calls: list[float] = []
     list_images = m.engine.list_images
@@ -114,5 +118,29 @@ async def test_finished_build_is_indexed_without_listing_the_engine(
     assert build.state == BuildState.BUILT, build.error
     assert m.catalog.knows(build.image)
     assert calls == []
+    # one "Fetching" line: the build container's bootstrap announces, the fetch stage does not
+    fetching = [line.message for line in build.log.lines() if line.message.startswith("Fetching ")]
+    assert fetching == [f"Fetching {build.repo} at {build.sha}"]
     groups = await m.list_images([f"inc-{builder}"])
     assert [v.reference for g in groups for v in g.versions] == [build.image]
+
+
+def test_bootstrap_prints_the_first_line_before_compiling_the_fetch_stage():
+    """The announcement comes first, even when the rest cannot run (here: an incomplete spec)."""
+    import json
+    import subprocess
+    import sys
+
+    from r2d_core.builders import fetch_bootstrap
+    from r2d_core.fetch import SPEC_ENV
+
+    spec = {"announce": "Fetching git://127.0.0.1:1/r at " + "a" * 40}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", fetch_bootstrap()],
+        env={SPEC_ENV: json.dumps(spec)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first == {"phase": "fetching", "message": spec["announce"] + "\n"}
