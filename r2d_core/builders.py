@@ -443,12 +443,24 @@ class _ContainerProcess(BuildProcess):
         self.engine = engine
         self.container_id = container_id
         self.follow = follow
+        self._exit: asyncio.Task[int] | None = None
+
+    def _wait_task(self) -> asyncio.Task[int]:
+        """The engine's ``wait`` for this container, asked once while the log is read (so the
+        exit status is there when the log ends, not one more request later); asked again after
+        it failed (lost contact)."""
+        task = self._exit
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._exit = asyncio.ensure_future(self.engine.wait_container(self.container_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
 
     def output(self) -> AsyncIterator[str]:
+        self._wait_task()
         return self.engine.container_output(self.container_id, follow=self.follow)
 
     async def wait(self) -> int:
-        return await self.engine.wait_container(self.container_id)
+        return await self._wait_task()
 
     async def cancel(self) -> None:
         await self.engine.kill_container(self.container_id)
