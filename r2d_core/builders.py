@@ -82,12 +82,18 @@ def fetch_bootstrap() -> str:
     credentials is one ``create`` and one ``start``; a ``put_archive`` before start would add a
     serial request to every build (~35 ms measured here; unpacking the sources costs ~27 ms inside
     the container, not on the service's side). The code holds nothing but our own modules.
+
+    Before it unpacks and compiles them (~60 ms in the container), it prints the build's first
+    line, ``spec["announce"]`` (see :meth:`DockerBuilder.start`): users see the build start as soon
+    as the container runs, as early as the bare CLI prints its first line.
     """
     here = Path(__file__).parent
     sources = {name: (here / f"{name}.py").read_text() for name in FETCH_MODULES}
     blob = base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
     return (
-        "import base64,json,sys,types,zlib\n"
+        "import base64,json,os,sys,types,zlib\n"
+        f"a=json.loads(os.environ.get({SPEC_ENV!r}) or '{{}}').get('announce')\n"
+        "if a:sys.stdout.write(json.dumps({'phase':'fetching','message':a+'\\n'})+'\\n');sys.stdout.flush()\n"
         "p=types.ModuleType('r2d_core');p.__path__=[];sys.modules['r2d_core']=p\n"
         f"for n,s in json.loads(zlib.decompress(base64.b64decode('{blob}'))).items():\n"
         " m=types.ModuleType('r2d_core.'+n);m.__package__='r2d_core';sys.modules[m.__name__]=m\n"
@@ -450,12 +456,24 @@ class _ContainerProcess(BuildProcess):
         self.engine = engine
         self.container_id = container_id
         self.follow = follow
+        self._exit: asyncio.Task[int] | None = None
+
+    def _wait_task(self) -> asyncio.Task[int]:
+        """The engine's ``wait`` for this container, asked once while the log is read (so the
+        exit status is there when the log ends, not one more request later); asked again after
+        it failed (lost contact)."""
+        task = self._exit
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._exit = asyncio.ensure_future(self.engine.wait_container(self.container_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
 
     def output(self) -> AsyncIterator[str]:
+        self._wait_task()
         return self.engine.container_output(self.container_id, follow=self.follow)
 
     async def wait(self) -> int:
-        return await self.engine.wait_container(self.container_id)
+        return await self._wait_task()
 
     async def cancel(self) -> None:
         await self.engine.kill_container(self.container_id)
@@ -545,6 +563,8 @@ class DockerBuilder(Builder):
             credentials_file=secret_path if credentials is not None else None,
         )
         spec["git_uid"] = self.fetch_uid
+        # printed by the bootstrap before it compiles the fetch stage (which then does not)
+        spec["announce"] = f"Fetching {build.repo} at {build.sha}"
         env = [
             "DOCKER_HOST=unix:///var/run/docker.sock",
             "PYTHONUNBUFFERED=1",
@@ -582,12 +602,27 @@ class DockerBuilder(Builder):
         return _ContainerProcess(self.engine, container_id)
 
     async def recover(self) -> list[RecoveredBuild]:
+        ours = [
+            (summary, fields)
+            for summary in await self.engine.list_build_containers()
+            if (fields := parse_labels(summary.get("Labels"))) is not None
+        ]
+        # a few inspects at a time, not one after the other: a restart with hundreds of finished
+        # build containers answers its first request sooner (the engine serves them in parallel)
+        limit = asyncio.Semaphore(8)
+
+        async def inspect(container_id: str) -> dict[str, Any] | None:
+            async with limit:
+                try:
+                    return await self.engine.inspect_container(container_id)
+                except NotFound:
+                    return None  # removed since the listing
+
+        infos = await asyncio.gather(*(inspect(summary["Id"]) for summary, _ in ours))
         recovered = []
-        for summary in await self.engine.list_build_containers():
-            fields = parse_labels(summary.get("Labels"))
-            if fields is None:
+        for (summary, fields), info in zip(ours, infos, strict=True):
+            if info is None:
                 continue
-            info = await self.engine.inspect_container(summary["Id"])
             state = info.get("State", {})
             if state.get("Status") == "created":
                 # never started (the previous process stopped between create and start): it

@@ -62,11 +62,17 @@ class ImageCatalog:
         self._all_groups: list[ImageGroup] = []
         self._images_loaded = False
         self._images_refresh: asyncio.Task[None] | None = None
+<<<<<<< HEAD
         #: the build archive (r2d_core.archive): a deleted version's records go with it
         self.archive: Any = None
         self._snapshot_read = False
         self._snapshot_written = float("-inf")
         self._snapshot_task: asyncio.Task[None] | None = None
+=======
+        #: (monotonic time, reference, version) of images added by :meth:`add_local`, kept so a
+        #: listing that was already under way when they were added does not drop them
+        self._added: list[tuple[float, str, ImageVersion]] = []
+>>>>>>> w1-perf
 
     @property
     def warnings(self) -> list[str]:
@@ -147,6 +153,7 @@ class ImageCatalog:
         async with self._images_lock:
             if not force and time.monotonic() - self._images_at < self.settings.image_cache_ttl:
                 return
+            listed_at = time.monotonic()
             summaries = await self._engine_call(self.engine.list_images())
             images: dict[str, ImageVersion] = {}
             for summary in summaries:
@@ -177,6 +184,10 @@ class ImageCatalog:
                     )
                 for item in remote:
                     self._merge_remote(images, item)
+            for added_at, tag, version in self._added:
+                if added_at >= listed_at and tag not in images:
+                    images[tag] = version  # built while the engine was being listed
+            self._added = [a for a in self._added if a[0] >= listed_at]
             self._images = images
             self._all_groups = self._build_groups(images)
             self._images_loaded = True
@@ -184,6 +195,7 @@ class ImageCatalog:
             # an incomplete listing is not trusted for the TTL: the next one asks again
             self._images_at = 0.0 if warnings else time.monotonic()
 
+<<<<<<< HEAD
     async def _read_snapshot(self) -> None:
         """Once per process: start the registry listing from its snapshot (r2d_core.registry.
         snapshot), so the first listing after a restart costs ~200 requests, not ~2,100."""
@@ -224,6 +236,39 @@ class ImageCatalog:
                 self.log.warning("Could not write the listing snapshot to the registry: %s", e)
 
         self._snapshot_task = asyncio.create_task(write())
+=======
+    def add_local(self, info: dict[str, Any]) -> bool:
+        """Put one image the service just built into the index, from its inspect document (what
+        the build already knows), instead of re-listing every image from the engine.
+
+        The index otherwise stays as it was (its TTL too): other changes are seen at the next
+        refresh. Returns whether the image counted as ours (named as its labels say).
+        """
+        labels = (info.get("Config") or {}).get("Labels")
+        added = False
+        for tag in info.get("RepoTags") or []:
+            fields = self._owned_fields(labels, tag)
+            if fields is None:
+                continue
+            previous = self._images.get(tag)
+            version = self._version(
+                fields,
+                tag,
+                created=parse_time(info.get("Created")),
+                size=info.get("Size"),
+                local=True,
+                image_id=info.get("Id"),
+            )
+            if previous is not None and previous.pushed:
+                version.pushed, version.digest = True, previous.digest
+            self._images[tag] = version
+            self._added.append((time.monotonic(), tag, version))
+            del self._added[:-1000]  # cleared by every listing; bounded without one
+            added = True
+        if added:
+            self._all_groups = self._build_groups(self._images)
+        return added
+>>>>>>> w1-perf
 
     def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
         """Add a registry image to the index (or mark the local one pushed), if it is ours."""

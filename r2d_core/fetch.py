@@ -557,7 +557,8 @@ def run(spec: dict[str, Any], credentials: Credentials | None) -> None:
     url = fetcher.check(spec["repo"], "repository")
     fetcher.credentials_origin = url.origin
     sha = spec["sha"]
-    emit("fetching", f"Fetching {url} at {sha}")
+    if not spec.get("announce"):  # the build container's bootstrap said it already
+        emit("fetching", f"Fetching {url} at {sha}")
     fetcher.fetch(url, spec["dest"], sha)
     emit("fetching", f"Fetched {url} at {sha} in {time.monotonic() - started:.1f} s")
 

@@ -528,10 +528,19 @@ class BuildManager(LoggingConfigurable):
         await self.registry.aclose()
 
     async def _sync(self) -> None:
+        t0 = time.monotonic()
         await self.engine.ping()
         await self.catalog.refresh(force=True)
-        for recovered in await self.builder.recover():
+        t1 = time.monotonic()
+        found = await self.builder.recover()
+        for recovered in found:
             self._adopt(recovered)
+        self.log.info(
+            "Image index loaded in %.0f ms; %d build(s) found in Docker in %.0f ms",
+            (t1 - t0) * 1000,
+            len(found),
+            (time.monotonic() - t1) * 1000,
+        )
         self._ready = True
         self._last_error = None
 

@@ -385,8 +385,11 @@ class BuildRunner:
             if found is not None:
                 if build.push and not build.cancel_requested:
                     await self.push(build)
-                # the index knows the image before anyone hears the build is done
-                await self.catalog.refresh_quietly()
+                # the index knows the image before anyone hears the build is done: from the
+                # inspect above (no re-listing of every image); a push also changes the
+                # registry's listing, which only a refresh reads
+                if build.push or not self.catalog.add_local(found):
+                    await self.catalog.refresh_quietly()
                 if build.cancel_requested:  # during the push: the image stays, not pushed
                     await self._cancelled(build)
                     return

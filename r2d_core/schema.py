@@ -21,13 +21,38 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jsonschema
-
 from .errors import InvalidRequest, PayloadTooLarge
 from .validation import NAME_PATTERN, REF_PATTERN
+
+
+def _import_jsonschema() -> Any:
+    """``import jsonschema``, without the ``rfc3987_syntax`` package it loads when installed.
+
+    JupyterHub's ``jupyter_events`` installs ``jsonschema[format-nongpl]``, whose
+    ``rfc3987_syntax`` builds a grammar at import: ~1 s of every start of the service, for the
+    ``iri`` formats of jsonschema's FormatChecker, which no schema here uses (they check no
+    ``format`` at all). Hidden only while jsonschema is first imported, so a later ``import
+    rfc3987_syntax`` still works; inside the Hub (TLJH) jsonschema is imported already and this
+    changes nothing.
+    """
+    if "jsonschema" in sys.modules:
+        return sys.modules["jsonschema"]
+    hide = "rfc3987_syntax" not in sys.modules
+    if hide:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # import -> ImportError
+    try:
+        import jsonschema
+    finally:
+        if hide and sys.modules.get("rfc3987_syntax", False) is None:
+            del sys.modules["rfc3987_syntax"]
+    return jsonschema
+
+
+jsonschema = _import_jsonschema()
 
 __all__ = [
     "BUILD_REQUEST",
