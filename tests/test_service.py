@@ -347,6 +347,7 @@ def test_generate_hub_config_is_valid_python():
         "custom:repo2docker:read",
         "custom:repo2docker:build",
         "custom:repo2docker:delete",
+        "custom:repo2docker:appendix",
     }
     assert c.JupyterHub.services[0]["oauth_client_allowed_scopes"]
     # a server never acts beyond its owner's namespace: only filtered scopes (proved against a
