@@ -501,3 +501,29 @@ def test_manager_config_reaches_the_policy(docker_host):
 
     m = BuildManager(config=c)
     assert m.build_options.allowed == ["subdir"]
+
+
+def test_annotation_limits_are_parsed_and_held_to_the_maximum():
+    from r2d_core.spawner import AnnotationLimits, parse_bytes
+
+    limits = AnnotationLimits(None, max_mem_limit="1G", max_cpu_limit=2.0)  # type: ignore[arg-type]
+    assert parse_bytes("512M") == 512 * 1024**2 and parse_bytes("2G") == 2 * 1024**3
+    assert limits.limits({"tljh.mem_limit": "512M", "tljh.cpu_limit": "1.5"}) == {
+        "mem_limit": 512 * 1024**2,
+        "cpu_limit": 1.5,
+    }
+    assert limits.limits({"tljh.mem_limit": "64G", "tljh.cpu_limit": "64"}) == {
+        "mem_limit": 1024**3,
+        "cpu_limit": 2.0,
+    }
+    # not parsable, negative, infinite, or another namespace: ignored
+    for bad in (
+        {"tljh.mem_limit": "lots", "tljh.cpu_limit": "nan"},
+        {"tljh.mem_limit": "0", "tljh.cpu_limit": "-1"},
+        {"tljh.cpu_limit": "inf"},
+        {"other.mem_limit": "1G"},
+    ):
+        assert limits.limits(bad) == {}, bad
+    assert AnnotationLimits(None, namespace="lab").limits({"lab.cpu_limit": "8"}) == {  # type: ignore[arg-type]
+        "cpu_limit": 8.0
+    }
