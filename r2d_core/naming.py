@@ -284,8 +284,13 @@ def image_reference(
         repo_part, sep, tag_part = template.rpartition(":")
         tag_part = re.sub(r"(\{(?:short_)?sha\})", r"\1{options}", tag_part, count=1)
         template = repo_part + sep + tag_part
+    mark = OPTIONS_MARK
+    if template.partition("{options}")[2].startswith("-"):
+        # "{sha}-{ref}": a digest "-o..." there could be read as part of a ref ("o<hex>-main"
+        # without options); "_o..." cannot (the plain tag has "-" at that place)
+        mark = "_" + OPTIONS_MARK[1:]
     reference = template.format(
-        options=f"{OPTIONS_MARK}{options_digest}" if options_digest else "",
+        options=f"{mark}{options_digest}" if options_digest else "",
         prefix=prefix,
         owner=escape_component(owner),
         name=escape_component(name),

@@ -248,6 +248,16 @@ def test_options_digest_is_in_the_tag_and_distinct():
     assert len(refs) == 3
     # no options: the names images always had
     assert "r2d-ann-x:" + "a" * 40 in refs
+    # a ref after the sha cannot pose as a digest: "<sha>-o<digest>-main" is no plain tag
+    template = "{prefix}{owner}-{name}:{sha}-{ref}"
+    digest = options_digest(a)
+    plain = image_reference(
+        template, prefix="", owner="o", name="n", sha="a" * 40, ref=f"o{digest}-main"
+    )
+    with_options = image_reference(
+        template, prefix="", owner="o", name="n", sha="a" * 40, ref="main", options_digest=digest
+    )
+    assert plain != with_options and with_options.endswith(f"_o{digest}-main")
     # {options} in an explicit template goes right after the sha, nowhere else
     validate_template("{prefix}{owner}/{name}:{short_sha}{options}")
     for bad in (
