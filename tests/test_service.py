@@ -558,7 +558,7 @@ async def test_per_owner_queue_cap_answers_429_and_spares_others(callers, git_se
             await caller.request("DELETE", f"api/builds/{build_id}")
 
 
-async def test_build_options_and_annotations_through_the_api(callers, git_server):
+async def test_build_options_and_annotations_through_the_api(hub, callers, git_server):
     """The policy of ``c.BuildOptions`` (subdir, build_args, user_id, appendix allowed) through
     both adapters: GET api/ says what each caller may set, refusals are 400 naming the field,
     options and annotations come back with the build and the image."""
@@ -616,3 +616,23 @@ async def test_build_options_and_annotations_through_the_api(callers, git_server
     )
     assert r.status_code == 202, r.text
     assert (await wait_build(admin, r.json()["id"]))["state"] == "built"
+    # the typed client sends and returns them too
+    from r2d_core.client import R2DClient
+
+    token = await asyncio.to_thread(hub.token_for, "alice")
+    async with R2DClient(hub.service_url, token) as r2d:
+        result = await r2d.build(
+            repo,
+            "v1",
+            name="withopts",
+            options={"user_id": 1002},
+            annotations={"display.description": "client"},
+            force=True,
+        )
+        assert result.build is not None
+        assert result.build["annotations"] == {"display.description": "client"}
+        assert (await r2d.wait(result.build["id"]))["state"] == "built"
+        [image] = [i for i in await r2d.images(owner="alice") if i["name"] == "withopts"]
+        by_image = {v["image"]: v for v in image["versions"]}
+        assert by_image[result.build["image"]]["options"] == {"user_id": 1002}
+        assert by_image[build["image"]]["annotations"] == annotations
