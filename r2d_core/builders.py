@@ -53,6 +53,7 @@ from .errors import NotFound, Unavailable, UpstreamError
 from .fetch import SPEC_ENV
 from .logs import LineSplitter
 from .models import Build, Credentials, build_labels, parse_labels, parse_time
+from .options import repo2docker_option_args
 
 __all__ = [
     "FETCH_MODULES",
@@ -261,6 +262,9 @@ class Builder(LoggingConfigurable):
             "home": f"{workdir}/home",
             "allowed_patterns": list(self.allowed_repo_patterns),
             "allowed_networks": list(self.allowed_networks),
+            # shown in the log header; subdir is checked inside the checkout after the fetch
+            "options": build.options,
+            "subdir": build.options.get("subdir"),
             "submodules": self.submodules,
             "timeout": self.fetch_timeout,
             "max_bytes": self.fetch_max_bytes,
@@ -302,18 +306,21 @@ class Builder(LoggingConfigurable):
     def repo2docker_args(self, build: Build, config_path: str, source: str) -> list[str]:
         """Arguments after the ``jupyter-repo2docker`` command itself; ``source`` is the local
         checkout the fetch stage made (no ``--ref``: repo2docker fetches nothing)."""
+        options = dict(build.options)
         args = [
             "--config",
             config_path,
             "--json-logs",
             "--no-run",
             "--user-id",
-            str(self.user_id),
+            str(options.pop("user_id", self.user_id)),
             "--user-name",
-            self.user_name,
+            options.pop("user_name", self.user_name),
             "--image-name",
             build.image,
         ]
+        # the build's options (validated by r2d_core.options): one argv element per value
+        args += repo2docker_option_args(options)
         args += list(self.extra_args)
         # "--" is not understood by repo2docker's argparse before the positional: the source is
         # an absolute path of ours

@@ -19,8 +19,9 @@ from typing import Any, Protocol, TypeVar
 
 from .engine import DockerEngine
 from .errors import InvalidRequest, NotFound, R2DError
-from .models import ImageGroup, ImageVersion, parse_labels, parse_time
+from .models import ImageGroup, ImageVersion, label_options, parse_labels, parse_time
 from .naming import image_reference, parse_reference
+from .options import options_digest
 from .registry.config import Registry
 from .registry.snapshot import read_snapshot, snapshot_repository, write_snapshot
 
@@ -96,8 +97,11 @@ class ImageCatalog:
             self._snapshot_task.cancel()
 
     # ---- naming and ownership -------------------------------------------------------------------
-    def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
-        """The image reference a build of ``owner``'s ``name`` at ``sha`` produces."""
+    def image_for(
+        self, owner: str, name: str, sha: str, ref: str = "", options_digest: str = ""
+    ) -> str:
+        """The image reference a build of ``owner``'s ``name`` at ``sha`` produces (with
+        effective options of digest ``options_digest``, see :mod:`r2d_core.options`)."""
         return image_reference(
             self.settings.image_name_template,
             prefix=self.settings.image_prefix,
@@ -105,6 +109,7 @@ class ImageCatalog:
             name=name,
             sha=sha,
             ref=ref,
+            options_digest=options_digest,
         )
 
     @staticmethod
@@ -119,8 +124,14 @@ class ImageCatalog:
         if fields is None:
             return None
         try:
+            # the digest is computed from the options label itself, so a reference matches only
+            # the options its image was really built with
             expected = self.image_for(
-                fields["owner"], fields["name"], fields["sha"], fields.get("ref", "")
+                fields["owner"],
+                fields["name"],
+                fields["sha"],
+                fields.get("ref", ""),
+                options_digest(label_options(fields)[0]),
             )
         except InvalidRequest:
             return None
@@ -294,6 +305,7 @@ class ImageCatalog:
     def _version(
         fields: dict[str, str], reference: str, *, created: float | None, **found: Any
     ) -> ImageVersion:
+        options, annotations = label_options(fields)
         return ImageVersion(
             reference=reference,
             owner=fields["owner"],
@@ -303,6 +315,8 @@ class ImageCatalog:
             sha=fields["sha"],
             created=parse_time(fields.get("created")) or created,
             build_id=fields.get("build-id"),
+            options=options,
+            annotations=annotations,
             **found,
         )
 

@@ -137,8 +137,17 @@ class R2DClient:
         push: bool = False,
         force: bool = False,
         credentials: tuple[str, str] | None = None,
+        options: dict[str, Any] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> BuildResult:
+        """Start (or join, or skip) a build. ``options``: repo2docker options the service's
+        admin allows (see :meth:`info` ``["options"]``); ``annotations``: namespaced keys to short
+        strings, stored with the image and returned by every answer about it."""
         body: dict[str, Any] = {"repo": repo, "ref": ref, "push": push, "force": force}
+        if options:
+            body["options"] = options
+        if annotations:
+            body["annotations"] = annotations
         if name:
             body["name"] = name
         if owner:

@@ -66,6 +66,7 @@ __all__ = [
     "FetchError",
     "Fetcher",
     "check_links",
+    "check_subdir",
     "git_environment",
     "main",
     "resolve_submodule_url",
@@ -561,6 +562,23 @@ def run(spec: dict[str, Any], credentials: Credentials | None) -> None:
         emit("fetching", f"Fetching {url} at {sha}")
     fetcher.fetch(url, spec["dest"], sha)
     emit("fetching", f"Fetched {url} at {sha} in {time.monotonic() - started:.1f} s")
+    if spec.get("options"):
+        # the log header names what makes this image differ from a plain build of the commit
+        emit("fetching", "Build options: " + json.dumps(spec["options"], sort_keys=True))
+    if spec.get("subdir"):
+        check_subdir(spec["dest"], str(spec["subdir"]))
+
+
+def check_subdir(dest: str, subdir: str) -> None:
+    """Refuse a ``subdir`` that is not a folder inside the checkout ``dest`` once symlinks are
+    resolved (repo2docker's ``--subdir`` only joins the paths: a symlink in the repository
+    pointing at ``/etc`` would build the builder's own files)."""
+    root = os.path.realpath(dest)
+    target = os.path.realpath(os.path.join(root, subdir))
+    if os.path.commonpath([root, target]) != root:
+        raise FetchError(f"subdir {subdir!r} leads outside the repository (a symbolic link?)")
+    if not os.path.isdir(target):
+        raise FetchError(f"subdir {subdir!r} is not a folder of the repository at this commit")
 
 
 def main(argv: list[str] | None = None) -> int:

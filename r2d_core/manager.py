@@ -51,6 +51,7 @@ from .models import (
 )
 from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .netpolicy import NetPolicy, parse_networks
+from .options import BuildOptions, options_digest, validate_annotations
 from .refs import resolve_ref
 from .registry.config import Registry
 from .runner import BuildRunner, recovered_build
@@ -115,7 +116,9 @@ class BuildManager(LoggingConfigurable):
         DEFAULT_IMAGE_NAME_TEMPLATE,
         config=True,
         help=f"""Template of image references, with the fields ``{{prefix}}``, ``{{owner}}``,
-        ``{{name}}``, ``{{sha}}``, ``{{short_sha}}``, ``{{ref}}``. Owner and name are escaped so no
+        ``{{name}}``, ``{{sha}}``, ``{{short_sha}}``, ``{{ref}}``, ``{{options}}`` (``-o`` and the
+        digest of a build's options, empty without; placed right after the tag's sha when the
+        template has none, so builds with different options are different images). Owner and name are escaped so no
         two owners can share an image repository; for that, each field before the tag must be
         followed by ``-``, ``_``, ``.``, ``/`` or the tag (``{{sha}}``/``{{short_sha}}`` need no
         separator), and ``{{ref}}`` may only appear in the tag. Default
@@ -405,6 +408,13 @@ class BuildManager(LoggingConfigurable):
     def _default_lifecycle(self) -> LifecyclePolicy:
         return LifecyclePolicy(parent=self, manager=self)
 
+    #: which repo2docker options builds may carry (configured by ``c.BuildOptions.*``)
+    build_options = Instance(BuildOptions)
+
+    @default("build_options")
+    def _default_build_options(self) -> BuildOptions:
+        return BuildOptions(parent=self)
+
     # ---- lifecycle --------------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -598,9 +608,11 @@ class BuildManager(LoggingConfigurable):
         self._update_gauges()
 
     # ---- submitting -------------------------------------------------------------------------------
-    def image_for(self, owner: str, name: str, sha: str, ref: str = "") -> str:
+    def image_for(
+        self, owner: str, name: str, sha: str, ref: str = "", options_digest: str = ""
+    ) -> str:
         """The image reference a build of ``owner``'s ``name`` at ``sha`` produces."""
-        return self.catalog.image_for(owner, name, sha, ref)
+        return self.catalog.image_for(owner, name, sha, ref, options_digest)
 
     async def submit(
         self,
@@ -613,9 +625,20 @@ class BuildManager(LoggingConfigurable):
         push: bool = False,
         force: bool = False,
         credentials: Credentials | None = None,
+        options: dict[str, Any] | None = None,
+        annotations: dict[str, str] | None = None,
+        may_appendix: bool = False,
     ) -> SubmitResult:
-        """Queue a build, join an identical one in progress, or skip when the image exists."""
+        """Queue a build, join an identical one in progress, or skip when the image exists.
+
+        ``options`` are repo2docker options under ``c.BuildOptions`` (``may_appendix``: the
+        caller holds the appendix scope; adapters decide); ``annotations`` are stored as image
+        labels, never interpreted (see :mod:`r2d_core.options`). A request that joins a build in
+        progress or skips an existing image does not change that image's annotations.
+        """
         repo = validate_repo_url(repo, self.allowed_repo_patterns)
+        effective = self.build_options.effective(options, may_appendix=may_appendix)
+        annotations = validate_annotations(annotations)
         ref = validate_ref(ref or "HEAD")
         name = validate_name(name if name else default_name_for_repo(repo))
         owner = validate_owner(owner)
@@ -636,7 +659,7 @@ class BuildManager(LoggingConfigurable):
             timeout=self.ref_timeout,
             policy=NetPolicy(self.allowed_networks),
         )
-        image = self.image_for(owner, name, sha, ref)
+        image = self.image_for(owner, name, sha, ref, options_digest(effective))
         if push:
             self.catalog.check_push_target(image)
 
@@ -701,6 +724,8 @@ class BuildManager(LoggingConfigurable):
             previous_image_id=previous_image_id,
             push_only=push_only,
             log=self._new_log(),
+            options=effective,
+            annotations=annotations,
         )
         self._builds[build.id] = build
         self.scheduler.enqueue(build)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
 import secrets
 import time
@@ -11,6 +12,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .logs import LogBuffer
+from .options import (
+    ANNOTATION_LABEL_PREFIX,
+    annotations_from_labels,
+    options_digest,
+    options_from_labels,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -24,6 +31,7 @@ __all__ = [
     "SubmitResult",
     "build_labels",
     "iso",
+    "label_options",
     "new_build_id",
     "parse_labels",
     "short_error",
@@ -140,6 +148,10 @@ class Build:
     last_output: float = field(default_factory=time.monotonic, repr=False)
     #: why the build's record and log are not (yet) in the registry (r2d_core.archive)
     record_error: str | None = None
+    #: the effective repo2docker options (admin defaults + the request's; see r2d_core.options)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: the build's annotations (never interpreted; stored as image labels)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -178,6 +190,9 @@ class Build:
             "requested_by": self.requested_by,
             "recovered": self.recovered,
             "record_error": self.record_error,
+            "options": dict(self.options),
+            "options_digest": options_digest(self.options) or None,
+            "annotations": dict(self.annotations),
         }
 
 
@@ -214,6 +229,8 @@ class ImageVersion:
     pushed: bool = False
     image_id: str | None = None
     digest: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def repository(self) -> str:
@@ -234,6 +251,9 @@ class ImageVersion:
             "local": self.local,
             "pushed": self.pushed,
             "build_id": self.build_id,
+            "options": dict(self.options),
+            "options_digest": options_digest(self.options) or None,
+            "annotations": dict(self.annotations),
         }
 
 
@@ -273,6 +293,9 @@ class ImageGroup:
             "size": newest.size,
             "local": any(v.local for v in self.versions),
             "pushed": any(v.pushed for v in self.versions),
+            # the newest version's (each version lists its own)
+            "options": dict(newest.options),
+            "annotations": dict(newest.annotations),
             "versions": [v.to_dict() for v in self.versions],
         }
 
@@ -292,6 +315,12 @@ def build_labels(build: Build, kind: str) -> dict[str, str]:
         "requested-by": build.requested_by,
         "created": iso(build.created) or "",
     }
+    if build.options:
+        # canonical JSON (the digest is computed from it again when the label is read)
+        labels["options"] = json.dumps(build.options, sort_keys=True, separators=(",", ":"))
+        labels["options-digest"] = options_digest(build.options)
+    for key, value in build.annotations.items():
+        labels[f"{ANNOTATION_LABEL_PREFIX}{key}"] = value
     if kind == "build":
         labels["image"] = build.image
         labels["push"] = "1" if build.push else "0"
@@ -310,3 +339,8 @@ def parse_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
     if not fields.get("owner") or not fields.get("sha") or not fields.get("name"):
         return None
     return fields
+
+
+def label_options(fields: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The (options, annotations) that :func:`parse_labels` fields record."""
+    return options_from_labels(fields), annotations_from_labels(fields)

@@ -34,6 +34,7 @@ from .errors import InvalidRequest
 
 __all__ = [
     "DEFAULT_IMAGE_NAME_TEMPLATE",
+    "OPTIONS_MARK",
     "ImageReference",
     "escape_component",
     "image_reference",
@@ -51,7 +52,9 @@ MAX_COMPONENT_LENGTH = 80
 _HASH_MARK = "zz"
 _HASH_LEN = 16
 
-_TEMPLATE_FIELDS = frozenset({"prefix", "owner", "name", "sha", "short_sha", "ref"})
+_TEMPLATE_FIELDS = frozenset({"prefix", "owner", "name", "sha", "short_sha", "ref", "options"})
+#: what ``{options}`` stands for: ``""`` for a build without options, else ``-o`` + the digest
+OPTIONS_MARK = "-o"
 
 # Docker's reference grammar (distribution/reference), compiled once.
 _ALNUM = r"[a-z0-9]+"
@@ -177,6 +180,11 @@ def _check_unambiguous(template: str, repo_part: str) -> None:
     ``repo_part`` is the template before its tag, with ``{prefix}`` already replaced by its value.
     """
     pieces = list(string.Formatter().parse(repo_part))
+    if any(field == "options" for _literal, field, _spec, _conv in pieces):
+        raise InvalidRequest(
+            f"image_name_template {template!r}: put {{options}} in the tag (after ':'), right "
+            "after {sha} or {short_sha}"
+        )
     if any(field == "ref" for _literal, field, _spec, _conv in pieces):
         raise InvalidRequest(
             f"image_name_template {template!r}: put {{ref}} in the tag (after ':'), not in the "
@@ -228,6 +236,11 @@ def validate_template(template: str, prefix: str = "") -> str:
     _check_unambiguous(
         template, repo_part.replace("{prefix}", prefix.replace("{", "{{").replace("}", "}}"))
     )
+    if "{options}" in tag_part and not re.search(r"\{(short_)?sha\}\{options\}", tag_part):
+        raise InvalidRequest(
+            f"image_name_template {template!r}: put {{options}} right after {{sha}} or "
+            "{short_sha}, so that a ref can never look like an options digest"
+        )
     sample = image_reference(
         template,
         prefix=prefix,
@@ -235,6 +248,7 @@ def validate_template(template: str, prefix: str = "") -> str:
         name="n" * MAX_COMPONENT_LENGTH,
         sha="0" * 40,
         ref="main",
+        options_digest="0" * 16,
         check=False,
     )
     try:
@@ -255,13 +269,28 @@ def image_reference(
     name: str,
     sha: str,
     ref: str = "",
+    options_digest: str = "",
     check: bool = True,
 ) -> str:
     """The image reference for ``owner``'s image ``name`` at commit ``sha``.
 
-    ``owner`` and ``name`` are raw values (escaped here); ``sha`` is a full commit sha.
+    ``owner`` and ``name`` are raw values (escaped here); ``sha`` is a full commit sha;
+    ``options_digest`` the hex digest of the build's effective options (``""``: none). A template
+    without ``{options}`` gets it right after the tag's first ``{sha}``/``{short_sha}``, so two
+    builds of one commit with different options are always two images (fixed-length fields:
+    the tag still reads back one way).
     """
+    if "{options}" not in template:
+        repo_part, sep, tag_part = template.rpartition(":")
+        tag_part = re.sub(r"(\{(?:short_)?sha\})", r"\1{options}", tag_part, count=1)
+        template = repo_part + sep + tag_part
+    mark = OPTIONS_MARK
+    if template.partition("{options}")[2].startswith("-"):
+        # "{sha}-{ref}": a digest "-o..." there could be read as part of a ref ("o<hex>-main"
+        # without options); "_o..." cannot (the plain tag has "-" at that place)
+        mark = "_" + OPTIONS_MARK[1:]
     reference = template.format(
+        options=f"{mark}{options_digest}" if options_digest else "",
         prefix=prefix,
         owner=escape_component(owner),
         name=escape_component(name),

@@ -22,7 +22,7 @@ from .catalog import ImageCatalog
 from .engine import DockerEngine
 from .errors import R2DError, Unavailable
 from .logs import LogBuffer
-from .models import Build, BuildState, parse_time, short_error
+from .models import Build, BuildState, label_options, parse_time, short_error
 from .naming import parse_reference
 from .registry.config import Registry
 
@@ -61,6 +61,7 @@ def recovered_build(recovered: RecoveredBuild, log: LogBuffer) -> Build:
         recovered=True,
         log=log,
     )
+    build.options, build.annotations = label_options(fields)
     if not recovered.running:
         build.finished = recovered.finished
         build.exit_code = recovered.exit_code

@@ -7,7 +7,8 @@ JupyterHub depends on it). No per-field type checks anywhere else.
 
 The schemas use only keywords that mean the same in OpenAPI 3.0 Schema Objects and JSON Schema
 draft 7 (``type``, ``properties``, ``required``, ``additionalProperties``, ``pattern``,
-``minLength``/``maxLength``, ``minimum``, ``enum``, ``items``, ``maxItems``) and no ``nullable``,
+``minLength``/``maxLength``, ``minimum``/``maximum``, ``enum``, ``items``, ``maxItems``,
+``maxProperties``) and no ``nullable``,
 so draft 7 validation is exactly what the document promises.
 
 Limits, checked before the body is parsed (both documented in the OpenAPI document):
@@ -131,6 +132,67 @@ BUILD_REQUEST: dict[str, Any] = {
                 "password": {"type": "string", "maxLength": 4096},
             },
             "description": "for a private repository (HTTP basic auth); never stored or logged",
+        },
+        "options": {
+            "type": "object",
+            "additionalProperties": False,
+            "maxProperties": 7,
+            "properties": {
+                "subdir": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "description": "build this folder of the repository (repo2docker --subdir)",
+                },
+                "target_repo_dir": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": "^/",
+                    "description": "where the repository goes in the image "
+                    "(repo2docker --target-repo-dir)",
+                },
+                "user_id": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 4294967294,
+                    "description": "uid of the image's user (repo2docker --user-id)",
+                },
+                "user_name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 32,
+                    "description": "name of the image's user (repo2docker --user-name)",
+                },
+                "build_args": {
+                    "type": "object",
+                    "maxProperties": 64,
+                    "additionalProperties": {"type": "string", "maxLength": 1024},
+                    "description": "build arguments, name to value (repo2docker --build-arg)",
+                },
+                "appendix": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 65536,
+                    "description": "Dockerfile text run at the end of the build (repo2docker "
+                    "--appendix); needs the scope custom:repo2docker:appendix",
+                },
+                "platform": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "description": "the platform to build for, e.g. linux/amd64",
+                },
+            },
+            "description": "repo2docker options; each one only where the admin allows it "
+            "(GET api/ lists them under options.allowed); part of the image's identity",
+        },
+        "annotations": {
+            "type": "object",
+            "maxProperties": 32,
+            "additionalProperties": {"type": "string", "maxLength": 256},
+            "description": "namespaced keys (e.g. tljh.mem_limit) to short strings, stored as "
+            "image labels and returned with the image; never interpreted by the service",
         },
     },
 }
@@ -271,6 +333,14 @@ def parse_json_body(body: bytes | None, *, content_length: int | None = None) ->
         raise InvalidRequest("the request body must be JSON") from None
 
 
+def _field_name(path: str) -> str:
+    # the top-level field, but options and annotations name their entry (options.subdir)
+    parts = path.split(".")
+    if parts[0] in ("options", "annotations") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
 def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.path), list(e.path)))
     if not errors:
@@ -283,7 +353,7 @@ def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
         field = ".".join([*path, unknown[0]]) if unknown else ".".join(path)
         return InvalidRequest(
             f"unknown field {field!r}; known fields: {', '.join(sorted(known))}",
-            field=field.split(".")[0],
+            field=_field_name(field),
         )
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else ""
@@ -306,12 +376,21 @@ def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
         message = f"must be one of {', '.join(map(str, error.validator_value))}"
     elif error.validator == "pattern":
         message = f"does not match {error.validator_value}"
-    elif error.validator in ("maxLength", "minLength", "maxItems", "minimum"):
+    elif error.validator in (
+        "maxLength",
+        "minLength",
+        "maxItems",
+        "minimum",
+        "maximum",
+        "maxProperties",
+    ):
         message = {
             "maxLength": f"is longer than {error.validator_value} characters",
             "minLength": "must not be empty",
             "maxItems": f"may be given at most {error.validator_value} times",
             "minimum": f"must be at least {error.validator_value}",
+            "maximum": f"must be at most {error.validator_value}",
+            "maxProperties": f"may have at most {error.validator_value} entries",
         }[error.validator]
     else:
         message = "is invalid"
@@ -319,7 +398,7 @@ def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
         message += f": {description}"
     if not field:
         return InvalidRequest(f"the request body {message}")
-    return InvalidRequest(f"{field} {message}", field=field.split(".")[0])
+    return InvalidRequest(f"{field} {message}", field=_field_name(field))
 
 
 def validate_body(schema_name: str, data: Any) -> dict[str, Any]:

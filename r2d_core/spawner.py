@@ -25,6 +25,17 @@ hook has run, so the hook would see no image).
 Which images a user may read is decided with the user's own repo2docker scopes (as JupyterHub
 resolved them), with the same rules as the service (:mod:`r2d_core.scopes`), so a form never offers
 an image the API would hide from that user.
+
+Annotations are for spawners: the service stores them and never reads them.
+:class:`AnnotationLimits` is an example hook that reads ``mem_limit``/``cpu_limit`` annotations of
+the chosen image version and gives them to the spawner, held to the admin's maximum (whoever built
+the image chose the annotations: they are requests, not grants)::
+
+    limits = AnnotationLimits(chooser, max_mem_limit="4G", max_cpu_limit=2.0)
+    c.Spawner.pre_spawn_hook = limits.pre_spawn_hook  # checks the image, sets image and limits
+
+DockerSpawner turns them into the container's ``HostConfig.Memory`` and ``CpuQuota``/``CpuPeriod``
+(cgroup limits); KubeSpawner into the pod's resource limits.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from .client import R2DClient
 from .errors import Forbidden
 from .scopes import Authorizer, parse_permissions
 
-__all__ = ["ImageChooser"]
+__all__ = ["AnnotationLimits", "ImageChooser"]
 
 
 class _DBGroups:
@@ -131,6 +142,15 @@ class ImageChooser:
         image = await self.validate(spawner, (spawner.user_options or {}).get("image", ""))
         spawner.image = image
 
+    async def annotations_for(self, spawner: Any, image: str) -> dict[str, str]:
+        """The annotations of the version ``image`` names, among those ``spawner.user`` may
+        read (``{}`` when it is none of them)."""
+        for group in await self.images_for(spawner):
+            for version in group["versions"]:
+                if version["image"] == image:
+                    return dict(version.get("annotations") or {})
+        return {}
+
     async def profile_list(self, spawner: Any) -> list[dict[str, Any]]:
         """KubeSpawner ``profile_list``: one profile per image (validated again by KubeSpawner's
         own choice of a listed profile)."""
@@ -165,3 +185,80 @@ def _refusal(message: str) -> Forbidden:
     error = Forbidden(message)
     error.jupyterhub_message = message  # type: ignore[attr-defined]
     return error
+
+
+_BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+
+
+def parse_bytes(value: str) -> int:
+    """``"2G"`` -> 2147483648 (JupyterHub's ``ByteSpecification`` units: K, M, G, T are powers of
+    1024); ValueError for anything else."""
+    match = _BYTES.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 512M or 2G")
+    number, unit = match.groups()
+    return int(float(number) * _BYTE_UNITS[unit.upper()])
+
+
+class AnnotationLimits:
+    """Example spawner hook: the chosen image's ``mem_limit``/``cpu_limit`` annotations become
+    the spawner's ``mem_limit``/``cpu_limit``, each at most the admin's maximum.
+
+    ``chooser`` checks the image (:meth:`ImageChooser.pre_spawn_hook`) and finds its version's
+    annotations. The keys read are ``<namespace>.mem_limit`` and ``<namespace>.cpu_limit``
+    (default namespace ``tljh``, as tljh-repo2docker calls them). An annotation that does not
+    parse is ignored (logged); a larger value than the maximum is cut down to it; a missing one
+    leaves the spawner's own setting. With no maximum given, an annotation is applied as is.
+    """
+
+    def __init__(
+        self,
+        chooser: ImageChooser,
+        *,
+        namespace: str = "tljh",
+        max_mem_limit: str | int | None = None,
+        max_cpu_limit: float | None = None,
+    ) -> None:
+        self.chooser = chooser
+        self.namespace = namespace
+        self.max_mem_limit = (
+            parse_bytes(max_mem_limit) if isinstance(max_mem_limit, str) else max_mem_limit
+        )
+        self.max_cpu_limit = max_cpu_limit
+
+    def limits(self, annotations: dict[str, str], log: Any = None) -> dict[str, Any]:
+        """``{"mem_limit": bytes, "cpu_limit": cpus}`` from ``annotations`` (pure; bounded)."""
+        found: dict[str, Any] = {}
+        mem = annotations.get(f"{self.namespace}.mem_limit")
+        if mem:
+            try:
+                value = parse_bytes(mem)
+                if value <= 0:
+                    raise ValueError("must be positive")
+                if self.max_mem_limit is not None:
+                    value = min(value, self.max_mem_limit)
+                found["mem_limit"] = value
+            except ValueError as e:
+                if log is not None:
+                    log.warning("ignoring the image's mem_limit annotation: %s", e)
+        cpu = annotations.get(f"{self.namespace}.cpu_limit")
+        if cpu:
+            try:
+                cpus = float(cpu)
+                if not 0 < cpus < float("inf"):
+                    raise ValueError(f"{cpu!r} is not a positive number of CPUs")
+                if self.max_cpu_limit is not None:
+                    cpus = min(cpus, self.max_cpu_limit)
+                found["cpu_limit"] = cpus
+            except ValueError as e:
+                if log is not None:
+                    log.warning("ignoring the image's cpu_limit annotation: %s", e)
+        return found
+
+    async def pre_spawn_hook(self, spawner: Any) -> None:
+        """Check and set the image (the chooser), then apply its annotated limits."""
+        await self.chooser.pre_spawn_hook(spawner)
+        annotations = await self.chooser.annotations_for(spawner, spawner.image)
+        for name, value in self.limits(annotations, getattr(spawner, "log", None)).items():
+            setattr(spawner, name, value)

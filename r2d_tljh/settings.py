@@ -32,6 +32,7 @@ from typing import Any
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from r2d_core.options import APPENDIX_SCOPE as _APPENDIX_SCOPE
 from r2d_core.scopes import scope_for
 
 __all__ = [
@@ -46,16 +47,19 @@ __all__ = [
 ]
 
 READ, BUILD, DELETE = (scope_for(a) for a in ("read", "build", "delete"))
+APPENDIX_SCOPE = _APPENDIX_SCOPE
 
 CUSTOM_SCOPES: dict[str, dict[str, Any]] = {
     READ: {"description": "See repo2docker images and builds, and follow build logs"},
     BUILD: {"description": "Build repo2docker images", "subscopes": [READ]},
     DELETE: {"description": "Delete repo2docker images", "subscopes": [READ]},
+    # only used where c.BuildOptions.allowed lists "appendix" (Dockerfile text in a build)
+    APPENDIX_SCOPE: {"description": "Send an appendix (Dockerfile commands) with a build"},
 }
 #: what every user gets by default: their own namespace
 USER_SCOPES: tuple[str, ...] = (f"{BUILD}!user", f"{DELETE}!user")
 #: what Hub admins get by default: every namespace
-ADMIN_SCOPES: tuple[str, ...] = (BUILD, DELETE)
+ADMIN_SCOPES: tuple[str, ...] = (BUILD, DELETE, APPENDIX_SCOPE)
 ADMIN_ROLE = "repo2docker-admin"
 USER_ROLE = "repo2docker-user"
 # marks the admin role as the plugin's own (re-planned with the current admins), not the admin's

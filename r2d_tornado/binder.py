@@ -149,6 +149,10 @@ class BinderBuildHandler(R2DHandler):
             requested_by=identity.name,
             # where a registry is configured, a spawner on another node has to pull the image
             push=manager.registry.configured,
+            # BinderHub has no build options: ours come from the query string (documented)
+            options=self._query_options(),
+            annotations=self._query_pairs("annotation"),
+            may_appendix=manager.build_options.may_use_appendix(identity.scopes),
         )
         if result.skipped:
             image = result.reference or (result.image.newest.reference if result.image else "")
@@ -159,6 +163,33 @@ class BinderBuildHandler(R2DHandler):
             return
         assert result.build is not None
         await self._follow(result.build, joined=result.joined)
+
+    def _query_pairs(self, name: str) -> dict[str, str]:
+        """``?name=KEY=VALUE`` repeated, as a dict (later ones win); refused if malformed."""
+        pairs: dict[str, str] = {}
+        for item in self.get_query_arguments(name, strip=False):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidRequest(f"{name} must be given as {name}=KEY=VALUE", field=name)
+            pairs[key] = value
+        return pairs
+
+    def _query_options(self) -> dict[str, Any]:
+        """Build options from the query string (the policy of c.BuildOptions checks them)."""
+        options: dict[str, Any] = {}
+        for name in ("subdir", "target_repo_dir", "user_name", "platform", "appendix"):
+            values = self.get_query_arguments(name, strip=False)
+            if len(values) > 1:
+                raise InvalidRequest(f"{name} may be given only once", field=f"options.{name}")
+            if values:
+                options[name] = values[0]
+        user_id = self.get_query_arguments("user_id", strip=False)
+        if user_id:
+            options["user_id"] = int(user_id[0]) if user_id[0].isdigit() else user_id[0]
+        build_args = self._query_pairs("build_arg")
+        if build_args:
+            options["build_args"] = build_args
+        return options
 
     async def _follow(self, build: Build, joined: bool) -> None:
         log = build.log

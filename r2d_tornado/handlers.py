@@ -325,6 +325,10 @@ class InfoHandler(R2DHandler):
                     "allowed_repo_patterns": list(manager.allowed_repo_patterns),
                 },
                 "docker": manager.ready,
+                # what the UI's "Advanced" section may show this caller
+                "options": manager.build_options.describe(
+                    may_appendix=manager.build_options.may_use_appendix(self.identity.scopes)
+                ),
             }
         )
 
@@ -392,6 +396,9 @@ class BuildsHandler(R2DHandler):
                 push=body.get("push", False),
                 force=body.get("force", False),
                 credentials=credentials,
+                options=body.get("options"),
+                annotations=body.get("annotations"),
+                may_appendix=self.manager.build_options.may_use_appendix(self.identity.scopes),
             )
         except InvalidRequest as e:
             if "field" not in e.details:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pprint
 import secrets
 
+from r2d_core.options import APPENDIX_SCOPE
 from r2d_core.scopes import SCOPE_PREFIX
 
 __all__ = ["hub_config_snippet"]
@@ -27,12 +28,13 @@ def hub_config_snippet(
     if mode not in ("managed", "external"):
         raise ValueError("mode must be 'managed' or 'external'")
     read, build, delete = (f"{SCOPE_PREFIX}:{a}" for a in ("read", "build", "delete"))
+    appendix = APPENDIX_SCOPE
     service: dict[str, object] = {
         "name": name,
         "url": url,
         "oauth_no_confirm": True,
         # browsers get the caller's repo2docker scopes on the OAuth token (none arrive otherwise)
-        "oauth_client_allowed_scopes": [read, build, delete],
+        "oauth_client_allowed_scopes": [read, build, delete, appendix],
     }
     if mode == "managed":
         service["command"] = [command]
@@ -45,6 +47,8 @@ def hub_config_snippet(
         f'    "{read}": {{"description": "See repo2docker images and builds, and follow build logs"}},',
         f'    "{build}": {{"description": "Build repo2docker images", "subscopes": ["{read}"]}},',
         f'    "{delete}": {{"description": "Delete repo2docker images", "subscopes": ["{read}"]}},',
+        "    # only with c.BuildOptions.allowed listing 'appendix': Dockerfile text in a build",
+        f'    "{appendix}": {{"description": "Send an appendix (Dockerfile commands) with a repo2docker build"}},',
         "}",
         "",
         f"c.JupyterHub.services = [{pprint.pformat(service, sort_dicts=False)}]",
@@ -55,7 +59,7 @@ def hub_config_snippet(
         '     "scopes": ["read:groups", "list:groups", "read:users:groups"]},',
         "    # admins: every namespace",
         f'    {{"name": "{name}-admin", "groups": ["{admin_group}"],',
-        f'     "scopes": ["access:services!service={name}", "{build}", "{delete}"]}},',
+        f'     "scopes": ["access:services!service={name}", "{build}", "{delete}", "{appendix}"]}},',
         "    # read-only: see every image and build",
         f'    {{"name": "{name}-viewer", "groups": ["{readonly_group}"],',
         f'     "scopes": ["access:services!service={name}", "{read}"]}},',

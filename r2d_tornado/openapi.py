@@ -66,6 +66,23 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "groups": {"type": "array", "items": string},
         },
     }
+    # what a build was made with (r2d_core.options): part of the image's identity (its tag)
+    identity = {
+        "options": {
+            "type": "object",
+            "description": "the effective repo2docker options (admin defaults and the request's)",
+        },
+        "options_digest": {
+            "type": "string",
+            "nullable": True,
+            "description": "digest of the options, in the image's tag (`-o<digest>`); null: none",
+        },
+        "annotations": {
+            "type": "object",
+            "additionalProperties": string,
+            "description": "set at build time, never interpreted by the service",
+        },
+    }
     version = {
         "type": "object",
         "properties": {
@@ -78,6 +95,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "local": {"type": "boolean"},
             "pushed": {"type": "boolean"},
             "build_id": nullable_string,
+            **identity,
         },
     }
     return {
@@ -147,6 +165,22 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             },
                         },
                         "docker": {"type": "boolean"},
+                        "options": {
+                            "type": "object",
+                            "description": "the build options this caller may set (`allowed`), "
+                            "the admin's defaults and bounds (c.BuildOptions)",
+                            "properties": {
+                                "allowed": {"type": "array", "items": string},
+                                "defaults": {"type": "object"},
+                                "target_repo_dir_prefixes": {"type": "array", "items": string},
+                                "user_id_range": {"type": "array", "items": {"type": "integer"}},
+                                "platforms": {"type": "array", "items": string},
+                                "allowed_build_args": {"type": "array", "items": string},
+                                "max_build_args": {"type": "integer"},
+                                "max_appendix_bytes": {"type": "integer"},
+                                "appendix_scope": string,
+                            },
+                        },
                     },
                 },
                 "ImageVersion": version,
@@ -167,6 +201,8 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "pushed": {"type": "boolean"},
                         "can_build": {"type": "boolean"},
                         "can_delete": {"type": "boolean"},
+                        "options": identity["options"],
+                        "annotations": identity["annotations"],
                         "versions": {"type": "array", "items": _ref("ImageVersion")},
                     },
                 },
@@ -213,6 +249,7 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             "description": "why the build's record and log are not (yet) in the "
                             "registry (pushed builds only); the service retries",
                         },
+                        **identity,
                         "can_cancel": {"type": "boolean"},
                         "joined": {"type": "boolean"},
                         "logs_url": string,

@@ -20,7 +20,9 @@ from tests.harness.hub import Hub, HubConfig, login, xsrf_headers
 
 SERVICE = "r2d"
 ACCESS = f"access:services!service={SERVICE}"
-READ, BUILD, DELETE = (f"custom:repo2docker:{a}" for a in ("read", "build", "delete"))
+READ, BUILD, DELETE, APPENDIX = (
+    f"custom:repo2docker:{a}" for a in ("read", "build", "delete", "appendix")
+)
 
 #: who is who in the authorization matrix
 ROLES: list[dict[str, Any]] = [
@@ -34,7 +36,12 @@ ROLES: list[dict[str, Any]] = [
     {"name": "r2d-viewer", "users": ["carol"], "scopes": [ACCESS, READ]},
     # everything everywhere
     # (and the metrics, with JupyterHub's own scope for them)
-    {"name": "r2d-admin", "users": ["admin1"], "scopes": [ACCESS, BUILD, DELETE, "read:metrics"]},
+    # (and the metrics, with JupyterHub's own scope for them; and build appendices)
+    {
+        "name": "r2d-admin",
+        "users": ["admin1"],
+        "scopes": [ACCESS, BUILD, DELETE, "read:metrics", APPENDIX],
+    },
     # build for the members of group "team" (frank)
     {"name": "r2d-team-builder", "users": ["erin"], "scopes": [ACCESS, f"{BUILD}!group=team"]},
     # may open the service, holds no repo2docker scope
@@ -60,6 +67,7 @@ def service_config(git_patterns: list[str] | None = None, builder: str = "local"
             f"c.BuildManager.builder_class = {'r2d_core.builders.DockerBuilder' if builder == 'docker' else 'r2d_core.builders.LocalProcessBuilder'!r}",
             "c.BuildManager.max_concurrent_builds = 4",
             "c.BuildManager.max_builds_per_owner = 2",
+            "c.BuildOptions.allowed = ['subdir', 'build_args', 'user_id', 'appendix']",
             "c.R2DService.permissions_ttl = 2",
             "c.R2DService.keepalive_interval = 1",
         ]

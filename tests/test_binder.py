@@ -367,3 +367,35 @@ async def test_launch_button_setting_reaches_the_page(binder_hub):
     finally:
         await client.aclose()
     assert '"launch_url": "/hub/spawn?opt-image={image}"' in page
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+async def test_build_options_and_annotations_from_the_query_string(binder_hub):
+    """BinderHub has no build options: ours come as query parameters, under the same policy."""
+    token = await asyncio.to_thread(binder_hub.token_for, "alice")
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    base = binder_hub.service_url + "build/gh/r2d/hello/v1?build_only=true&name=binderopts"
+
+    async def events(query: str) -> list[dict]:
+        async with httpx.AsyncClient(timeout=180) as client:
+            r = await client.get(base + query, headers=headers)
+        return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+
+    refused = await events("&platform=linux/amd64")
+    assert refused[-1]["phase"] == "failed" and refused[-1]["status_code"] == 400
+    assert "options.platform" in refused[-1]["message"]
+    refused = await events("&annotation=nokey")
+    assert refused[-1]["phase"] == "failed" and "annotation=KEY=VALUE" in refused[-1]["message"]
+    # (the second adapter's hub finds the image the first one built: skipped, also "ready")
+    done = await events("&build_arg=GREETING=hi%3Dthere&user_id=1002&annotation=tljh.mem_limit=1G")
+    assert done[-1]["phase"] == "ready", done[-3:]
+    image = done[-1]["imageName"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.get(
+            binder_hub.service_url + "api/images/alice/binderopts", headers=headers
+        )
+    version = next(v for v in r.json()["versions"] if v["image"] == image)
+    assert version["options"] == {"user_id": 1002, "build_args": {"GREETING": "hi=there"}}
+    assert version["annotations"] == {"tljh.mem_limit": "1G"}
+    assert image.endswith("-o" + version["options_digest"])

@@ -36,6 +36,7 @@ from traitlets.config import Config, PyFileConfigLoader
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from r2d_core.options import APPENDIX_SCOPE
 from r2d_core.scopes import ACTIONS, scope_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,7 +395,7 @@ def test_values_use_keys_z2jh_accepts():
 
 def test_values_declare_the_service_scopes():
     v = values()
-    expected = [scope_for(a) for a in ACTIONS]
+    expected = [scope_for(a) for a in ACTIONS] + [APPENDIX_SCOPE]
     custom = v["hub"]["config"]["JupyterHub"]["custom_scopes"]
     assert list(custom) == expected
     for action in ("build", "delete"):

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +42,7 @@ LAUNCH_URL = "/hub/spawn?opt-image={image}"
 SPAWNER_CONFIG = """
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import random_port
-from r2d_core.spawner import ImageChooser
+from r2d_core.spawner import AnnotationLimits, ImageChooser
 
 
 class LoopbackDockerSpawner(DockerSpawner):
@@ -56,10 +57,12 @@ class LoopbackDockerSpawner(DockerSpawner):
 
 
 chooser = ImageChooser(url={service_url!r}, token={token!r})
+# the image's tljh.mem_limit / tljh.cpu_limit annotations, at most 1G and 1 CPU
+limits = AnnotationLimits(chooser, max_mem_limit="1G", max_cpu_limit=1.0)
 
 
 async def pre_spawn_hook(spawner):
-    await chooser.pre_spawn_hook(spawner)  # checks the image again, sets spawner.image
+    await limits.pre_spawn_hook(spawner)  # checks the image again, sets image and limits
     spawner.port = random_port()
 
 
@@ -108,19 +111,24 @@ def launch_hub(docker_host, local_images, git_server):
         yield hub
 
 
-async def _build(hub: Hub, user: str, repo: str) -> str:
+async def _build(
+    hub: Hub, user: str, repo: str, name: str = "app", annotations: dict[str, str] | None = None
+) -> str:
     token = await asyncio.to_thread(hub.token_for, user)
     async with httpx.AsyncClient(
         base_url=hub.service_url, headers={"Authorization": f"token {token}"}, timeout=30
     ) as client:
-        r = await client.post("api/builds", json={"repo": repo, "ref": "main", "name": "app"})
+        body: dict[str, Any] = {"repo": repo, "ref": "main", "name": name}
+        if annotations:
+            body["annotations"] = annotations
+        r = await client.post("api/builds", json=body)
         assert r.status_code in (200, 202), r.text
         if r.status_code == 202:
             from tests.service_support import Caller
 
             done = await wait_build(Caller(user, client), r.json()["id"], timeout=180)
             assert done["state"] == "built", done
-        r = await client.get(f"api/images/{user}/app")
+        r = await client.get(f"api/images/{user}/{name}")
         assert r.status_code == 200, r.text
         return r.json()["image"]
 
@@ -223,3 +231,66 @@ async def test_launch_of_someone_elses_image_is_refused(launch_hub, browser, git
         assert not model["servers"], model
     finally:
         await context.close()
+
+
+async def test_annotated_limits_reach_the_containers_cgroup(launch_hub, git_server, docker_host):
+    """The limits are a spawner concern: the service only stores the annotations; the example
+    hook (r2d_core.spawner.AnnotationLimits) reads them and DockerSpawner applies them, held to
+    the admin's maximum (cpu 4 asked, 1 given)."""
+    hub = launch_hub
+    annotations = {"tljh.mem_limit": "300M", "tljh.cpu_limit": "4", "display.description": "x"}
+    image = await _build(
+        hub, "bob", git_server.url("launchable"), name="limited", annotations=annotations
+    )
+    token = await asyncio.to_thread(hub.token_for, "bob")
+    async with httpx.AsyncClient(timeout=120) as client:
+        r = await client.post(
+            f"{hub.url}/hub/api/users/bob/server",
+            headers={"Authorization": f"token {token}"},
+            json={"image": image},
+        )
+    assert r.status_code in (201, 202), r.text
+    try:
+        for _ in range(180):
+            model = (await _as_user(hub, "bob", "GET", "users/bob")).json()
+            server = model["servers"].get("")
+            if server and server.get("ready"):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"bob's server did not start: {model}")
+        env = {**os.environ, "DOCKER_HOST": docker_host}
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["docker", "inspect", "jupyter-bob"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)[0]
+        assert info["Config"]["Image"] == image
+        host = info["HostConfig"]
+        assert host["Memory"] == 300 * 1024**2
+        assert host["CpuQuota"] == host["CpuPeriod"] == 100_000  # clamped to 1 CPU
+        # the kernel's own view of the limit, inside the running container
+        cgroup = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "docker",
+                "exec",
+                "jupyter-bob",
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.max 2>/dev/null"
+                " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cgroup.stdout.strip() == str(300 * 1024**2), (cgroup.stdout, cgroup.stderr)
+    finally:
+        await _stop(hub, "bob")

@@ -38,6 +38,7 @@ def test_docs_build_without_warnings(tmp_path):
         "DockerBuilder.image",
         "Registry.url",
         "LifecyclePolicy.keep_versions",
+        "BuildOptions.allowed",
         "R2DPlugin.path",
     ):
         assert trait in config

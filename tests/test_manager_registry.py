@@ -279,3 +279,53 @@ async def test_always_push(registry_manager, registry, git_server):
     assert build.state == BuildState.BUILT and build.push_error is None
     [group] = await m.list_images(["ava"])
     assert group.versions[0].pushed
+
+
+@pytest.mark.parametrize("registry", ["anonymous"], indirect=True)
+async def test_options_and_annotations_round_trip_through_the_registry(
+    registry_manager, registry, git_server, docker_host
+):
+    """A pushed image's options and annotations come back from the registry's labels once the
+    local image is gone, also for a new manager (a restart), and it is found built by options."""
+    m = await registry_manager()
+    m.build_options.allowed = ["build_args"]
+    options = {"build_args": {"GREETING": "reg"}}
+    annotations = {"tljh.mem_limit": "1G", "display.description": "from the registry"}
+    build = (
+        await m.submit(
+            repo=git_server.url("hello"),
+            ref="v1",
+            owner="ria",
+            name="annotated",
+            push=True,
+            options=options,
+            annotations=annotations,
+        )
+    ).build
+    await wait_done(build)
+    assert build.state == BuildState.BUILT and build.push_error is None, build.push_error
+    engine = DockerEngine(host=docker_host)
+    try:
+        await engine.remove_image(build.image)
+    finally:
+        await engine.close()
+    second = await registry_manager()
+    second.build_options.allowed = ["build_args"]
+    [group] = await second.list_images(["ria"])
+    [version] = group.versions
+    assert version.reference == build.image and not version.local and version.pushed
+    assert version.options == options and version.annotations == annotations
+    again = await second.submit(
+        repo=git_server.url("hello"), ref="v1", owner="ria", name="annotated", options=options
+    )
+    assert again.skipped and again.reference == build.image
+    # other options: another image of the same commit, not found in the registry
+    other = await second.submit(
+        repo=git_server.url("hello"),
+        ref="v1",
+        owner="ria",
+        name="annotated",
+        options={"build_args": {"GREETING": "other"}},
+    )
+    assert other.build is not None and other.build.image != build.image
+    await wait_done(other.build)

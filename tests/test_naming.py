@@ -177,3 +177,50 @@ def test_every_accepted_template_is_injective(template, prefix):
                         template,
                         repository,
                     )
+
+
+_DIGESTS = ["", "0123456789abcdef", "fedcba9876543210"]
+_OPTION_REFS = ["main", "o0123456789abcdef", "o0123456789abcdef-main", "_o0123456789abcdef"]
+_OPTION_REFS += ["main-o0123456789abcdef", "0123456789abcdef", "x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            "{sha}",
+            "{short_sha}",
+            "{sha}-{ref}",
+            "{ref}-{sha}",
+            "{sha}{ref}",
+            "{sha}_{ref}",
+            "{short_sha}.{ref}",
+            "{ref}{sha}",
+            "{sha}{options}-{ref}",
+            "{short_sha}{options}",
+            "x{sha}{options}{ref}",
+        ]
+    )
+)
+def test_the_options_digest_is_read_back_from_every_tag(tag):
+    """Two builds of one (owner, name) differ in commit or effective options => their references
+    differ, whatever refs the requesters pick (refs chosen to look like digests)."""
+    template = "{prefix}{owner}-{name}:" + tag
+    validate_template(template, prefix="r2d-")
+    seen: dict[str, tuple[str, str]] = {}
+    for sha in ("0" * 40, "b" * 40):
+        for digest in _DIGESTS:
+            for ref in _OPTION_REFS:
+                reference = image_reference(
+                    template,
+                    prefix="r2d-",
+                    owner="o",
+                    name="n",
+                    sha=sha,
+                    ref=ref,
+                    options_digest=digest,
+                )
+                assert seen.setdefault(reference, (sha, digest)) == (sha, digest), (
+                    tag,
+                    reference,
+                )

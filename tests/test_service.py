@@ -347,6 +347,7 @@ def test_generate_hub_config_is_valid_python():
         "custom:repo2docker:read",
         "custom:repo2docker:build",
         "custom:repo2docker:delete",
+        "custom:repo2docker:appendix",
     }
     assert c.JupyterHub.services[0]["oauth_client_allowed_scopes"]
     # a server never acts beyond its owner's namespace: only filtered scopes (proved against a
@@ -555,3 +556,83 @@ async def test_per_owner_queue_cap_answers_429_and_spares_others(callers, git_se
     finally:
         for caller, build_id in reversed(ids):  # waiting ones first: none starts meanwhile
             await caller.request("DELETE", f"api/builds/{build_id}")
+
+
+async def test_build_options_and_annotations_through_the_api(hub, callers, git_server):
+    """The policy of ``c.BuildOptions`` (subdir, build_args, user_id, appendix allowed) through
+    both adapters: GET api/ says what each caller may set, refusals are 400 naming the field,
+    options and annotations come back with the build and the image."""
+    alice = await callers.token("alice")
+    admin = await callers.token("admin1")
+    info = (await alice.request("GET", "api/")).json()["options"]
+    assert info["allowed"] == ["subdir", "build_args", "user_id"]  # no appendix scope
+    assert "appendix" in (await admin.request("GET", "api/")).json()["options"]["allowed"]
+    repo = git_server.url("hello")
+    refused = [
+        ({"options": {"user_id": 5}}, "options.user_id"),
+        ({"options": {"platform": "linux/amd64"}}, "options.platform"),
+        ({"options": {"appendix": "RUN id"}}, "options.appendix"),
+        ({"options": {"subdir": "../../etc"}}, "options.subdir"),
+        ({"options": {"build_args": {"NB_UID": "0"}}}, "options.build_args"),
+        ({"options": {"nope": 1}}, "options.nope"),
+        ({"annotations": {"nodot": "x"}}, "annotations.nodot"),
+        ({"annotations": {"tljh.mem_limit": "2G\x1b[31m"}}, "annotations.tljh.mem_limit"),
+    ]
+    for extra, field in refused:
+        r = await alice.request("POST", "api/builds", json={"repo": repo, "ref": "v1", **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["field"] == field, r.json()
+    annotations = {"tljh.mem_limit": "2G", "display.description": "options test"}
+    body = {
+        "repo": repo,
+        "ref": "v1",
+        "name": "withopts",
+        "force": True,  # the adapters' hubs share one engine
+        "options": {"build_args": {"GREETING": "hi"}, "user_id": 1001},
+        "annotations": annotations,
+    }
+    r = await alice.request("POST", "api/builds", json=body)
+    assert r.status_code == 202, r.text
+    build = r.json()
+    assert build["options"] == body["options"] and build["annotations"] == annotations
+    assert build["image"].endswith("-o" + build["options_digest"])
+    done = await wait_build(alice, build["id"])
+    assert done["state"] == "built", done
+    image = (await alice.request("GET", "api/images/alice/withopts")).json()
+    assert image["annotations"] == annotations
+    version = next(v for v in image["versions"] if v["image"] == build["image"])
+    assert version["options"] == body["options"] and version["annotations"] == annotations
+    # the appendix scope lets the admin send one (a Dockerfile repository ignores it)
+    r = await admin.request(
+        "POST",
+        "api/builds",
+        json={
+            "repo": repo,
+            "ref": "v1",
+            "name": "appx",
+            "force": True,
+            "options": {"appendix": "RUN true"},
+        },
+    )
+    assert r.status_code == 202, r.text
+    assert (await wait_build(admin, r.json()["id"]))["state"] == "built"
+    # the typed client sends and returns them too
+    from r2d_core.client import R2DClient
+
+    token = await asyncio.to_thread(hub.token_for, "alice")
+    async with R2DClient(hub.service_url, token) as r2d:
+        result = await r2d.build(
+            repo,
+            "v1",
+            name="withopts",
+            options={"user_id": 1002},
+            annotations={"display.description": "client"},
+            force=True,
+        )
+        assert result.build is not None
+        assert result.build["annotations"] == {"display.description": "client"}
+        assert (await r2d.wait(result.build["id"]))["state"] == "built"
+        [image] = [i for i in await r2d.images(owner="alice") if i["name"] == "withopts"]
+        by_image = {v["image"]: v for v in image["versions"]}
+        assert by_image[result.build["image"]]["options"] == {"user_id": 1002}
+        assert by_image[build["image"]]["annotations"] == annotations

@@ -579,3 +579,46 @@ async def test_reload_of_a_finished_build_replays_the_log_once(ui, expect, git_s
         ).to_have_attribute("data-state", state)
     await ui.screenshot(page, "builds.png")
     await page.close()
+
+
+# ---- build options: the "Advanced" section -------------------------------------------------------
+async def test_advanced_section_shows_what_the_admin_allows_and_builds_with_it(
+    ui, expect, git_server
+):
+    """The suite's hubs allow subdir, build_args, user_id and appendix; appendix needs the
+    appendix scope (admin1 has it, alice not). A refused value lands on its field."""
+    admin = await ui.page("admin1", "#/new")
+    await admin.get_by_test_id("toggle-advanced").click()
+    await expect(admin.get_by_test_id("field-options.appendix")).to_be_visible()
+    await admin.close()
+
+    page = await ui.page("alice", new_build_fragment(repo=git_server.url("hello"), ref="v1"))
+    await expect(page.get_by_test_id("field-options.appendix")).to_have_count(0)
+    await expect(page.get_by_test_id("field-options.platform")).to_have_count(0)
+    await expect(page.get_by_test_id("field-options.subdir")).to_be_hidden()  # folded
+    await page.get_by_test_id("toggle-advanced").click()
+    name = unique("adv")
+    await page.get_by_test_id("field-name").fill(name)
+    # out of the admin's range: the server's 400 lands on the field
+    await page.get_by_test_id("field-options.user_id").fill("5")
+    await page.get_by_test_id("build-submit").click()
+    await expect(page.get_by_test_id("error-options.user_id")).to_contain_text("between")
+    # the browser logs the expected 400 as a console error: that one is not a UI fault
+    expected = "status of 400 (Bad Request)"
+    ui.page_errors[:] = [e for e in ui.page_errors if expected not in e]
+    await page.get_by_test_id("field-options.user_id").fill("1001")
+    await page.get_by_test_id("field-options.build_args").fill("GREETING=hi there\nMODE=x=y")
+    build_id = await submit_build(ui, page)
+    await expect(page.get_by_test_id("build-options")).to_contain_text('"user_id":1001')
+    build = (await ui.api("alice", "GET", f"api/builds/{build_id}")).json()
+    assert build["options"] == {
+        "user_id": 1001,
+        "build_args": {"GREETING": "hi there", "MODE": "x=y"},
+    }
+    assert (await ui.wait_build("alice", build_id))["state"] == "built"
+    await page.goto(ui.url("#/images"))
+    row = page.locator(f'[data-testid="image-row"][data-owner="alice"][data-name="{name}"]')
+    await row.get_by_test_id("toggle-versions").click()
+    await expect(page.locator(OPEN_VERSIONS).get_by_test_id("version-options")).to_be_visible()
+    await ui.screenshot(page, "build-options.png")
+    await page.close()

@@ -11,6 +11,7 @@ CLASSES = [
     "r2d_core.manager.BuildManager",
     "r2d_core.engine.DockerEngine",
     "r2d_core.lifecycle.LifecyclePolicy",
+    "r2d_core.options.BuildOptions",
     "r2d_core.builders.Builder",
     "r2d_core.builders.LocalProcessBuilder",
     "r2d_core.builders.DockerBuilder",

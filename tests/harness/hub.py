@@ -63,6 +63,7 @@ SCOPES = {
     "read": "custom:repo2docker:read",
     "build": "custom:repo2docker:build",
     "delete": "custom:repo2docker:delete",
+    "appendix": "custom:repo2docker:appendix",
 }
 
 
@@ -243,6 +244,7 @@ class Hub:
                             "description": "Delete images",
                             "subscopes": [SCOPES["read"]],
                         },
+                        SCOPES["appendix"]: {"description": "Send a build appendix"},
                     }
                 ),
                 f"c.JupyterHub.services = {services!r}",

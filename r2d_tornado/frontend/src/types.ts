@@ -18,9 +18,29 @@ export interface ServiceInfo {
   permissions: Partial<Record<Action, Permission>>;
   scopes: Record<Action, string>;
   rules: { name_pattern: string; ref_pattern: string; allowed_repo_patterns: string[] };
+  /** the repo2docker options this caller may set (c.BuildOptions), with defaults and bounds */
+  options?: BuildOptionsInfo;
 }
 
-export interface ImageVersion {
+export interface BuildOptionsInfo {
+  allowed: string[];
+  defaults: Record<string, unknown>;
+  target_repo_dir_prefixes: string[];
+  user_id_range: [number, number];
+  platforms: string[];
+  allowed_build_args: string[];
+  max_build_args: number;
+  max_appendix_bytes: number;
+}
+
+/** what a build was made with: part of the image's identity */
+export interface Identity {
+  options?: Record<string, unknown>;
+  options_digest?: string | null;
+  annotations?: Record<string, string>;
+}
+
+export interface ImageVersion extends Identity {
   tag: string;
   image: string;
   ref: string | null;
@@ -53,7 +73,7 @@ export interface Image {
 export type BuildState =
   "queued" | "fetching" | "building" | "pushing" | "built" | "failed" | "cancelled";
 
-export interface Build {
+export interface Build extends Identity {
   id: string;
   owner: string;
   name: string;

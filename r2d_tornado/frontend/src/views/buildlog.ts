@@ -355,6 +355,22 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
       ),
       build.sha ? h("span", null, "commit ", shaEl(build.sha)) : null,
       build.requested_by ? h("span", null, "by ", build.requested_by) : null,
+      build.options && Object.keys(build.options).length
+        ? h(
+            "span",
+            { "data-testid": "build-options" },
+            "options ",
+            h("code", null, JSON.stringify(build.options)),
+          )
+        : null,
+      build.annotations && Object.keys(build.annotations).length
+        ? h(
+            "span",
+            { "data-testid": "build-annotations" },
+            "annotations ",
+            h("code", null, JSON.stringify(build.annotations)),
+          )
+        : null,
       h("span", null, "created ", timeEl(build.created)),
       build.started
         ? h(

@@ -194,6 +194,32 @@ export const imagesView: View = async (ctx, route, el, scope) => {
                 { class: "r2d-sha", "data-bs-toggle": "tooltip", "data-bs-title": v.image },
                 v.tag.length > 16 ? shortSha(v.tag) : v.tag,
               ),
+              v.options_digest
+                ? h(
+                    "span",
+                    {
+                      class: "badge text-bg-secondary ms-1",
+                      "data-testid": "version-options",
+                      "data-bs-toggle": "tooltip",
+                      "data-bs-title": JSON.stringify(v.options),
+                    },
+                    "options",
+                  )
+                : null,
+              v.annotations && Object.keys(v.annotations).length
+                ? h(
+                    "span",
+                    {
+                      class: "badge text-bg-light border ms-1",
+                      "data-testid": "version-annotations",
+                      "data-bs-toggle": "tooltip",
+                      "data-bs-title": Object.entries(v.annotations)
+                        .map(([k, val]) => `${k}: ${val}`)
+                        .join("\n"),
+                    },
+                    "annotations",
+                  )
+                : null,
             ),
             h("td", null, v.ref ?? "—"),
             h("td", null, shaEl(v.sha)),

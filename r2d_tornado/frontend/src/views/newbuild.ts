@@ -8,12 +8,12 @@ import type { View } from "../context";
 import { type Child, alertBox, h, replace } from "../dom";
 import { icon } from "../icons";
 import { may, ownerField } from "../perms";
-import type { Build, SkippedBuild } from "../types";
+import type { Build, BuildOptionsInfo, SkippedBuild } from "../types";
 import { imageReference, noPermission, pageHeader } from "../ui";
 import { defaultNameForRepo, hashFor } from "../util";
 import { checkName, checkOwner, checkRef, checkRepo, compileRules } from "../validate";
 
-type Control = HTMLInputElement | HTMLSelectElement;
+type Control = HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement;
 
 interface Field {
   wrap: HTMLElement;
@@ -194,6 +194,8 @@ export const newBuildView: View = (ctx, route, el, scope) => {
   const force = checkbox("force", q.get("force") === "1");
   const fields: Record<string, Field> = { repo, ref, name, username, password };
   if (owner) fields.owner = owner;
+  const advanced = advancedFields(ctx.info.options);
+  for (const [option, f] of Object.entries(advanced.fields)) fields[`options.${option}`] = f;
 
   // The name follows the URL until the user types a name of their own.
   let nameTouched = !!q.get("name");
@@ -259,6 +261,7 @@ export const newBuildView: View = (ctx, route, el, scope) => {
     submitLabel,
   );
   const credentialsId = `r2d-credentials-${++uid}`;
+  const advancedId = `r2d-advanced-${++uid}`;
   const form = h(
     "form",
     {
@@ -305,6 +308,7 @@ export const newBuildView: View = (ctx, route, el, scope) => {
           ),
         ),
       ),
+      advanced.section(advancedId),
       push
         ? h(
             "div",
@@ -461,6 +465,18 @@ export const newBuildView: View = (ctx, route, el, scope) => {
     if (chosenOwner && chosenOwner !== me) body.owner = chosenOwner;
     if (push) body.push = push.checked;
     if (force.checked) body.force = true;
+    let options: Record<string, unknown> | null;
+    try {
+      options = advanced.values();
+    } catch (err) {
+      const [option, message] = err as [string, string];
+      const f = advanced.fields[option];
+      f.setError(message);
+      advanced.open(form, advancedId);
+      f.control.focus();
+      return;
+    }
+    if (options) body.options = options;
     if (username.control.value.trim() || password.control.value) {
       body.credentials = {
         username: username.control.value.trim(),
@@ -485,6 +501,8 @@ export const newBuildView: View = (ctx, route, el, scope) => {
           : undefined;
       if (target) {
         target.setError(errorMessage(err));
+        if (err instanceof ApiError && err.field?.startsWith("options."))
+          advanced.open(form, advancedId);
         if (err instanceof ApiError && err.field === "credentials") {
           const panel = form.querySelector<HTMLElement>(`#${credentialsId}`);
           if (panel) Collapse.getOrCreateInstance(panel, { toggle: false }).show();
@@ -503,3 +521,143 @@ export const newBuildView: View = (ctx, route, el, scope) => {
 
   (repo.control.value ? submit : repo.control).focus();
 };
+
+const OPTION_LABELS: Record<string, [string, string]> = {
+  subdir: ["Subfolder", "Build this folder of the repository (repo2docker --subdir)."],
+  target_repo_dir: [
+    "Repository folder in the image",
+    "Where the repository's files go (repo2docker --target-repo-dir), e.g. outside a home volume.",
+  ],
+  user_id: ["User id", "uid of the image's user (repo2docker --user-id)."],
+  user_name: ["User name", "Name of the image's user (repo2docker --user-name)."],
+  platform: ["Platform", "The platform to build for."],
+  build_args: ["Build arguments", "One NAME=VALUE per line (repo2docker --build-arg)."],
+  appendix: [
+    "Dockerfile appendix",
+    "Dockerfile commands run at the end of the build (repo2docker --appendix).",
+  ],
+};
+
+interface Advanced {
+  fields: Record<string, Field>;
+  section(id: string): HTMLElement | null;
+  /** the options to send (null: none), or throws [option, message] */
+  values(): Record<string, unknown> | null;
+  open(form: HTMLElement, id: string): void;
+}
+
+/** The "Advanced" section: only the options the admin allows this caller (GET api/ options). */
+function advancedFields(info: BuildOptionsInfo | undefined): Advanced {
+  const allowed = info?.allowed ?? [];
+  const defaults = info?.defaults ?? {};
+  const fields: Record<string, Field> = {};
+  for (const option of allowed) {
+    const [label, help] = OPTION_LABELS[option] ?? [option, ""];
+    const fallback = defaults[option];
+    let control: Control;
+    if (option === "platform") {
+      control = h(
+        "select",
+        null,
+        h("option", { value: "" }, fallback ? `default (${String(fallback)})` : "default"),
+        ...(info?.platforms ?? []).map((p) => h("option", { value: p }, p)),
+      );
+    } else if (option === "build_args" || option === "appendix") {
+      control = h("textarea", {
+        rows: option === "appendix" ? 4 : 3,
+        spellcheck: "false",
+        class: "font-monospace",
+        placeholder: option === "build_args" ? "NAME=value" : "RUN echo hello",
+      });
+    } else if (option === "user_id") {
+      const [low, high] = info?.user_id_range ?? [1000, 65535];
+      control = h("input", {
+        type: "number",
+        min: String(low),
+        max: String(high),
+        placeholder: fallback !== undefined ? String(fallback) : `${low}–${high}`,
+      });
+    } else {
+      control = h("input", {
+        type: "text",
+        spellcheck: "false",
+        placeholder:
+          fallback !== undefined
+            ? String(fallback)
+            : option === "target_repo_dir"
+              ? `under ${(info?.target_repo_dir_prefixes ?? []).join(", ")}`
+              : "",
+      });
+    }
+    fields[option] = field(`options.${option}`, label, control, help);
+  }
+  return {
+    fields,
+    section(id) {
+      if (!allowed.length) return null;
+      return h(
+        "div",
+        { class: "mb-3", "data-testid": "advanced" },
+        h(
+          "button",
+          {
+            type: "button",
+            class: "btn btn-link px-0 text-decoration-none",
+            "data-bs-toggle": "collapse",
+            "data-bs-target": `#${id}`,
+            "aria-expanded": "false",
+            "aria-controls": id,
+            "data-testid": "toggle-advanced",
+          },
+          icon("build", "me-1"),
+          "Advanced: repo2docker options",
+        ),
+        h(
+          "div",
+          { class: "collapse", id },
+          h(
+            "div",
+            { class: "border rounded p-3 mt-2 bg-body-tertiary" },
+            ...Object.values(fields).map((f) => f.wrap),
+            h(
+              "p",
+              { class: "form-text mb-0" },
+              "Empty fields use the service's defaults. Different options make a different image of the same commit.",
+            ),
+          ),
+        ),
+      );
+    },
+    values() {
+      const options: Record<string, unknown> = {};
+      for (const [option, f] of Object.entries(fields)) {
+        f.setError(null);
+        const raw = f.control.value;
+        if (!raw.trim()) continue;
+        if (option === "user_id") {
+          const n = Number(raw);
+          if (!Number.isInteger(n)) throw [option, "Give a whole number."];
+          options[option] = n;
+        } else if (option === "build_args") {
+          const args: Record<string, string> = {};
+          for (const line of raw.split("\n")) {
+            if (!line.trim()) continue;
+            const at = line.indexOf("=");
+            if (at < 1) throw [option, `“${line}” is not NAME=VALUE.`];
+            args[line.slice(0, at).trim()] = line.slice(at + 1);
+          }
+          options[option] = args;
+        } else if (option === "appendix") {
+          options[option] = raw;
+        } else {
+          options[option] = raw.trim();
+        }
+      }
+      return Object.keys(options).length ? options : null;
+    },
+    open(form, id) {
+      const panel = form.querySelector<HTMLElement>(`#${id}`);
+      if (panel) Collapse.getOrCreateInstance(panel, { toggle: false }).show();
+    },
+  };
+}
