@@ -63,17 +63,14 @@ class ImageCatalog:
         self._all_groups: list[ImageGroup] = []
         self._images_loaded = False
         self._images_refresh: asyncio.Task[None] | None = None
-<<<<<<< HEAD
         #: the build archive (r2d_core.archive): a deleted version's records go with it
         self.archive: Any = None
         self._snapshot_read = False
         self._snapshot_written = float("-inf")
         self._snapshot_task: asyncio.Task[None] | None = None
-=======
         #: (monotonic time, reference, version) of images added by :meth:`add_local`, kept so a
         #: listing that was already under way when they were added does not drop them
         self._added: list[tuple[float, str, ImageVersion]] = []
->>>>>>> w1-perf
 
     @property
     def warnings(self) -> list[str]:
@@ -206,7 +203,6 @@ class ImageCatalog:
             # an incomplete listing is not trusted for the TTL: the next one asks again
             self._images_at = 0.0 if warnings else time.monotonic()
 
-<<<<<<< HEAD
     async def _read_snapshot(self) -> None:
         """Once per process: start the registry listing from its snapshot (r2d_core.registry.
         snapshot), so the first listing after a restart costs ~200 requests, not ~2,100."""
@@ -247,7 +243,7 @@ class ImageCatalog:
                 self.log.warning("Could not write the listing snapshot to the registry: %s", e)
 
         self._snapshot_task = asyncio.create_task(write())
-=======
+
     def add_local(self, info: dict[str, Any]) -> bool:
         """Put one image the service just built into the index, from its inspect document (what
         the build already knows), instead of re-listing every image from the engine.
@@ -279,7 +275,6 @@ class ImageCatalog:
         if added:
             self._all_groups = self._build_groups(self._images)
         return added
->>>>>>> w1-perf
 
     def _merge_remote(self, images: dict[str, ImageVersion], item: Any) -> None:
         """Add a registry image to the index (or mark the local one pushed), if it is ours."""
