@@ -49,6 +49,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -611,6 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R2D_FETCH_")}
     env.update({str(k): str(v) for k, v in (spec.get("exec_env") or {}).items()})
+    # Python ignores SIGPIPE (and the service may ignore more); an exec keeps ignored signals, so
+    # repo2docker and every build step it starts would get EPIPE errors instead of the usual quiet
+    # end of `cmd | head`. Hand them the defaults a shell would, as subprocess's restore_signals does.
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
     # the admin's repo2docker command (Builder/LocalProcessBuilder.command), argv only
     os.execvpe(command[0], command, env)  # nosec B606
     return 1  # not reached

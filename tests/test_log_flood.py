@@ -197,11 +197,12 @@ async def sse_events(caller, build_id: str, last_id: str | None = None, timeout:
 @pytest.fixture(scope="module")
 def flood_hub(docker_host, local_images, git_server):
     """The standalone service behind a Hub, whose repo2docker command prints the raw flood for
-    repositories named flood-raw (and runs the real repo2docker for every other one)."""
+    images named flood (and runs the real repo2docker for every other one). repo2docker gets the
+    fetch stage's local checkout, not the URL: the image name is what tells the builds apart."""
     if "flood-raw" not in git_server.repos:
         git_server.add_repo("flood-raw", {"README.md": "a stand-in's flood\n"})
     wrapper = (
-        f'case "$*" in *flood-raw*) {RAW_FLOOD}; exit 0;; esac; '
+        f'case "$*" in *-flood:*) {RAW_FLOOD}; exit 0;; esac; '
         f'exec {sys.executable} -m repo2docker "$@"'
     )
     hub = make_hub(docker_host)
