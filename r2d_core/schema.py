@@ -320,7 +320,9 @@ def parse_json_body(body: bytes | None, *, content_length: int | None = None) ->
     if size > MAX_BODY_BYTES or (content_length or 0) > MAX_BODY_BYTES:
         raise PayloadTooLarge(
             f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB",
-            limit=MAX_BODY_BYTES,
+            # `limit` names a limit in every error body (a setting elsewhere); the number goes apart
+            limit="request_body",
+            max_bytes=MAX_BODY_BYTES,
         )
     if not body:
         raise InvalidRequest("the request needs a JSON body")

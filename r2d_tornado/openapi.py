@@ -132,8 +132,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         "message": string,
                         "field": string,
                         "scope": string,
-                        # lifecycle refusals: the c.LifecyclePolicy setting that refused
+                        # which limit refused: a setting's name (queue caps, lifecycle policy) or
+                        # `request_body` (413)
                         "limit": string,
+                        "max_bytes": {"type": "integer", "description": "the size limit (413)"},
                     },
                 },
                 "Permissions": {
@@ -487,10 +489,33 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             "schema": string,
                         },
                     ],
+                    # Errors, authentication included, answer 200 with one `failed` event, as
+                    # BinderHub does: @jupyterhub/binderhub-client shows a 4xx answer as
+                    # "Failed to connect to event stream: 401 - function text() ...", never the
+                    # message, so a user would not learn that a scope or a login is missing.
                     "responses": {
                         "200": {
-                            "description": "The build's events (errors too, as a `failed` event)",
-                            "content": {"text/event-stream": {"schema": string}},
+                            "description": "The build's events. Errors, a missing login or scope "
+                            "included, arrive as one `failed` event whose `status_code` is the HTTP "
+                            "status `POST /api/builds` would answer (BinderHub's behaviour: its "
+                            "clients show the message of a `failed` event, not an HTTP error).",
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["data"],
+                                        "properties": {
+                                            "event": {"type": "string", "enum": ["message"]},
+                                            "id": string,
+                                            "data": {
+                                                "type": "string",
+                                                "description": "JSON: `{phase, message, "
+                                                "imageName?, status_code?}`",
+                                            },
+                                        },
+                                    }
+                                }
+                            },
                         }
                     },
                 }

@@ -76,7 +76,10 @@ def test_valid_bodies_pass_unchanged():
 def test_size_and_depth_limits_before_parsing():
     with pytest.raises(PayloadTooLarge) as e:
         parse_json_body(json.dumps({"repo": "x" * MAX_BODY_BYTES}).encode())
-    assert error_response(e.value)[0] == 413
+    status, body = error_response(e.value)[:2]
+    assert status == 413
+    # the Error schema's `limit` is a name everywhere; the size is a number of its own
+    assert body["limit"] == "request_body" and body["max_bytes"] == MAX_BODY_BYTES
     with pytest.raises(PayloadTooLarge):
         parse_json_body(b"{}", content_length=MAX_BODY_BYTES + 1)
     # 100k deep would raise RecursionError in json.loads (500 before this fix); within the size
