@@ -162,7 +162,7 @@ def test_stdlib_only_and_runs_alone(tmp_path):
 
 # ---- properties ---------------------------------------------------------------------------------
 _label = st.from_regex(r"\A[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?\Z").filter(
-    lambda s: not re.fullmatch(r"0x[0-9a-fA-F]*|[0-9]+", s)
+    lambda s: not re.fullmatch(r"0x[0-9a-f]*|[0-9]+", s, re.IGNORECASE)
 )
 _dns_host = st.lists(_label, min_size=1, max_size=4).map(".".join)
 _ipv4 = st.ip_addresses(v=4).map(str)
