@@ -153,10 +153,13 @@ async def test_cancel_stops_a_push_and_a_push_only_build(
         proxy.rate = 50_000_000
         await asyncio.sleep(3)
         assert not await m.catalog.in_registry(build.image)
-        proxy.rate = 60_000
         [group] = await m.list_images(["cpu"])
         assert group.versions[0].local and not group.versions[0].pushed
 
+        # the unbraked seconds above may have let every layer reach the registry (what sat in
+        # socket buffers), leaving the retry only its manifest: brake hard, so that even the
+        # manifest and the layer checks crawl and the retry is surely caught pushing
+        proxy.rate = 2_000
         retry = (await m.submit(**args, push=True)).build
         assert retry.push_only
         await _wait_pushing(retry, proxy, proxy.uploaded)
