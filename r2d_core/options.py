@@ -301,10 +301,31 @@ class BuildOptions(LoggingConfigurable):
         options) and those that steer BuildKit or the network (``BUILDKIT_*``, ``TARGET*``,
         ``BUILD*``, ``DOCKER*``, proxies), which are always refused.""",
     )
-    max_build_args = Int(16, config=True, help="Build arguments per build at most (default 16).")
-    max_appendix_bytes = Int(
-        16384, config=True, help="Largest ``appendix`` in UTF-8 bytes (default 16384)."
+    max_build_args = Int(
+        16,
+        config=True,
+        help="Build arguments per build at most (default 16, also the most the request schema "
+        "takes).",
     )
+    max_appendix_bytes = Int(
+        16384,
+        config=True,
+        help="""Largest ``appendix`` in UTF-8 bytes (default 16384; the request schema takes at
+        most 16384 characters, so that a request stays under the 64 KiB body limit).""",
+    )
+
+    @validate("max_build_args", "max_appendix_bytes")
+    def _check_maxima(self, proposal: Any) -> int:
+        from traitlets import TraitError
+
+        most = {"max_build_args": 16, "max_appendix_bytes": 16384}[proposal["trait"].name]
+        if not 1 <= proposal["value"] <= most:
+            raise TraitError(
+                f"BuildOptions.{proposal['trait'].name} must be between 1 and {most}, "
+                f"not {proposal['value']}"
+            )
+        return proposal["value"]
+
     appendix_scope = Unicode(
         APPENDIX_SCOPE,
         config=True,

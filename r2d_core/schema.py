@@ -166,14 +166,15 @@ BUILD_REQUEST: dict[str, Any] = {
                 },
                 "build_args": {
                     "type": "object",
-                    "maxProperties": 64,
+                    "maxProperties": 16,
                     "additionalProperties": {"type": "string", "maxLength": 1024},
                     "description": "build arguments, name to value (repo2docker --build-arg)",
                 },
                 "appendix": {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": 65536,
+                    # with everything else at its maximum, a body stays under MAX_BODY_BYTES
+                    "maxLength": 16384,
                     "description": "Dockerfile text run at the end of the build (repo2docker "
                     "--appendix); needs the scope custom:repo2docker:appendix",
                 },
