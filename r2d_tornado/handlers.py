@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -192,6 +193,25 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
             )
         self.identity = identity
         self.permissions = parse_permissions(identity.scopes, identity.name, identity.kind)
+
+    def r2d_require_xsrf(self) -> None:
+        """Refuse a cookie-authenticated request without the XSRF token, **whatever its fetch
+        mode**: for a GET that changes state (the BinderHub endpoint starts builds). JupyterHub's
+        rule spares navigations, and any site can make a browser navigate (a link, a redirect),
+        sending the login cookie. API tokens are no ambient credential and need none."""
+        if getattr(self, "_token_authenticated", False):
+            return
+        sent = (
+            self.get_argument("_xsrf", None)
+            or self.request.headers.get("X-XSRFToken")
+            or self.request.headers.get("X-CSRFToken")
+            or ""
+        )
+        if not sent or not hmac.compare_digest(sent.encode(), self.r2d_xsrf_token().encode()):
+            raise Forbidden(
+                "this request carries the login cookie but no valid XSRF token: send the "
+                "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
+            )
 
     def r2d_send_error(self, error: BaseException) -> None:
         """The one place an exception becomes an HTTP answer (status and body: errors.py)."""

@@ -332,3 +332,31 @@ async def test_slowloris_client_is_cut_off(quick_timeout_hub, git_server):
             await alice.request("DELETE", f"api/builds/{build['id']}")
     finally:
         await callers.aclose()
+
+
+# ---- XSRF on the one GET that changes state ------------------------------------------------------
+@pytest.mark.parametrize("mode", ["navigate", None])
+async def test_binder_build_by_cookie_needs_the_xsrf_token_even_when_navigating(rhub, mode):
+    """``GET build/...`` starts a build. JupyterHub spares cookie-authenticated *navigations* (and
+    requests without ``Sec-Fetch-Mode``) the XSRF check, and any site can make a browser
+    navigate there: ``build/gh/attacker/repo/main?build_only=true&owner=bob&name=bobs-image``
+    visited by an admin would put the attacker's code in as the newest version of bob's image."""
+    client = await login(rhub, "alice")
+    try:
+        headers = {"Sec-Fetch-Site": "cross-site"}
+        if mode:
+            headers["Sec-Fetch-Mode"] = mode
+        url = rhub.service_url + "build/gh/r2d/hello/no-such-ref"
+        r = await client.get(url, params={"build_only": "true"}, headers=headers)
+        events = _binder_events(r.text)
+        assert events and events[-1]["phase"] == "failed", r.text[:300]
+        assert events[-1].get("status_code") == 403, events
+        assert "XSRF" in events[-1]["message"]
+        # with the token (what binderhub-client sends from the _xsrf cookie): it goes ahead
+        r = await client.get(
+            url, params={"build_only": "true"}, headers={**headers, **xsrf_headers(client, rhub)}
+        )
+        events = _binder_events(r.text)
+        assert events[-1].get("status_code") == 400 and "no-such-ref" in events[-1]["message"]
+    finally:
+        await client.aclose()
