@@ -360,3 +360,44 @@ async def test_binder_build_by_cookie_needs_the_xsrf_token_even_when_navigating(
         assert events[-1].get("status_code") == 400 and "no-such-ref" in events[-1]["message"]
     finally:
         await client.aclose()
+
+
+# ---- bodies: parser differentials and type confusion (these held) --------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"repo": "git://127.0.0.1:1/x", "owner": "alice", "owner": "bob"}',  # last key wins
+        b'{"repo": "git://127.0.0.1:1/x", "push": "true"}',
+        b'{"repo": "git://127.0.0.1:1/x", "force": 1}',
+        b'{"repo": ["git://127.0.0.1:1/x"]}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": 123}',
+        b'{"repo": "git://127.0.0.1:1/x", "owner": null}',
+        b'{"repo": "git://127.0.0.1:1/x", "credentials": {"password": 5}}',
+        b'{"repo": "git://127.0.0.1:1/x", "name": "x\\u0000"}',
+        b'{"repo": "git://127.0.0.1:1/x\\u0000"}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": "main\\n"}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": "\\u202emain"}',
+        b'{"repo": "git://127.0.0.1:1/x", "name": "\\uff41"}',
+        b'{"repo": "git://127.0.0.1:1/x", "__proto__": {}}',
+        b'{"repo": "git://127.0.0.1:1/x"} {"owner": "bob"}',
+        b'{"repo": "' + b"a" * 70_000 + b'"}',
+        b"[" * 20 + b"]" * 20,
+        b'{"repo": NaN}',
+    ],
+)
+async def test_hostile_bodies_answer_4xx_and_never_reach_bob(rhub, callers, body):
+    alice = await callers.token("alice")
+    r = await alice.request(
+        "POST", "api/builds", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:300])
+    builds = (await alice.request("GET", "api/builds", params={"owner": "bob"})).json()
+    assert builds["builds"] == []
+
+
+async def test_static_files_do_not_escape_their_directory(rhub):
+    async with httpx.AsyncClient(timeout=30) as client:
+        for path in ("static/..%2F..%2F..%2F..%2Fetc%2Fpasswd", "static/%2e%2e/app.py"):
+            r = await client.get(rhub.service_url + path)
+            assert r.status_code in (403, 404), (path, r.status_code)
+            assert "root:" not in r.text
