@@ -86,15 +86,16 @@ class R2DContext:
 
     @contextlib.contextmanager
     def stream_slot(self, who: str) -> Iterator[None]:
-        """Hold one of ``who``'s event-stream slots, or raise :class:`RateLimited` (429).
+        """Hold one of ``who``'s slots for a long request, or raise :class:`RateLimited` (429).
 
-        Each stream holds a connection (a file descriptor of the service, or of the Hub itself
-        in TLJH) for as long as the build runs: without a cap, one user could open thousands
-        and leave no descriptor for anyone else."""
+        An event stream holds a connection (a file descriptor of the service, or of the Hub
+        itself in TLJH) for as long as the build runs, and a submission for as long as its ref
+        lookup on a (possibly slow, hostile) git server takes: without a cap, one user could
+        hold thousands and leave no descriptor for anyone else."""
         if self.max_streams_per_user and self.streams.get(who, 0) >= self.max_streams_per_user:
             raise RateLimited(
-                f"{who} has {self.max_streams_per_user} event streams open already; close one "
-                "(another tab?) and try again",
+                f"{who} has {self.max_streams_per_user} event streams or build submissions in "
+                "progress already; close one (another tab?) or wait, and try again",
                 retry_after=5,
                 limit=self.max_streams_per_user,
             )
@@ -193,6 +194,21 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
             )
         self.identity = identity
         self.permissions = parse_permissions(identity.scopes, identity.name, identity.kind)
+
+    _slots: contextlib.ExitStack | None = None
+
+    def r2d_hold_slot(self) -> None:
+        """Hold one of the caller's long-request slots (:meth:`R2DContext.stream_slot`) until
+        this request is finished, or raise :class:`RateLimited`."""
+        if self._slots is None:
+            self._slots = contextlib.ExitStack()
+        self._slots.enter_context(self.ctx.stream_slot(self.identity.name))
+
+    def on_finish(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
+        super().on_finish()
 
     def r2d_require_xsrf(self) -> None:
         """Refuse a cookie-authenticated request without the XSRF token, **whatever its fetch
@@ -402,6 +418,8 @@ class BuildsHandler(R2DHandler):
             credentials = Credentials(
                 raw_credentials.get("username") or "git", raw_credentials["password"]
             )
+        # the ref lookup may wait long on a slow git server: one of the caller's slots
+        self.r2d_hold_slot()
         try:
             result = await self.manager.submit(
                 repo=body["repo"],

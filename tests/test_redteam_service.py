@@ -401,3 +401,38 @@ async def test_static_files_do_not_escape_their_directory(rhub):
             r = await client.get(rhub.service_url + path)
             assert r.status_code in (403, 404), (path, r.status_code)
             assert "root:" not in r.text
+
+
+async def test_submissions_waiting_on_a_slow_git_server_are_capped(rhub, callers, git_server):
+    """Each ``POST api/builds`` waits for the ref lookup (up to ``ref_timeout``, 30 s): a user
+    firing hundreds at a server that drips its answer would hold as many connections of the
+    service (of the Hub, in TLJH). They share the caller's 20 slots with event streams."""
+    from tests.harness.hostile import HostileGitServer
+
+    frank = await callers.token("frank")
+    bob = await callers.token("bob")
+    with HostileGitServer("drip", interval=0.5) as slow:
+        tasks = [
+            asyncio.create_task(
+                frank.request("POST", "api/builds", json={"repo": slow.url(f"r{i}")})
+            )
+            for i in range(20)
+        ]
+        for _ in range(100):  # until the service holds all 20
+            if slow.requests >= 20:
+                break
+            await asyncio.sleep(0.1)
+        assert slow.requests >= 20
+        r = await frank.request("POST", "api/builds", json={"repo": git_server.url("hello")})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "rate_limited"
+        # another user is not affected
+        r = await bob.request("POST", "api/builds", json={"repo": "git://127.0.0.1:1/x"})
+        assert r.status_code == 503, r.text
+    # the server went away: the lookups fail, the slots are free again
+    answers = await asyncio.gather(*tasks)
+    assert all(a.status_code >= 400 and a.status_code != 500 for a in answers), [
+        (a.status_code, a.text[:100]) for a in answers
+    ]
+    r = await frank.request("POST", "api/builds", json={"repo": "git://127.0.0.1:1/x"})
+    assert r.status_code == 503, r.text
