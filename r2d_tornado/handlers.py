@@ -165,6 +165,8 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         # page on another port of the same host is "same site" and gets the cookies). JupyterHub
         # answers its own pages so (the TLJH adapter's base has set it already); the standalone
         # service does the same, or what tornado_settings["headers"] says, as the Hub reads it.
+        # build logs are text an attacker's repository wrote (`?format=text`): never sniffed as HTML
+        self.set_header("X-Content-Type-Options", "nosniff")
         if "Content-Security-Policy" not in self._headers:
             headers = self.settings.get("headers") or {}
             self.set_header(

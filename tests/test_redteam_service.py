@@ -61,6 +61,7 @@ async def test_ui_page_may_not_be_framed_by_another_origin(rhub):
         # the API's answers too (a framed JSON error page is no use, but costs nothing to refuse)
         r = await client.get(rhub.service_url + "api/")
         assert "frame-ancestors" in r.headers.get("Content-Security-Policy", "")
+        assert r.headers.get("X-Content-Type-Options") == "nosniff"
     finally:
         await client.aclose()
 
