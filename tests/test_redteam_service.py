@@ -437,3 +437,37 @@ async def test_submissions_waiting_on_a_slow_git_server_are_capped(rhub, callers
     ]
     r = await frank.request("POST", "api/builds", json={"repo": "git://127.0.0.1:1/x"})
     assert r.status_code == 503, r.text
+
+
+# ---- a repository whose checkout points at a file of the host ------------------------------------
+async def test_symlink_to_a_host_file_fails_the_build_and_leaks_nothing(
+    rhub, callers, git_server, tmp_path
+):
+    """``apt.txt -> /some/host/file``: repo2docker (on the service's host with the default
+    LocalProcessBuilder) would read the file and print it (the generated Dockerfile's apt-get
+    line, or its "invalid package name" error) into the build log."""
+    import os
+    import uuid
+
+    from tests.test_fetch import git
+
+    # upper case: repo2docker refuses it as a package name and echoes it in its error, before any
+    # build step (the harness builds offline, where the apt step would fail first)
+    marker = f"HOSTSECRET{uuid.uuid4().hex}"
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text(f"{marker}\n")
+    name = f"rt-link-{uuid.uuid4().hex[:8]}"
+    repo = git_server.add_repo(name, {"README.md": "# links\n"})
+    os.symlink(str(secret), repo.path / "apt.txt")
+    git(repo.path, "add", "apt.txt")
+    git(repo.path, "commit", "-q", "-m", "apt.txt")
+    alice = await callers.token("alice")
+    r = await alice.request("POST", "api/builds", json={"repo": git_server.url(name)})
+    assert r.status_code == 202, r.text
+    from tests.service_support import wait_build
+
+    build = await wait_build(alice, r.json()["id"])
+    log = await alice.request("GET", f"api/builds/{build['id']}/logs", params={"format": "text"})
+    assert marker not in log.text and marker not in json.dumps(build)
+    assert build["state"] == "failed", build
+    assert "apt.txt is a symbolic link that points outside the repository" in log.text
