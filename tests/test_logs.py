@@ -288,7 +288,7 @@ def test_budget_keeps_the_newest_finished_logs_whole():
 
 
 def test_the_managers_budget_is_a_metric():
-    from prometheus_client import REGISTRY
+    from r2d_core.metrics import REGISTRY
 
     from r2d_core.manager import BuildManager
 
