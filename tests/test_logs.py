@@ -288,9 +288,8 @@ def test_budget_keeps_the_newest_finished_logs_whole():
 
 
 def test_the_managers_budget_is_a_metric():
-    from r2d_core.metrics import REGISTRY
-
     from r2d_core.manager import BuildManager
+    from r2d_core.metrics import REGISTRY
 
     manager = BuildManager(max_total_log_bytes=8 * 2**20)
     log = manager._new_log()
