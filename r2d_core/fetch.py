@@ -46,6 +46,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -587,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R2D_FETCH_")}
     env.update({str(k): str(v) for k, v in (spec.get("exec_env") or {}).items()})
+    # Python ignores SIGPIPE, and exec keeps an ignored signal ignored: repo2docker and every
+    # pipeline it (or a build script) runs would get EPIPE errors ("write error: Broken pipe")
+    # instead of the quiet end a shell expects
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.execvpe(command[0], command, env)
     return 1  # not reached
 
