@@ -132,6 +132,7 @@ async def test_cancel_stops_a_push_and_a_push_only_build(
     c = Config()
     c.DockerEngine.host = docker_host
     c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
+    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
     c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
     c.Builder.repo2docker_config = repo2docker_config(network="none")
     c.Registry.url = f"http://127.0.0.1:{proxy.port}"
