@@ -118,6 +118,8 @@ class BinderBuildHandler(R2DHandler):
                 "You are not logged in to JupyterHub: log in again, or send "
                 "'Authorization: Bearer <API token>'"
             ) from None
+        # a GET that starts a build: a cookie needs the XSRF token even on a navigation
+        self.r2d_require_xsrf()
         if self.get_argument("build_only", "").lower() != "true":
             raise InvalidRequest(
                 "This service builds images but never launches servers: request "

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -85,15 +86,16 @@ class R2DContext:
 
     @contextlib.contextmanager
     def stream_slot(self, who: str) -> Iterator[None]:
-        """Hold one of ``who``'s event-stream slots, or raise :class:`RateLimited` (429).
+        """Hold one of ``who``'s slots for a long request, or raise :class:`RateLimited` (429).
 
-        Each stream holds a connection (a file descriptor of the service, or of the Hub itself
-        in TLJH) for as long as the build runs: without a cap, one user could open thousands
-        and leave no descriptor for anyone else."""
+        An event stream holds a connection (a file descriptor of the service, or of the Hub
+        itself in TLJH) for as long as the build runs, and a submission for as long as its ref
+        lookup on a (possibly slow, hostile) git server takes: without a cap, one user could
+        hold thousands and leave no descriptor for anyone else."""
         if self.max_streams_per_user and self.streams.get(who, 0) >= self.max_streams_per_user:
             raise RateLimited(
-                f"{who} has {self.max_streams_per_user} event streams open already; close one "
-                "(another tab?) and try again",
+                f"{who} has {self.max_streams_per_user} event streams or build submissions in "
+                "progress already; close one (another tab?) or wait, and try again",
                 retry_after=5,
                 limit=self.max_streams_per_user,
             )
@@ -163,6 +165,8 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         # page on another port of the same host is "same site" and gets the cookies). JupyterHub
         # answers its own pages so (the TLJH adapter's base has set it already); the standalone
         # service does the same, or what tornado_settings["headers"] says, as the Hub reads it.
+        # build logs are text an attacker's repository wrote (`?format=text`): never sniffed as HTML
+        self.set_header("X-Content-Type-Options", "nosniff")
         if "Content-Security-Policy" not in self._headers:
             headers = self.settings.get("headers") or {}
             self.set_header(
@@ -192,6 +196,40 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
             )
         self.identity = identity
         self.permissions = parse_permissions(identity.scopes, identity.name, identity.kind)
+
+    _slots: contextlib.ExitStack | None = None
+
+    def r2d_hold_slot(self) -> None:
+        """Hold one of the caller's long-request slots (:meth:`R2DContext.stream_slot`) until
+        this request is finished, or raise :class:`RateLimited`."""
+        if self._slots is None:
+            self._slots = contextlib.ExitStack()
+        self._slots.enter_context(self.ctx.stream_slot(self.identity.name))
+
+    def on_finish(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
+        super().on_finish()
+
+    def r2d_require_xsrf(self) -> None:
+        """Refuse a cookie-authenticated request without the XSRF token, **whatever its fetch
+        mode**: for a GET that changes state (the BinderHub endpoint starts builds). JupyterHub's
+        rule spares navigations, and any site can make a browser navigate (a link, a redirect),
+        sending the login cookie. API tokens are no ambient credential and need none."""
+        if getattr(self, "_token_authenticated", False):
+            return
+        sent = (
+            self.get_argument("_xsrf", None)
+            or self.request.headers.get("X-XSRFToken")
+            or self.request.headers.get("X-CSRFToken")
+            or ""
+        )
+        if not sent or not hmac.compare_digest(sent.encode(), self.r2d_xsrf_token().encode()):
+            raise Forbidden(
+                "this request carries the login cookie but no valid XSRF token: send the "
+                "_xsrf cookie's value in an X-XSRFToken header (or use an API token)"
+            )
 
     def r2d_send_error(self, error: BaseException) -> None:
         """The one place an exception becomes an HTTP answer (status and body: errors.py)."""
@@ -386,6 +424,8 @@ class BuildsHandler(R2DHandler):
             credentials = Credentials(
                 raw_credentials.get("username") or "git", raw_credentials["password"]
             )
+        # the ref lookup may wait long on a slow git server: one of the caller's slots
+        self.r2d_hold_slot()
         try:
             result = await self.manager.submit(
                 repo=body["repo"],

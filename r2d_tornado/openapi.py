@@ -369,7 +369,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                             "(`error` `quota_exceeded`, `limit` names the setting)"
                         ),
                         "413": _error(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"),
-                        "429": _error("Queue full"),
+                        "429": _error(
+                            "Queue full, or the caller holds 20 event streams and submissions "
+                            "in progress already (`max_streams_per_user`)"
+                        ),
                         "504": _error(
                             "The git server did not send its refs within `ref_timeout` "
                             "(`error`: `ref_timeout`)"
@@ -445,6 +448,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                         },
                         **_BAD_QUERY,
                         "404": _error("No such build"),
+                        "429": _error(
+                            "The caller holds 20 event streams and submissions in progress "
+                            "already (`max_streams_per_user`)"
+                        ),
                         **_ERRORS,
                     },
                 }

@@ -202,6 +202,7 @@ def flood_hub(docker_host, local_images, git_server):
     if "flood-raw" not in git_server.repos:
         git_server.add_repo("flood-raw", {"README.md": "a stand-in's flood\n"})
     wrapper = (
+        # matched on the image name (argv holds the local checkout, not the repository URL)
         f'case "$*" in *-flood:*) {RAW_FLOOD}; exit 0;; esac; '
         f'exec {sys.executable} -m repo2docker "$@"'
     )

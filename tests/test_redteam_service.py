@@ -61,6 +61,7 @@ async def test_ui_page_may_not_be_framed_by_another_origin(rhub):
         # the API's answers too (a framed JSON error page is no use, but costs nothing to refuse)
         r = await client.get(rhub.service_url + "api/")
         assert "frame-ancestors" in r.headers.get("Content-Security-Policy", "")
+        assert r.headers.get("X-Content-Type-Options") == "nosniff"
     finally:
         await client.aclose()
 
@@ -332,3 +333,141 @@ async def test_slowloris_client_is_cut_off(quick_timeout_hub, git_server):
             await alice.request("DELETE", f"api/builds/{build['id']}")
     finally:
         await callers.aclose()
+
+
+# ---- XSRF on the one GET that changes state ------------------------------------------------------
+@pytest.mark.parametrize("mode", ["navigate", None])
+async def test_binder_build_by_cookie_needs_the_xsrf_token_even_when_navigating(rhub, mode):
+    """``GET build/...`` starts a build. JupyterHub spares cookie-authenticated *navigations* (and
+    requests without ``Sec-Fetch-Mode``) the XSRF check, and any site can make a browser
+    navigate there: ``build/gh/attacker/repo/main?build_only=true&owner=bob&name=bobs-image``
+    visited by an admin would put the attacker's code in as the newest version of bob's image."""
+    client = await login(rhub, "alice")
+    try:
+        headers = {"Sec-Fetch-Site": "cross-site"}
+        if mode:
+            headers["Sec-Fetch-Mode"] = mode
+        url = rhub.service_url + "build/gh/r2d/hello/no-such-ref"
+        r = await client.get(url, params={"build_only": "true"}, headers=headers)
+        events = _binder_events(r.text)
+        assert events and events[-1]["phase"] == "failed", r.text[:300]
+        assert events[-1].get("status_code") == 403, events
+        assert "XSRF" in events[-1]["message"]
+        # with the token (what binderhub-client sends from the _xsrf cookie): it goes ahead
+        r = await client.get(
+            url, params={"build_only": "true"}, headers={**headers, **xsrf_headers(client, rhub)}
+        )
+        events = _binder_events(r.text)
+        assert events[-1].get("status_code") == 400 and "no-such-ref" in events[-1]["message"]
+    finally:
+        await client.aclose()
+
+
+# ---- bodies: parser differentials and type confusion (these held) --------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"repo": "git://127.0.0.1:1/x", "owner": "alice", "owner": "bob"}',  # last key wins
+        b'{"repo": "git://127.0.0.1:1/x", "push": "true"}',
+        b'{"repo": "git://127.0.0.1:1/x", "force": 1}',
+        b'{"repo": ["git://127.0.0.1:1/x"]}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": 123}',
+        b'{"repo": "git://127.0.0.1:1/x", "owner": null}',
+        b'{"repo": "git://127.0.0.1:1/x", "credentials": {"password": 5}}',
+        b'{"repo": "git://127.0.0.1:1/x", "name": "x\\u0000"}',
+        b'{"repo": "git://127.0.0.1:1/x\\u0000"}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": "main\\n"}',
+        b'{"repo": "git://127.0.0.1:1/x", "ref": "\\u202emain"}',
+        b'{"repo": "git://127.0.0.1:1/x", "name": "\\uff41"}',
+        b'{"repo": "git://127.0.0.1:1/x", "__proto__": {}}',
+        b'{"repo": "git://127.0.0.1:1/x"} {"owner": "bob"}',
+        b'{"repo": "' + b"a" * 70_000 + b'"}',
+        b"[" * 20 + b"]" * 20,
+        b'{"repo": NaN}',
+    ],
+)
+async def test_hostile_bodies_answer_4xx_and_never_reach_bob(rhub, callers, body):
+    alice = await callers.token("alice")
+    r = await alice.request(
+        "POST", "api/builds", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:300])
+    builds = (await alice.request("GET", "api/builds", params={"owner": "bob"})).json()
+    assert builds["builds"] == []
+
+
+async def test_static_files_do_not_escape_their_directory(rhub):
+    async with httpx.AsyncClient(timeout=30) as client:
+        for path in ("static/..%2F..%2F..%2F..%2Fetc%2Fpasswd", "static/%2e%2e/app.py"):
+            r = await client.get(rhub.service_url + path)
+            assert r.status_code in (403, 404), (path, r.status_code)
+            assert "root:" not in r.text
+
+
+async def test_submissions_waiting_on_a_slow_git_server_are_capped(rhub, callers, git_server):
+    """Each ``POST api/builds`` waits for the ref lookup (up to ``ref_timeout``, 30 s): a user
+    firing hundreds at a server that drips its answer would hold as many connections of the
+    service (of the Hub, in TLJH). They share the caller's 20 slots with event streams."""
+    from tests.harness.hostile import HostileGitServer
+
+    frank = await callers.token("frank")
+    bob = await callers.token("bob")
+    with HostileGitServer("drip", interval=0.5) as slow:
+        tasks = [
+            asyncio.create_task(
+                frank.request("POST", "api/builds", json={"repo": slow.url(f"r{i}")})
+            )
+            for i in range(20)
+        ]
+        for _ in range(100):  # until the service holds all 20
+            if slow.requests >= 20:
+                break
+            await asyncio.sleep(0.1)
+        assert slow.requests >= 20
+        r = await frank.request("POST", "api/builds", json={"repo": git_server.url("hello")})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "rate_limited"
+        # another user is not affected
+        r = await bob.request("POST", "api/builds", json={"repo": "git://127.0.0.1:1/x"})
+        assert r.status_code == 503, r.text
+    # the server went away: the lookups fail, the slots are free again
+    answers = await asyncio.gather(*tasks)
+    assert all(a.status_code >= 400 and a.status_code != 500 for a in answers), [
+        (a.status_code, a.text[:100]) for a in answers
+    ]
+    r = await frank.request("POST", "api/builds", json={"repo": "git://127.0.0.1:1/x"})
+    assert r.status_code == 503, r.text
+
+
+# ---- a repository whose checkout points at a file of the host ------------------------------------
+async def test_symlink_to_a_host_file_fails_the_build_and_leaks_nothing(
+    rhub, callers, git_server, tmp_path
+):
+    """``apt.txt -> /some/host/file``: repo2docker (on the service's host with the default
+    LocalProcessBuilder) would read the file and print it (the generated Dockerfile's apt-get
+    line, or its "invalid package name" error) into the build log."""
+    import os
+    import uuid
+
+    from tests.test_fetch import git
+
+    # upper case: repo2docker refuses it as a package name and echoes it in its error, before any
+    # build step (the harness builds offline, where the apt step would fail first)
+    marker = f"HOSTSECRET{uuid.uuid4().hex}"
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text(f"{marker}\n")
+    name = f"rt-link-{uuid.uuid4().hex[:8]}"
+    repo = git_server.add_repo(name, {"README.md": "# links\n"})
+    os.symlink(str(secret), repo.path / "apt.txt")
+    git(repo.path, "add", "apt.txt")
+    git(repo.path, "commit", "-q", "-m", "apt.txt")
+    alice = await callers.token("alice")
+    r = await alice.request("POST", "api/builds", json={"repo": git_server.url(name)})
+    assert r.status_code == 202, r.text
+    from tests.service_support import wait_build
+
+    build = await wait_build(alice, r.json()["id"])
+    log = await alice.request("GET", f"api/builds/{build['id']}/logs", params={"format": "text"})
+    assert marker not in log.text and marker not in json.dumps(build)
+    assert build["state"] == "failed", build
+    assert "apt.txt is a symbolic link that points outside the repository" in log.text
