@@ -46,6 +46,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -555,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R2D_FETCH_")}
     env.update({str(k): str(v) for k, v in (spec.get("exec_env") or {}).items()})
+    # Python ignores SIGPIPE and an exec keeps ignored signals: give repo2docker (and the
+    # pipelines its children run) the default a shell would, not "write error: Broken pipe"
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.execvpe(command[0], command, env)  # nosec B606  # the admin's repo2docker command, argv only
     return 1  # not reached
 
