@@ -26,7 +26,10 @@ How git runs (see :func:`git_environment`):
 * submodules: every URL in ``.gitmodules`` (relative ones resolved against their parent's
   canonical URL) is parsed with the URL model and held to the same allow-list and address rule,
   nested ones too (at most :data:`MAX_SUBMODULE_DEPTH` levels, :data:`MAX_SUBMODULES` in all),
-  each cloned by its own git process; a refused one fails the build with a message naming it.
+  each cloned by its own git process; a refused one fails the build with a message naming it;
+* bounded: one deadline for the whole stage (``timeout``), one byte budget for all object stores
+  (``max_bytes``), git's output kept to :data:`MAX_GIT_OUTPUT`; run as root (the build
+  container), git runs as ``git_uid`` (65534) in directories it owns, away from the engine socket.
 
 Credentials: read from a file that is deleted before anything else happens (DockerBuilder: a
 0600 file copied into the container before start) or from stdin (LocalProcessBuilder: a pipe),
@@ -303,7 +306,9 @@ class Fetcher:
         if self.uid is not None:
             drop = {"user": self.uid, "group": self.uid, "extra_groups": []}
         try:
-            proc = subprocess.Popen(  # nosec B603 B607  # argv list, no shell; git from PATH as in the image; args are ours (URL validated)
+            # git from PATH (the image's or the service's own), argv only, no shell; every
+            # value is a constant or comes from the URL model and our own spec
+            proc = subprocess.Popen(  # nosec B603 B607
                 ["git", *args],
                 env=env,
                 cwd=cwd,
@@ -559,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     # Python ignores SIGPIPE and an exec keeps ignored signals: give repo2docker (and the
     # pipelines its children run) the default a shell would, not "write error: Broken pipe"
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    os.execvpe(command[0], command, env)  # nosec B606  # the admin's repo2docker command, argv only
+    # the admin's repo2docker command (Builder/LocalProcessBuilder.command), argv only
+    os.execvpe(command[0], command, env)  # nosec B606
     return 1  # not reached
 
 
