@@ -111,6 +111,8 @@ class BuildRunner:
         self.processes: dict[str, BuildProcess] = {}
         #: build id -> the task pushing its image (a cancel or a time limit stops it)
         self._pushes: dict[str, asyncio.Task[None]] = {}
+        #: finished builds found after a restart whose logs are re-read at the same time
+        self._reread_limit = asyncio.Semaphore(4)
 
     # ---- the task boundary ------------------------------------------------------------------------
     async def run(self, build: Build) -> None:
@@ -122,8 +124,14 @@ class BuildRunner:
 
         A build that was still running is held to the time limits (the total from its start);
         one that had ended before the restart keeps the outcome it had (no second push).
+        Finished builds' logs are re-read a few at a time (their outcome shows at once): hundreds
+        of them after a restart do not crowd out the first requests.
         """
-        await self._guarded(build, self.follow(build, process, ended=not running))
+        if running:
+            await self._guarded(build, self.follow(build, process))
+            return
+        async with self._reread_limit:
+            await self._guarded(build, self.follow(build, process, ended=True))
 
     async def _guarded(self, build: Build, work: Coroutine[Any, Any, None]) -> None:
         try:

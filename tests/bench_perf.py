@@ -503,7 +503,8 @@ async def bench_coldstart(ctx: dict[str, Any], row: Any, make_images: Any) -> No
             f"median of 3 restarts ({', '.join(_ms(f[0]) for f in figures)}); "
             f"{figures[-1][1]} images listed, {builds} builds",
         )
-        tail = [line for line in hub.log_tail(3000).splitlines() if "R2DService" in line]
-        print("    service log (last start):", *tail[-12:], sep="\n      ", flush=True)
+        keys = ("Lifecycle policy", "Image index", "repo2docker-service 0", "api/images")
+        tail = [line for line in hub.log_tail(3000).splitlines() if any(k in line for k in keys)]
+        print(f"    last start: process born {born:.3f}", *tail[-6:], sep="\n      ", flush=True)
     finally:
         hub.cleanup()
