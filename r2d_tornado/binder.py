@@ -42,6 +42,13 @@ __all__ = ["ROUTES", "BinderBuildHandler", "binder_event"]
 _PHASE_OF_LINE = {"fetching": "fetching", "building": "building", "pushing": "pushing"}
 
 
+def _lines(messages: list[str]) -> str:
+    """Log lines as one BinderHub message: every line ends in a newline, blank ones too (a batch
+    that is one blank line would otherwise be an empty message, and the client's terminal would
+    lose that line break)."""
+    return "".join(f"{m}\n" for m in messages)
+
+
 def binder_event(phase: str, message: str, **extra: Any) -> str:
     """One BinderHub event: ``data: {...}`` with ``message`` ending in a newline."""
     if message and not message.endswith("\n"):
@@ -211,12 +218,12 @@ class BinderBuildHandler(R2DHandler):
                 cursor = line.n + 1
                 phase = _PHASE_OF_LINE.get(line.phase, "building")
                 if batch and phase != batch_phase:
-                    chunks.append(binder_event(batch_phase or phase, "\n".join(batch)))
+                    chunks.append(binder_event(batch_phase or phase, _lines(batch)))
                     batch = []
                 batch_phase = phase
                 batch.append(line.message)
             if batch:
-                chunks.append(binder_event(batch_phase or "building", "\n".join(batch)))
+                chunks.append(binder_event(batch_phase or "building", _lines(batch)))
             if build.state == BuildState.QUEUED and not sent_queued:
                 position = self.manager.queue_position(build)
                 ahead = f" ({position} ahead)" if position else ""

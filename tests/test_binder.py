@@ -399,3 +399,14 @@ async def test_build_options_and_annotations_from_the_query_string(binder_hub):
     assert version["options"] == {"user_id": 1002, "build_args": {"GREETING": "hi=there"}}
     assert version["annotations"] == {"tljh.mem_limit": "1G"}
     assert image.endswith("-o" + version["options_digest"])
+
+
+def test_every_log_line_keeps_its_newline_blank_ones_too():
+    """A batch of log lines becomes one message in which every line ends in a newline: a batch
+    that is one blank line was an empty message (the client's terminal lost the line break)."""
+    from r2d_tornado.binder import _lines, binder_event
+
+    for batch in ([""], ["a", "", "b"], ["", ""], ["x"]):
+        event = json.loads(binder_event("building", _lines(batch))[len("data: ") :])
+        assert event["message"] == "".join(f"{m}\n" for m in batch)
+        assert event["message"].split("\n")[:-1] == batch
