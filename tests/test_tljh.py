@@ -50,6 +50,8 @@ def test_entry_point_hooks_configure_the_hub():
         "custom:repo2docker:read",
         "custom:repo2docker:build",
         "custom:repo2docker:delete",
+        # build options: Dockerfile text appended to a build needs a scope of its own
+        "custom:repo2docker:appendix",
     }
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["custom"]["scopes"] == ["self"]  # the admin's own roles stay
