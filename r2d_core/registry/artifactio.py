@@ -33,19 +33,25 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
 class ArtifactIO:
     """Mixed into RegistryClient; every method checks names before sending anything."""
 
-    async def head_manifest(
+    async def _head_manifest(
         self: RegistryClient, repository: str, reference: str
-    ) -> tuple[str, str, int]:
-        """(media type, digest, size) of a manifest: a descriptor for an OCI ``subject``."""
+    ) -> httpx.Response:
+        """The checked ``HEAD`` of a manifest (what :meth:`head_manifest` and ``digest`` read)."""
         _check_repository(repository)
         _check_reference(reference)
-        response = await self._request(
+        return await self._request(
             "HEAD",
             f"/v2/{repository}/manifests/{reference}",
             headers={"Accept": MANIFEST_ACCEPT},
             what=f"looking up {repository}:{reference}",
             repository=repository,
         )
+
+    async def head_manifest(
+        self: RegistryClient, repository: str, reference: str
+    ) -> tuple[str, str, int]:
+        """(media type, digest, size) of a manifest: a descriptor for an OCI ``subject``."""
+        response = await self._head_manifest(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         size = response.headers.get("Content-Length")

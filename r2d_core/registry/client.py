@@ -510,15 +510,7 @@ class RegistryClient(ArtifactIO):
 
     async def digest(self, repository: str, reference: str) -> str:
         """The manifest digest a tag points to, with one ``HEAD`` (a ``GET`` if the header is absent)."""
-        _check_repository(repository)
-        _check_reference(reference)
-        response = await self._request(
-            "HEAD",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Accept": MANIFEST_ACCEPT},
-            what=f"looking up {repository}:{reference}",
-            repository=repository,
-        )
+        response = await self._head_manifest(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             return (await self.manifest(repository, reference)).digest
