@@ -28,14 +28,13 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 
 from r2d_core.errors import Forbidden, InvalidRequest, R2DError, Unauthorized, http_status
 from r2d_core.models import Build, BuildState
 from r2d_core.providers import ProviderSpec, RepoProviders
 
-from .handlers import R2DHandler
+from .handlers import R2DHandler, StreamingHandler
 
 __all__ = ["ROUTES", "BinderBuildHandler", "binder_event"]
 
@@ -66,29 +65,15 @@ def _providers(handler: R2DHandler) -> RepoProviders:
     return providers
 
 
-class BinderBuildHandler(R2DHandler):
-    """``GET build/<provider>/<spec>``: build (or find) the image and stream BinderHub events."""
+class BinderBuildHandler(StreamingHandler):
+    """``GET build/<provider>/<spec>``: build (or find) the image and stream BinderHub events.
 
-    _closed = False
-
-    def on_connection_close(self) -> None:
-        # the build goes on: BinderHub does not cancel either, and another request may follow it
-        self._closed = True
-
-    async def _emit(self, chunk: str) -> bool:
-        if self._closed:
-            return False
-        self.write(chunk)
-        try:
-            await self.flush()
-        except StreamClosedError:
-            self._closed = True
-            return False
-        return True
+    A client that goes away stops only its stream: the build goes on (BinderHub does not cancel
+    either, and another request may follow it)."""
 
     async def _fail(self, message: str, status_code: int | None = None) -> None:
         extra = {"status_code": status_code} if status_code else {}
-        await self._emit(binder_event("failed", message, **extra))
+        await self._send(binder_event("failed", message, **extra))
 
     async def get(self, *_args: str) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -165,7 +150,7 @@ class BinderBuildHandler(R2DHandler):
         )
         if result.skipped:
             image = result.reference or (result.image.newest.reference if result.image else "")
-            await self._emit(
+            await self._send(
                 binder_event("built", f"Found built image {image}", imageName=image)
                 + binder_event("ready", "Done! Found built image", imageName=image)
             )
@@ -231,15 +216,15 @@ class BinderBuildHandler(R2DHandler):
                 sent_queued = True
             if build.done and cursor >= log.total:
                 chunks.append(self._final(build))
-                await self._emit("".join(chunks))
+                await self._send("".join(chunks))
                 return
-            if chunks and not await self._emit("".join(chunks)):
+            if chunks and not await self._send("".join(chunks)):
                 return
             chunks = []
             try:
                 await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
             except asyncio.TimeoutError:
-                if not await self._emit(":keepalive\n\n"):
+                if not await self._send(":keepalive\n\n"):
                     return
 
     def _final(self, build: Build) -> str:

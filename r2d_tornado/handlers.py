@@ -486,13 +486,30 @@ class BuildHandler(R2DHandler):
         self.write_json(await self.build_json(build))
 
 
-class BuildLogsHandler(R2DHandler):
-    """``text/event-stream`` of a build's log: replay, live, resumable, and a final ``done``."""
+class StreamingHandler(R2DHandler):
+    """A handler that writes a long answer in chunks and stops when the client goes away (the
+    build it follows goes on either way)."""
 
     _closed = False
 
     def on_connection_close(self) -> None:
         self._closed = True
+
+    async def _send(self, chunk: str) -> bool:
+        """Write and flush ``chunk``; False once the client is gone."""
+        if self._closed:
+            return False
+        self.write(chunk)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self._closed = True
+            return False
+        return True
+
+
+class BuildLogsHandler(StreamingHandler):
+    """``text/event-stream`` of a build's log: replay, live, resumable, and a final ``done``."""
 
     @r2d_api
     async def get(self, build_id: str) -> None:
@@ -514,17 +531,6 @@ class BuildLogsHandler(R2DHandler):
             return max(0, int(self.get_argument("since", "0")))
         except ValueError:
             raise InvalidRequest("Last-Event-ID and since must be line numbers") from None
-
-    async def _send(self, chunk: str) -> bool:
-        if self._closed:
-            return False
-        self.write(chunk)
-        try:
-            await self.flush()
-        except StreamClosedError:
-            self._closed = True
-            return False
-        return True
 
     async def _events(self, build: Build, cursor: int) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
