@@ -14,11 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2d_core import refs
 from r2d_core.errors import InvalidRequest, RefTimeout
 from r2d_core.models import Credentials
 from r2d_core.netpolicy import NetPolicy
-from r2d_core.refs import MAX_ADVERTISEMENT, AdvertisementParser, parse_pkt_lines, resolve_ref
+from r2d_core.refs import (
+    MAX_ADVERTISEMENT,
+    AdvertisementParser,
+    gitcli,
+    parse_pkt_lines,
+    resolve_ref,
+)
 from r2d_core.urls import parse_repo_url
 from tests.harness.hostile import (
     FLOOD_BYTES,
@@ -162,7 +167,7 @@ async def test_internal_addresses_refused_without_connecting(url, monkeypatch):
 
 def test_pinned_git_env():
     url = parse_repo_url("https://git.example/org/repo")
-    env = refs._pinned_git_env(url, Credentials("u", "p"), ["192.0.2.7", "2001:db8::7"])
+    env = gitcli._pinned_git_env(url, Credentials("u", "p"), ["192.0.2.7", "2001:db8::7"])
     configs = {
         env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"]
         for i in range(int(env["GIT_CONFIG_COUNT"]))
@@ -173,16 +178,16 @@ def test_pinned_git_env():
     assert env["GIT_ALLOW_PROTOCOL"] == "https"
     assert not {"http_proxy", "https_proxy", "HTTPS_PROXY", "HTTP_PROXY"} & set(env)
     git = parse_repo_url("git://git.example/repo")
-    assert refs._git_cli_url(git, ["192.0.2.7"]) == "git://192.0.2.7:9418/repo"
-    ssh = refs._pinned_git_env(parse_repo_url("ssh://git@git.example/r"), None, ["192.0.2.7"])
+    assert gitcli._git_cli_url(git, ["192.0.2.7"]) == "git://192.0.2.7:9418/repo"
+    ssh = gitcli._pinned_git_env(parse_repo_url("ssh://git@git.example/r"), None, ["192.0.2.7"])
     assert ssh["GIT_SSH_COMMAND"].endswith("-o HostName=192.0.2.7 -o HostKeyAlias=git.example")
 
 
 def test_credentials_key_is_built_from_the_canonical_url_only():
-    env = refs.git_env("HTTPS://Git.Example:443//org/repo", Credentials("u", "p"))
+    env = gitcli.git_env("HTTPS://Git.Example:443//org/repo", Credentials("u", "p"))
     assert env["GIT_CONFIG_KEY_0"] == "http.https://git.example/.extraHeader"
     with pytest.raises(InvalidRequest):
-        refs.git_env('https://[v1.a"][core]x=y;@github.com/r', Credentials("u", "p"))
+        gitcli.git_env('https://[v1.a"][core]x=y;@github.com/r', Credentials("u", "p"))
 
 
 # ---- the parser ---------------------------------------------------------------------------------
