@@ -82,7 +82,15 @@ _INTERNAL_V6 = [
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use NAT64: always internal
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT ::ffff:0:a.b.c.d (RFC 2765)
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+#: Teredo (RFC 4380) embeds a server and an obfuscated client IPv4 address, but the prefix itself
+#: is not globally reachable (IANA) and no git host lives behind it: always internal, whatever it
+#: embeds (decided here, not left to ``is_global``, which differs between Python versions)
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+#: the only globally routable IPv6 unicast space (IANA); everything outside it that is not one of
+#: the embedded forms above is reserved, unassigned or local (e.g. 64:ff9b:0:1::1, 1::1)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
 
 
 class NetPolicyError(ValueError):
@@ -117,7 +125,11 @@ def _address(ip: str | IPAddress) -> IPAddress:
 def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64_WELL_KNOWN or (address in _IPV4_COMPATIBLE and int(address) > 1):
+    if (
+        address in _NAT64_WELL_KNOWN
+        or address in _IPV4_TRANSLATED
+        or (address in _IPV4_COMPATIBLE and int(address) > 1)
+    ):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _SIX_TO_FOUR:
         return ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)
@@ -129,16 +141,20 @@ def is_internal(ip: str | IPAddress) -> bool:
 
     Loopback, private, link-local (cloud metadata), CGNAT, unique-local, multicast, reserved,
     documentation and unspecified addresses are internal, and so are IPv6 addresses that embed
-    one of those (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4).
+    one of those (IPv4-mapped ``::ffff:a.b.c.d``, SIIT ``::ffff:0:a.b.c.d``, IPv4-compatible,
+    NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``), local-use NAT64 ``64:ff9b:1::/48`` and Teredo
+    ``2001::/32`` whatever they embed, and IPv6 addresses outside global unicast ``2000::/3``.
     A string that is not an IP address raises ``ValueError``.
     """
     address = _address(ip)
     if isinstance(address, ipaddress.IPv6Address):
-        if address in _NAT64_LOCAL:
+        if address in _NAT64_LOCAL or address in _TEREDO:
             return True
         inner = _embedded_v4(address)
         if inner is not None:
             return is_internal(inner)
+        if address not in _GLOBAL_UNICAST_V6:
+            return True
         if any(address in net for net in _INTERNAL_V6):
             return True
     elif any(address in net for net in _INTERNAL_V4):

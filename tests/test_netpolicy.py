@@ -54,6 +54,18 @@ INTERNAL = [
     "64:ff9b:1::1",  # local-use NAT64
     "2002:7f00:1::1",  # 6to4 of 127.0.0.1
     "2002:a00:1::",  # 6to4 of 10.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "::ffff:0:7f00:1",  # SIIT IPv4-translated (RFC 2765) of 127.0.0.1
+    "::ffff:0:a9fe:a9fe",  # SIIT of 169.254.169.254
+    "::ffff:0:a00:1",  # SIIT of 10.0.0.1
+    "64:ff9b:1:a9fe:a9fe::",  # local-use NAT64 (RFC 8215), /48 prefix embedding 169.254.169.254
+    "64:ff9b:1::808:808",  # local-use NAT64 stays internal even around a public address
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (RFC 4380 example): never a git host
+    "2001:0:7f00:1:0:0:80ff:fffe",  # Teredo: server 127.0.0.1, client 127.0.0.1 (obfuscated)
+    "2001:0:808:808::f7f7:f7f7",  # Teredo around public addresses: still internal
+    "64:ff9b:0:1::1",  # reserved (outside 2000::/3, not the NAT64 /96)
+    "1::1",
+    "4000::1",  # unassigned
 ]
 PUBLIC = [
     "1.1.1.1",
@@ -65,6 +77,8 @@ PUBLIC = [
     "2a00:1450:4001:80b::200e",
     "::ffff:8.8.8.8",
     "64:ff9b::808:808",  # NAT64 of 8.8.8.8
+    "::ffff:0:808:808",  # SIIT of 8.8.8.8
+    "2002:808:808::1",  # 6to4 of 8.8.8.8
 ]
 
 
@@ -95,7 +109,24 @@ def test_not_an_address():
 def test_mapped_forms_agree_with_ipv4(address):
     mapped = ipaddress.IPv6Address(f"::ffff:{address}")
     nat64 = ipaddress.IPv6Address((0x64FF9B << 96) | int(address))
-    assert is_internal(mapped) == is_internal(address) == is_internal(nat64)
+    translated = ipaddress.IPv6Address((0xFFFF << 48) | int(address))  # SIIT ::ffff:0:a.b.c.d
+    six_to_four = ipaddress.IPv6Address((0x2002 << 112) | (int(address) << 80) | 1)
+    assert (
+        is_internal(mapped)
+        == is_internal(address)
+        == is_internal(nat64)
+        == is_internal(translated)
+        == is_internal(six_to_four)
+    )
+
+
+@given(st.ip_addresses(v=4), st.ip_addresses(v=4))
+def test_teredo_is_internal_whatever_it_embeds(server, client):
+    teredo = ipaddress.IPv6Address(
+        (0x20010000 << 96) | (int(server) << 64) | (~int(client) & 0xFFFFFFFF)
+    )
+    assert teredo.teredo == (server, client)
+    assert is_internal(teredo)
 
 
 @given(st.ip_addresses())
