@@ -682,11 +682,30 @@ class PageHandler(R2DHandler):
             user=self.identity.name,
             hub_url=self.ctx.hub_url,
             logout_url=self.ctx.logout_url,
-            page_config=json.dumps(config).replace("</", "<\\/"),
+            page_config=script_json(config),
         )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(html)
+
+
+#: what JSON inside an HTML ``<script>`` element must not contain raw: ``<`` (``</script>`` ends the
+#: element, ``<!--`` then ``<script`` switch the HTML tokenizer into a state where the real
+#: ``</script>`` no longer closes it), ``>`` and ``&`` (markup, should the text ever land in an
+#: attribute or XHTML), and U+2028/U+2029 (line terminators to JavaScript before ES2019). JSON
+#: syntax has none of them outside strings, so a ``\\u`` escape is always valid JSON.
+_SCRIPT_JSON_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def script_json(value: object) -> str:
+    """``value`` as JSON that is inert inside a ``<script>`` element (the page's config)."""
+    return json.dumps(value).translate(_SCRIPT_JSON_ESCAPES)
 
 
 def _launch_url(manager: BuildManager) -> str:

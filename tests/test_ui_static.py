@@ -21,6 +21,7 @@ from tornado import template
 
 import hatch_build
 from r2d_core import validation
+from r2d_tornado.handlers import script_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND = ROOT / "r2d_tornado" / "frontend"
@@ -130,7 +131,7 @@ def _render(base_url: str, user: str | None, **extra: Any) -> tuple[str, list[st
             user=user,
             hub_url=config["hub_url"],
             logout_url=config["logout_url"],
-            page_config=json.dumps(config),
+            page_config=script_json(config),
         )
         .decode()
     )
@@ -175,6 +176,65 @@ def test_template_keeps_hostile_values_inert() -> None:
     assert config["note"] == evil
     assert html.count("<script") == 2
     assert 'alert("x")' not in html.split('id="r2d-config"')[0]  # escaped in the navbar
+
+
+#: a Hub user name (some authenticators allow almost anything) that opens an HTML comment and a
+#: script inside the config element: a raw "<!--<script>" there makes the browser's tokenizer
+#: ignore the real "</script>", and the rest of the page becomes script text
+HOSTILE_NAME = "<!--<script>&amp;\u2028\u2029</script>-->"
+
+
+def _config_text(html: str) -> str:
+    match = re.search(r'<script id="r2d-config" type="application/json">(.*?)</script>', html, re.S)
+    assert match, "page.html lost its r2d-config script"
+    return match.group(1)
+
+
+def test_script_json_escapes_every_character_that_matters_in_a_script_element() -> None:
+    text = script_json({"user": HOSTILE_NAME})
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert "\\u003c!--\\u003cscript\\u003e\\u0026amp;" in text
+    assert json.loads(text) == {"user": HOSTILE_NAME}
+
+
+async def test_served_page_keeps_a_hostile_user_name_inert() -> None:
+    """The page as PageHandler serves it (both adapters share it), for a user named like a tag."""
+    from tornado import httpclient, web
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    from r2d_core.manager import BuildManager
+    from r2d_tornado import handlers as h
+
+    class Base(web.RequestHandler):
+        async def r2d_identify(self) -> h.Identity:
+            return h.Identity(HOSTILE_NAME, "user", frozenset())
+
+        def r2d_login_url(self) -> str:
+            return "/hub/login"
+
+        def r2d_xsrf_token(self) -> str:
+            return "2|token|value"
+
+    ctx = h.R2DContext(manager=BuildManager(), authorizer=None, base_url="/services/r2d/")
+    app = web.Application(h.make_handlers("/services/r2d/", Base, ctx))
+    sock, port = bind_unused_port(address="127.0.0.1")
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        response = await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/services/r2d/", raise_error=False
+        )
+    finally:
+        server.stop()
+    assert response.code == 200, response.body[:300]
+    html = response.body.decode()
+    text = _config_text(html)
+    assert not set("<>&\u2028\u2029") & set(text), text
+    assert json.loads(text)["user"] == HOSTILE_NAME
+    # the name is text everywhere else (the navbar), and the page's own scripts are all there are
+    assert html.count("<script") == 2
+    assert html.rstrip().endswith("</script>\n</body>\n</html>")
 
 
 # ---- the hatch build hook ------------------------------------------------------------------------
