@@ -160,10 +160,36 @@ class R2DClient:
         return BuildResult(build=data, image=None, skipped=False, joined=bool(data.get("joined")))
 
     async def builds(
-        self, owner: str | None = None, state: str | None = None
+        self,
+        owner: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
     ) -> list[dict[str, Any]]:
-        params = {k: v for k, v in (("owner", owner), ("state", state)) if v}
-        return (await self._request("GET", "api/builds", params=params or None))["builds"]
+        """One page of builds, newest first (the service's default size without ``limit``).
+
+        :meth:`all_builds` walks every page."""
+        return (await self._builds_page(owner, state, limit, before))["builds"]
+
+    async def all_builds(
+        self, owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every build the caller may read, newest first, ``limit`` per request."""
+        builds: list[dict[str, Any]] = []
+        before = None
+        while True:
+            data = await self._builds_page(owner, state, limit, before)
+            builds += data["builds"]
+            before = data.get("next")
+            if not before:
+                return builds
+
+    async def _builds_page(
+        self, owner: str | None, state: str | None, limit: int | None, before: str | None
+    ) -> dict[str, Any]:
+        pairs = (("owner", owner), ("state", state), ("limit", limit), ("before", before))
+        params = {k: v for k, v in pairs if v}
+        return await self._request("GET", "api/builds", params=params or None)
 
     async def get_build(self, build_id: str) -> dict[str, Any]:
         return await self._request("GET", f"api/builds/{build_id}")

@@ -8,7 +8,7 @@ JupyterHub depends on it). No per-field type checks anywhere else.
 The schemas use only keywords that mean the same in OpenAPI 3.0 Schema Objects and JSON Schema
 draft 7 (``type``, ``properties``, ``required``, ``additionalProperties``, ``pattern``,
 ``minLength``/``maxLength``, ``minimum``/``maximum``, ``enum``, ``items``, ``maxItems``,
-``maxProperties``) and no ``nullable``,
+``maxProperties``, the annotation ``default``) and no ``nullable``,
 so draft 7 validation is exactly what the document promises.
 
 Limits, checked before the body is parsed (both documented in the OpenAPI document):
@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidRequest, PayloadTooLarge
+from .pages import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from .validation import NAME_PATTERN, REF_PATTERN
 
 
@@ -233,6 +234,24 @@ PARAMETERS: dict[str, list[dict[str, Any]]] = {
                 "maxItems": len(STATES),
                 "items": {"type": "string", "enum": STATES},
             },
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "description": "the most builds on this page",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "default": DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "description": "the page after this cursor: the `next` value of the previous page "
+            "(opaque; pages are newest first)",
+            "schema": {"type": "string", "maxLength": 64, "pattern": CURSOR_PATTERN},
         },
     ],
     "get /api/builds/{build_id}/logs": [

@@ -30,7 +30,7 @@ from tornado import template, web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 
-from r2d_core import __version__
+from r2d_core import __version__, pages
 from r2d_core.errors import (
     Forbidden,
     InvalidRequest,
@@ -405,8 +405,12 @@ class BuildsHandler(R2DHandler):
             await self.require("read", self.identity.name)
         owners = await self.readable_owners(query.get("owner"))
         states = query.get("state") or None
-        builds = self.manager.list_builds(owners, states)
-        self.write_json({"builds": [await self.build_json(b) for b in builds]})
+        builds, next_page = pages.page(
+            self.manager.list_builds(owners, states),
+            query.get("limit", pages.DEFAULT_LIMIT),
+            query.get("before"),
+        )
+        self.write_json({"builds": [await self.build_json(b) for b in builds], "next": next_page})
 
     @r2d_api
     async def post(self) -> None:

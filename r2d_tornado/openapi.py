@@ -327,12 +327,23 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
             "/api/builds": {
                 "get": {
                     "summary": "Builds in progress and recent builds the caller may read",
+                    "description": "Newest first, in pages of at most `limit` builds. While more "
+                    "remain, `next` holds a cursor: pass it as `before` for the next (older) page; "
+                    "on the last page it is null. Builds submitted meanwhile appear only on the "
+                    "first page, so walking the pages neither repeats nor skips a build.",
                     "parameters": _query("get /api/builds"),
                     "responses": {
                         "200": _json(
                             {
                                 "type": "object",
-                                "properties": {"builds": {"type": "array", "items": _ref("Build")}},
+                                "properties": {
+                                    "builds": {"type": "array", "items": _ref("Build")},
+                                    "next": {
+                                        **nullable_string,
+                                        "description": "the `before` of the next page; null: "
+                                        "this is the last page",
+                                    },
+                                },
                             },
                             "Builds",
                         ),

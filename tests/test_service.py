@@ -284,6 +284,45 @@ async def test_cancel_through_api(callers, git_server):
     assert (await bob.request("GET", "api/builds/ffffffffffff")).status_code == 404
 
 
+async def test_build_list_pages(callers, git_server):
+    """GET api/builds in pages: newest first, at most `limit` each, `next` -> `before` walks the
+    whole list once; bad parameters answer 400 naming them."""
+    admin = await callers.token("admin1")
+    ids = []
+    try:
+        for i in range(4):  # 2 run, 2 wait (max_builds_per_owner = 2 here); all cancelled
+            r = await admin.request(
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("slow"), "name": f"page{i}", "force": True},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+    finally:
+        for build_id in reversed(ids):  # waiting ones first: none starts meanwhile
+            await admin.request("DELETE", f"api/builds/{build_id}")
+    everything = (await admin.request("GET", "api/builds?owner=admin1&limit=500")).json()
+    assert everything["next"] is None
+    walked: list[str] = []
+    before = ""
+    for _ in range(len(everything["builds"])):
+        r = await admin.request("GET", f"api/builds?owner=admin1&limit=3{before}")
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert 1 <= len(page["builds"]) <= 3
+        walked += [b["id"] for b in page["builds"]]
+        if page["next"] is None:
+            break
+        before = f"&before={page['next']}"
+    assert walked == [b["id"] for b in everything["builds"]]
+    assert [i for i in walked if i in ids] == ids[::-1]  # newest first
+    default = (await admin.request("GET", "api/builds")).json()
+    assert len(default["builds"]) <= 100 and "next" in default
+    for query, field in (("limit=0", "limit"), ("limit=501", "limit"), ("before=x", "before")):
+        r = await admin.request("GET", f"api/builds?{query}")
+        assert r.status_code == 400 and r.json()["field"] == field, (query, r.text)
+
+
 async def test_delete_image_through_api(callers, git_server):
     frank = await callers.token("frank")
     r = await frank.request(
@@ -445,6 +484,10 @@ async def test_python_client(hub, git_server, seeded):
             await r2d.build(git_server.url("hello"), owner="bob")
         with pytest.raises(NotFound):
             await r2d.image("bob", "bobimg")
+        # pages: one build per request, walked to the end, is the whole list (newest first)
+        assert [b["id"] for b in await r2d.all_builds(limit=1)] == [
+            b["id"] for b in await r2d.builds(limit=500)
+        ]
 
 
 async def test_group_membership_changes_reach_the_service(hub, callers, seeded, git_server):

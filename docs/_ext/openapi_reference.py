@@ -11,8 +11,12 @@ def _type(schema: dict) -> str:
     if schema.get("type") == "array":
         return f"list of {_type(schema.get('items', {}))}"
     text = schema.get("type", "any")
-    if "minimum" in schema:
+    if "minimum" in schema and "maximum" in schema:
+        text += f" {schema['minimum']} to {schema['maximum']}"
+    elif "minimum" in schema:
         text += f" ≥ {schema['minimum']}"
+    if "default" in schema:
+        text += f", default {schema['default']}"
     return text
 
 

@@ -230,6 +230,7 @@ export const buildsView: View = async (ctx, route, el, scope) => {
       const answer = await ctx.api.get<{ builds: Build[] }>("builds", {
         owner: q.get("owner"),
         state: q.get("state"),
+        limit: 500, // the most a page holds (r2d_core.pages.MAX_LIMIT); history is 200 by default
       });
       if (mine !== seq) return;
       builds = answer.data.builds ?? [];
