@@ -133,6 +133,10 @@ class BuildProcess(ABC):
         """Whether the build is still there to re-attach to (asked after losing contact)."""
         return False
 
+    async def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer ended it (asked once it exited with an error)."""
+        return False
+
 
 @dataclass
 class RecoveredBuild:
@@ -493,6 +497,10 @@ class _ContainerProcess(BuildProcess):
         except NotFound:
             return False
         return True
+
+    async def oom_killed(self) -> bool:
+        info = await self.engine.inspect_container(self.container_id)
+        return bool(info.get("State", {}).get("OOMKilled"))
 
 
 class DockerBuilder(Builder):

@@ -32,6 +32,8 @@ __all__ = ["BuildRunner", "RunnerSettings", "recovered_build"]
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
 #: a log stream that breaks again and again although the engine answers is given up on
 _MAX_FRUITLESS_REATTACHES = 10
+#: a build whose process the kernel killed for memory (live, or found again after a restart)
+OOM_ERROR = "the build ran out of memory (killed by the kernel's OOM killer)"
 _PHASES = {
     "fetching": BuildState.FETCHING,
     "building": BuildState.BUILDING,
@@ -67,7 +69,7 @@ def recovered_build(recovered: RecoveredBuild, log: LogBuffer) -> Build:
         build.exit_code = recovered.exit_code
         build.state = BuildState.BUILT if recovered.exit_code == 0 else BuildState.FAILED
         if recovered.oom_killed:
-            build.error = "the build ran out of memory (killed by the kernel's OOM killer)"
+            build.error = OOM_ERROR
     return build
 
 
@@ -204,6 +206,10 @@ class BuildRunner:
         watchdog = None if ended else asyncio.create_task(self._watch(build))
         try:
             exit_code, error = await self._read(build, process)
+            if exit_code and error is None:
+                with contextlib.suppress(R2DError):  # then the exit status is all we say
+                    if await process.oom_killed():
+                        error = OOM_ERROR
             with contextlib.suppress(Exception):
                 await process.cleanup()
             await self.complete(build, exit_code, error, ended=ended)

@@ -110,6 +110,28 @@ async def test_recovered_running_build_held_to_the_total_limit(
     assert not await container_running(docker_host, build.id)
 
 
+async def test_build_container_killed_for_memory_says_so_live_and_recovered(
+    make_manager, git_server, docker_host
+):
+    """A build container over its memory limit (c.DockerBuilder.extra_host_config) is killed by
+    the kernel: the build says it ran out of memory, not only "exit status 137"; so does the
+    same build found again by the next service process."""
+    first = await make_manager("docker", start=False)
+    limit = 6 * 2**20  # the least Docker accepts: the build container's Python cannot start
+    first.builder.extra_host_config = {"Memory": limit, "MemorySwap": limit}
+    await first.start()
+    build = (await first.submit(repo=git_server.url("hello"), owner="mem", name="oom")).build
+    await wait_done(build, timeout=90)
+    assert build.state == BuildState.FAILED
+    assert build.exit_code == 137, (build.exit_code, build.error)
+    assert build.error == "the build ran out of memory (killed by the kernel's OOM killer)"
+    await first.stop()
+    second = await make_manager("docker")
+    again = second.get_build(build.id)
+    assert again.recovered and again.state == BuildState.FAILED
+    assert again.error == build.error
+
+
 @pytest.mark.parametrize("trait", ["build_timeout", "build_inactivity_timeout"])
 def test_timeouts_validated_and_from_env(trait, monkeypatch):
     with pytest.raises(TraitError, match=f"{trait} must be 0"):
