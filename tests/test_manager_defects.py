@@ -16,6 +16,7 @@ from traitlets.config import Config
 
 from r2d_core.builders import BuildProcess, LocalProcessBuilder, RecoveredBuild
 from r2d_core.engine import DockerEngine
+from r2d_core.errors import Unavailable
 from r2d_core.manager import BuildManager
 from r2d_core.models import Build, BuildState
 from tests.harness import repo2docker_config
@@ -27,7 +28,7 @@ from tests.test_manager import (  # noqa: F401
     wait_done,
     wait_for_line,
 )
-from tests.test_manager_limits import fixture_repo
+from tests.test_manager_limits import SILENT, container_running, fixture_repo
 from tests.test_manager_registry import SlowProxy, registry  # noqa: F401
 
 pytestmark = [pytest.mark.docker]
@@ -240,40 +241,119 @@ class SocketProxy:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def test_engine_hiccup_does_not_fail_a_running_build_container(
-    docker_host, local_images, git_server, tmp_path
-):
+@pytest.fixture
+async def behind_proxy(docker_host, local_images, git_server, tmp_path):
+    """``factory(**traits)`` -> (proxy, started manager): a DockerBuilder manager that reaches the
+    engine through a :class:`SocketProxy`, while its build containers talk to the engine directly
+    (so they go on when the proxy drops or refuses connections)."""
     socket = docker_host[len("unix://") :]
     proxy = SocketProxy(socket, str(tmp_path / "engine.sock"))
     await proxy.start()
-    c = make_config(proxy.host, "docker")
-    c.DockerBuilder.docker_socket = socket  # the build container talks to the engine directly
-    m = BuildManager(config=c)
-    await m.start()
-    try:
-        repo = fixture_repo(
-            git_server, "ticks", "for i in 1 2 3 4 5 6 7 8; do echo r2d-tick $i; sleep 1; done"
-        )
-        build = (await m.submit(repo=repo, owner="hic", name="ticks")).build
-        await wait_for_line(build, "r2d-tick 2")
-        proxy.drop()  # the log stream breaks; the container goes on
-        await asyncio.sleep(0.5)
-        assert not build.done, (build.state, build.error)  # before: failed, "lost contact"
-        joined = await m.submit(repo=repo, owner="hic", name="ticks")
-        assert joined.joined and joined.build is build  # no second build of the same image
-        await wait_done(build)
-        assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
-        ticks = [
-            line for line in messages(build) if line.startswith("r2d-tick") or " r2d-tick " in line
-        ]
-        numbers = [line.rsplit(" ", 1)[-1] for line in ticks if "echo" not in line]
-        assert sorted(set(numbers)) == [str(i) for i in range(1, 9)]
-        assert len(numbers) == len(set(numbers))  # re-read from the start, no line twice
-    finally:
+    managers: list[BuildManager] = []
+
+    async def factory(**manager: object) -> tuple[SocketProxy, BuildManager]:
+        c = make_config(proxy.host, "docker", **manager)
+        c.DockerBuilder.docker_socket = socket  # the build container talks to the engine directly
+        m = BuildManager(config=c)
+        await m.start()
+        managers.append(m)
+        return proxy, m
+
+    yield factory
+    if proxy.server is None or not proxy.server.is_serving():
+        await proxy.start()  # a test left the engine "unreachable": let the clean-up through
+    for m in managers:
+        for build in m.list_builds():
+            if not build.done:
+                with contextlib.suppress(Exception):
+                    await m.cancel(build.id, wait=10)
         await m.stop()
-        await proxy.stop()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(proxy.path)
+    await proxy.stop()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(proxy.path)
+
+
+async def test_engine_hiccup_does_not_fail_a_running_build_container(behind_proxy, git_server):
+    proxy, m = await behind_proxy()
+    repo = fixture_repo(
+        git_server, "ticks", "for i in 1 2 3 4 5 6 7 8; do echo r2d-tick $i; sleep 1; done"
+    )
+    build = (await m.submit(repo=repo, owner="hic", name="ticks")).build
+    await wait_for_line(build, "r2d-tick 2")
+    proxy.drop()  # the log stream breaks; the container goes on
+    await asyncio.sleep(0.5)
+    assert not build.done, (build.state, build.error)  # before: failed, "lost contact"
+    joined = await m.submit(repo=repo, owner="hic", name="ticks")
+    assert joined.joined and joined.build is build  # no second build of the same image
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, (build.error, messages(build)[-5:])
+    ticks = [
+        line for line in messages(build) if line.startswith("r2d-tick") or " r2d-tick " in line
+    ]
+    numbers = [line.rsplit(" ", 1)[-1] for line in ticks if "echo" not in line]
+    assert sorted(set(numbers)) == [str(i) for i in range(1, 9)]
+    assert len(numbers) == len(set(numbers))  # re-read from the start, no line twice
+
+
+# ---- _adopt: a build container that outlived the build's end in the service ---------------------
+async def test_build_given_up_for_lost_is_followed_again_when_the_engine_answers(
+    behind_proxy, git_server, docker_host
+):
+    """The log stream keeps breaking with nothing new to read: the service gives the build up
+    ("lost contact") while its container builds on. Once the engine answers again (the
+    reconnect's _sync), the container is adopted: the build is followed again, from its log's
+    start, and an identical request joins it instead of starting a second build."""
+    proxy, m = await behind_proxy(build_timeout=0, build_inactivity_timeout=0)
+    repo = fixture_repo(git_server, "silent", SILENT)
+    build = (await m.submit(repo=repo, owner="lost", name="silent")).build
+    await wait_for_line(build, "r2d-silent")
+
+    async def flap() -> None:
+        while True:
+            proxy.drop()
+            await asyncio.sleep(0.05)
+
+    flapping = asyncio.create_task(flap())
+    try:
+        await asyncio.wait_for(wait_done(build), 60)
+    finally:
+        flapping.cancel()
+    assert build.state == BuildState.FAILED and "lost contact" in build.error, build.error
+    assert await container_running(docker_host, build.id)
+    await m._sync()  # what the manager runs once the engine is reachable again
+    again = m.get_build(build.id)
+    assert again is not build and again.recovered and not again.done, (again.state, again.error)
+    await wait_for_line(again, "r2d-silent")  # its log, read again from the start
+    joined = await m.submit(repo=repo, owner="lost", name="silent")
+    assert joined.joined and joined.build is again  # not a second build of the same image
+    await m.cancel(again.id)
+    assert again.state == BuildState.CANCELLED
+    assert not await container_running(docker_host, build.id)
+
+
+async def test_cancelled_build_whose_kill_was_lost_is_killed_when_the_engine_answers(
+    behind_proxy, git_server, docker_host
+):
+    """A cancel while the engine is unreachable: the build ends cancelled in the service, but the
+    kill never reached its container. Once the engine answers again, the container found
+    running is killed (not adopted as a build in progress)."""
+    proxy, m = await behind_proxy(build_timeout=0, build_inactivity_timeout=0)
+    repo = fixture_repo(git_server, "silent", SILENT)
+    build = (await m.submit(repo=repo, owner="kill", name="silent")).build
+    await wait_for_line(build, "r2d-silent")
+    await proxy.stop()  # no new connection to the engine, the open ones dropped
+    with pytest.raises(Unavailable):
+        await m.cancel(build.id, wait=1)
+    await asyncio.wait_for(wait_done(build), 30)
+    assert build.state == BuildState.CANCELLED
+    assert await container_running(docker_host, build.id)  # the kill was lost
+    await proxy.start()
+    await m._sync()  # what the manager runs once the engine is reachable again
+    deadline = time.monotonic() + 30
+    while await container_running(docker_host, build.id):
+        assert time.monotonic() < deadline, "the container of the cancelled build still runs"
+        await asyncio.sleep(0.2)
+    assert m.get_build(build.id) is build and build.state == BuildState.CANCELLED
 
 
 # ---- builds found again after a restart ---------------------------------------------------------
