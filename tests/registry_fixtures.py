@@ -13,14 +13,17 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from traitlets.config import Config
 
 from tests.harness.registry import REGISTRY_BINARY, RegistryServer
 
 __all__ = [
     "registry_anonymous",
+    "registry_config",
     "registry_htpasswd",
     "registry_token",
     "require_registry_binary",
+    "serve_registry",
     "unique",
 ]
 
@@ -40,7 +43,36 @@ def unique(owner: str = "alice") -> str:
     return f"r2d-{owner}-t{secrets.token_hex(4)}"
 
 
-def _server(mode: str, **kwargs: object) -> Iterator[RegistryServer]:
+def registry_config(
+    docker_host: str,
+    registry: RegistryServer,
+    *,
+    via: int | None = None,
+    builder: str = "local",
+    **manager: object,
+) -> Config:
+    """:func:`tests.test_manager.make_config` for a manager whose images go to ``registry``
+    (``via``: the port of a proxy in front of it), with the service's account for the registry's
+    auth mode and the registry listing's cache off; ``manager``: BuildManager traits."""
+    from tests.test_manager import make_config
+
+    c = make_config(docker_host, builder, **manager)
+    host = f"127.0.0.1:{via}" if via else registry.host
+    c.BuildManager.image_prefix = f"{host}/r2d-"
+    c.Registry.url = f"http://{host}" if via else registry.url
+    c.Registry.listing_ttl = 0
+    if registry.mode == "htpasswd":
+        c.Registry.username = "alice"
+        c.Registry.password = registry.users["alice"]
+    elif registry.mode == "token":
+        # the service's registry account: push/pull/delete everywhere, and the catalog
+        c.Registry.username = "admin"
+        c.Registry.password = registry.users["admin"]
+    return c
+
+
+def serve_registry(mode: str, **kwargs: object) -> Iterator[RegistryServer]:
+    """A started registry in ``mode`` for a fixture to yield from (skips without the binary)."""
     require_registry_binary()
     server = RegistryServer(mode, **kwargs)  # type: ignore[arg-type]
     server.start()
@@ -52,14 +84,14 @@ def _server(mode: str, **kwargs: object) -> Iterator[RegistryServer]:
 
 @pytest.fixture(scope="module")
 def registry_anonymous() -> Iterator[RegistryServer]:
-    yield from _server("anonymous")
+    yield from serve_registry("anonymous")
 
 
 @pytest.fixture(scope="module")
 def registry_htpasswd() -> Iterator[RegistryServer]:
-    yield from _server("htpasswd")
+    yield from serve_registry("htpasswd")
 
 
 @pytest.fixture(scope="module")
 def registry_token() -> Iterator[RegistryServer]:
-    yield from _server("token")
+    yield from serve_registry("token")

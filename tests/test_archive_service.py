@@ -14,22 +14,17 @@ from traitlets.config import Config
 from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState
 from r2d_core.registry.artifacts_tags import record_tag, referrers_tag
-from tests.harness import repo2docker_config
 from tests.harness.dockerd import Dockerd
 from tests.harness.registry import RegistryServer
-from tests.registry_fixtures import require_registry_binary
-from tests.test_manager import LOOPBACK_GIT, wait_done
+from tests.registry_fixtures import registry_config, serve_registry
+from tests.test_manager import wait_done
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 
 @pytest.fixture(params=["anonymous", "htpasswd", "token"])
 def registry(request):
-    require_registry_binary()
-    server = RegistryServer(request.param)
-    server.start()
-    yield server
-    server.close()
+    yield from serve_registry(request.param)
 
 
 @pytest.fixture
@@ -42,22 +37,7 @@ def fresh_engine():
 
 
 def config_for(registry: RegistryServer, docker_host: str) -> Config:
-    c = Config()
-    c.DockerEngine.host = docker_host
-    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
-    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
-    c.BuildManager.image_prefix = f"{registry.host}/r2d-"
-    c.Builder.repo2docker_config = repo2docker_config(network="none")
-    c.Registry.url = registry.url
-    c.Registry.listing_ttl = 0
-    c.BuildManager.image_cache_ttl = 0
-    if registry.mode == "htpasswd":
-        c.Registry.username = "alice"
-        c.Registry.password = registry.users["alice"]
-    elif registry.mode == "token":
-        c.Registry.username = "admin"
-        c.Registry.password = registry.users["admin"]
-    return c
+    return registry_config(docker_host, registry, image_cache_ttl=0)
 
 
 def raw(build) -> str:

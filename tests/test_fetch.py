@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,8 @@ from r2d_core.fetch import (
 )
 from r2d_core.netpolicy import NetPolicy
 from r2d_core.urls import parse_repo_url
-from tests.test_refs import PASSWORD, USER, _GitHTTP
+from tests.harness.githttp import PASSWORD, USER, GitHTTPServer
+from tests.harness.hostile import HostileHTTPServer
 
 LOOPBACK = ["127.0.0.0/8"]
 ANY_LOOPBACK_GIT = [r"^git://127\.0\.0\.1:\d+/"]
@@ -91,52 +90,11 @@ def fetcher(tmp_path: Path, patterns=ANY_LOOPBACK_GIT, networks=LOOPBACK, **kw) 
     )
 
 
-class _Recorder(_GitHTTP):
-    """Smart HTTP behind basic auth that records every request path it is sent."""
-
-    seen: list[str]
-
-    def _backend(self, body_in: bytes) -> None:
-        self.seen.append(self.path)
-        super()._backend(body_in)
-
-
-class _Redirect(BaseHTTPRequestHandler):
-    """Answers every request with 301 to the same path on ``target``."""
-
-    target = ""
-
-    def do_GET(self) -> None:
-        self.send_response(301)
-        self.send_header("Location", self.target + self.path)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_POST = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(handler: type) -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture
 def private_http(git_server) -> Iterator[tuple[str, list[str]]]:
     """git http-backend behind basic auth over the git server's repositories: (base URL, seen)."""
-    seen: list[str] = []
-    handler = type(
-        "H", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen}
-    )
-    server, base = _serve(handler)
-    try:
-        yield base, seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with GitHTTPServer(git_server.repos["hello"].path.parent) as host:
+        yield host.base, host.seen
 
 
 # -- how git runs ---------------------------------------------------------------------------------
@@ -269,17 +227,14 @@ def test_redirect_to_another_port_is_not_followed(private_http, git_server, tmp_
     """Defect 2 (build side): a 301 to another loopback server fails the fetch; the other
     server sees no request."""
     target, seen = private_http
-    handler = type("R", (_Redirect,), {"target": target})
-    server, base = _serve(handler)
-    try:
+    with HostileHTTPServer("redirect", target=target) as redirect:
+        base = redirect.base
         f = fetcher(tmp_path, patterns=[rf"^{base}/"], credentials=Credentials(USER, PASSWORD))
         url = f.check(f"{base}/hello", "repository")
         f.credentials_origin = url.origin
         with pytest.raises(FetchError, match="git clone"):
             f.fetch(url, str(tmp_path / "o"), git_server.repos["hello"].head)
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert redirect.requests  # it was asked, and answered 301
     assert seen == []
 
 
@@ -455,16 +410,6 @@ def test_repository_over_the_byte_budget_fails(git_server, tmp_path):
 def test_ipv6_literal_and_ipv6_pin(git_server, tmp_path, host):
     """IPv6: a literal host is fetched as it is (the checked address is the literal); a name
     pinned to an IPv6 address reaches it through ``http.curloptResolve`` with brackets."""
-    import socket
-
-    seen: list[str] = []
-    handler = type(
-        "H6", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen}
-    )
-    server_class = type("V6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
-    server = server_class(("::1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
 
     class Pinned6(NetPolicy):
         def resolve_checked_sync(self, name, port):
@@ -472,41 +417,25 @@ def test_ipv6_literal_and_ipv6_pin(git_server, tmp_path, host):
                 return ["::1"]
             return super().resolve_checked_sync(name, port)
 
-    try:
-        url = f"http://{host}:{port}/hello"
+    with GitHTTPServer(git_server.repos["hello"].path.parent, host="::1") as server:
+        url = f"http://{host}:{server.port}/hello"
         f = Fetcher(
             allowed_patterns=[r"^http://(\[::1\]|pinned6\.invalid):\d+/"],
             policy=Pinned6(["::1/128"]),
             home=str(tmp_path / "home"),
             credentials=Credentials(USER, PASSWORD),
-            credentials_origin=f"http://{host}:{port}",
+            credentials_origin=f"http://{host}:{server.port}",
         )
         f.fetch(f.check(url, "repository"), str(tmp_path / "o"), git_server.repos["hello"].head)
-        assert (tmp_path / "o" / "VERSION").read_text() == "3\n" and seen
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _AuthRecorder(_GitHTTP):
-    """Smart HTTP behind basic auth that records the Authorization header of every request."""
-
-    auths: list[str | None]
-
-    def _backend(self, body_in: bytes) -> None:
-        self.auths.append(self.headers.get("Authorization"))
-        super()._backend(body_in)
+        assert (tmp_path / "o" / "VERSION").read_text() == "3\n" and server.seen
 
 
 def test_credentials_go_to_the_repository_origin_only(git_server, served, tmp_path):
     """A submodule on the repository's own origin gets the credentials (a private org's
     submodules); one on another origin never sees them, even though the allow-list admits it."""
-    root = str(git_server.repos["hello"].path.parent)
-    own: list[str | None] = []
-    other: list[str | None] = []
-    s1, base1 = _serve(type("A1", (_AuthRecorder,), {"root": root, "auths": own}))
-    s2, base2 = _serve(type("A2", (_AuthRecorder,), {"root": root, "auths": other}))
-    try:
+    root = git_server.repos["hello"].path.parent
+    with GitHTTPServer(root) as s1, GitHTTPServer(root) as s2:
+        own, other, base1, base2 = s1.auths, s2.auths, s1.base, s2.base
         hello = git_server.repos["hello"]
         name, path = served()
         head = add_submodule(path, "../hello", "lib", hello.tags["v2"])
@@ -526,10 +455,6 @@ def test_credentials_go_to_the_repository_origin_only(git_server, served, tmp_pa
         with pytest.raises(FetchError, match="submodule 'lib'"):
             f.fetch(url, str(tmp_path / "other"), head2)
         assert other and not any(other)  # asked, but never with the credentials
-    finally:
-        for s in (s1, s2):
-            s.shutdown()
-            s.server_close()
 
 
 _FAKE_SSH = """#!/bin/sh

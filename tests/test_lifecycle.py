@@ -22,7 +22,7 @@ from r2d_core.models import LABEL_PREFIX, BuildState, ImageVersion
 from r2d_core.registry.artifacts_tags import is_artifact_tag, record_tag, referrers_tag
 from r2d_core.sizes import format_bytes, parse_bytes
 from tests.harness.registry import RegistryServer
-from tests.registry_fixtures import require_registry_binary
+from tests.registry_fixtures import registry_config, require_registry_binary
 from tests.test_manager import make_config, messages, wait_done
 
 
@@ -117,14 +117,13 @@ async def lifecycle_manager(docker_host, local_images, git_server):
     async def factory(
         builder: str = "local", registry: RegistryServer | None = None, **policy: object
     ) -> BuildManager:
-        c = make_config(docker_host, builder, image_cache_ttl=0)
+        if registry is not None:
+            c = registry_config(docker_host, registry, builder=builder, image_cache_ttl=0)
+        else:
+            c = make_config(docker_host, builder, image_cache_ttl=0)
         c.LifecyclePolicy.prune_interval = 0  # the tests run the periodic task's body themselves
         for key, value in policy.items():
             setattr(c.LifecyclePolicy, key, value)
-        if registry is not None:
-            c.BuildManager.image_prefix = f"{registry.host}/r2d-"
-            c.Registry.url = registry.url
-            c.Registry.listing_ttl = 0
         m = BuildManager(config=c)
         await m.start()
         managers.append(m)

@@ -14,6 +14,8 @@ from r2d_core.errors import Conflict, InvalidRequest, NotFound, Unavailable, Unk
 from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState, parse_labels
 from tests.harness import FAIL_LINES, HELLO_LINES, REPO2DOCKER_IMAGE, repo2docker_config
+from tests.harness.githttp import PASSWORD, USER, GitHTTPServer
+from tests.harness.hostile import HostileHTTPServer
 
 pytestmark = [pytest.mark.docker]
 
@@ -433,18 +435,6 @@ def _assert_no_secret_in_build_container(docker_host: str, build, secrets: list[
             assert secret not in data, f"{secret!r} found in {path} of the build container"
 
 
-def _private_server(root: str):
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from tests.test_refs import _GitHTTP
-
-    handler = type("Handler", (_GitHTTP,), {"root": root})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.mark.parametrize("builder", ["local", "docker"])
 async def test_private_repository_with_credentials(
     make_manager, git_server, docker_host, builder, tmp_path
@@ -458,19 +448,18 @@ async def test_private_repository_with_credentials(
     import os
 
     from r2d_core.models import Credentials
-    from tests.test_refs import PASSWORD, USER
 
     # http-backend gets the raw request path: serve hello under a name with %22, %5D and %5B
     root = tmp_path / "git-root"
     root.mkdir()
     odd = "we%22ird%5D%5Bcore%5Dfsmonitor=x.git"
     (root / odd).symlink_to(git_server.repos["hello"].path)
-    server = _private_server(str(root))
+    server = GitHTTPServer(root).start()
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
     secrets = [PASSWORD.encode(), token]
     started = time.time()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{odd}"
+        url = server.url(odd)
         m = await make_manager(builder, allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
         with pytest.raises(InvalidRequest, match="credentials"):
             await m.submit(repo=url, ref="v1", owner=f"pat-{builder}", name="private")
@@ -534,8 +523,7 @@ async def test_private_repository_with_credentials(
                     for secret in secrets:
                         assert secret not in data, f"{secret!r} in {path}"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 @pytest.mark.parametrize("builder", ["local", "docker"])
@@ -545,33 +533,27 @@ async def test_redirect_is_not_followed_by_git_in_the_build(
     """An allowed smart-HTTP URL answering 301 to another loopback port: git in the build does
     not follow it, and the other server sees no request (issue 9, defect 2, build side). A full
     sha skips the service's own ref lookup, so only the build fetches."""
-    from tests.test_fetch import _Recorder, _Redirect, _serve
-
-    seen: list[str] = []
-    target, target_url = _serve(
-        type("T", (_Recorder,), {"root": str(git_server.repos["hello"].path.parent), "seen": seen})
-    )
-    redirect, redirect_url = _serve(type("R", (_Redirect,), {"target": target_url}))
+    target = GitHTTPServer(git_server.repos["hello"].path.parent).start()
+    redirect = HostileHTTPServer("redirect", target=target.base).start()
     try:
-        port = redirect.server_address[1]
+        port = redirect.port
         m = await make_manager(builder, allowed_repo_patterns=[rf"^http://127\.0\.0\.1:{port}/"])
         build = (
             await m.submit(
-                repo=f"{redirect_url}/hello",
+                repo=redirect.url("hello"),
                 ref=git_server.repos["hello"].head,
                 owner=f"red-{builder}",
                 name="hello",
             )
         ).build
         await wait_done(build)
-        assert seen == []  # the redirect target was never asked
+        assert redirect.requests and target.seen == []  # the redirect target was never asked
         assert build.state == BuildState.FAILED
         assert "git clone" in (build.error or ""), build.error
         assert await m.list_images([f"red-{builder}"]) == []
     finally:
-        for server in (redirect, target):
-            server.shutdown()
-            server.server_close()
+        redirect.stop()
+        target.stop()
 
 
 def _repo_with_submodule(git_server, name: str, sub_url: str, sha: str) -> str:
@@ -621,32 +603,13 @@ async def test_submodules_allowed_are_built_refused_fail_naming_them(
 ISSUE_9_INJECTION = 'https://[v1.a"][core]fsmonitor=touch${IFS}PWNED;@github.com/attacker/repo.git'
 
 
-class _AnonymousHTTP:
-    """Mixin for tests.test_refs._GitHTTP: serve everybody (the auth check always passes)."""
-
-    def _backend(self, body_in: bytes) -> None:
-        import base64
-
-        from tests.test_refs import PASSWORD, USER
-
-        del self.headers["Authorization"]
-        self.headers["Authorization"] = (
-            "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        )
-        super()._backend(body_in)
-
-
 @pytest.mark.parametrize("builder", ["local", "docker"])
 async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker_host, builder):
     """Issue 9, defect 1. The issue's URL with credentials and a full sha is refused at
     validation. Below validation, the mechanism: a builder handed that kind of URL directly
     (pointed at a reachable anonymous server, as today's main would clone it) refuses it in the
     fetch stage, and the fsmonitor command never runs (no PWNED file anywhere)."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
     from r2d_core.models import Build, Credentials
-    from tests.test_refs import PASSWORD, USER, _GitHTTP
 
     m = await make_manager(builder)
     sha = git_server.repos["hello"].head
@@ -660,12 +623,8 @@ async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker
         )
     assert m.list_builds(["mallory"]) == []  # (a docker manager also recovers older builds)
 
-    handler = type(
-        "Anon", (_AnonymousHTTP, _GitHTTP), {"root": str(git_server.repos["hello"].path.parent)}
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
+    server = GitHTTPServer(git_server.repos["hello"].path.parent, anonymous=True).start()
+    port = server.port
     try:
         # as the issue's, but the command leaves the checkout (repo2docker removes that) first
         raw = f'http://[v1.a"][core]fsmonitor=cd${{IFS}}..&&touch${{IFS}}PWNED;@127.0.0.1:{port}/hello'
@@ -696,8 +655,7 @@ async def test_gitconfig_injection_runs_nothing(make_manager, git_server, docker
         text = "\n".join(lines)
         assert status != 0 and "Fetching the repository failed" in text, lines[-5:]
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 async def test_tenancy_one_engine_shares_local_images_and_cache_mounts(make_manager, git_server):

@@ -19,7 +19,7 @@ from r2d_core.engine import DockerEngine
 from r2d_core.errors import Unavailable
 from r2d_core.manager import BuildManager
 from r2d_core.models import Build, BuildState
-from tests.harness import repo2docker_config
+from tests.registry_fixtures import registry_config
 from tests.test_manager import (  # noqa: F401
     LOOPBACK_GIT,
     make_config,
@@ -130,15 +130,7 @@ async def test_cancel_stops_a_push_and_a_push_only_build(
 ):
     proxy = SlowProxy(registry.port, rate=60_000)
     await proxy.start()
-    c = Config()
-    c.DockerEngine.host = docker_host
-    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
-    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
-    c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
-    c.Builder.repo2docker_config = repo2docker_config(network="none")
-    c.Registry.url = f"http://127.0.0.1:{proxy.port}"
-    c.Registry.listing_ttl = 0
-    m = BuildManager(config=c)
+    m = BuildManager(config=registry_config(docker_host, registry, via=proxy.port))
     await m.start()
     try:
         args = {"repo": git_server.url("hello"), "ref": "v1", "owner": "cpu", "name": "cpush"}

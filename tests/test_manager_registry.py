@@ -13,9 +13,7 @@ from r2d_core.engine import DockerEngine
 from r2d_core.errors import InvalidRequest
 from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState
-from tests.harness import repo2docker_config
-from tests.harness.registry import RegistryServer
-from tests.registry_fixtures import require_registry_binary
+from tests.registry_fixtures import registry_config, serve_registry
 from tests.test_manager import LOOPBACK_GIT, wait_done
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -23,35 +21,16 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 @pytest.fixture(params=["anonymous", "htpasswd"])
 def registry(request):
-    require_registry_binary()
-    server = RegistryServer(request.param)
-    server.start()
-    yield server
-    server.close()
+    yield from serve_registry(request.param)
 
 
 @pytest.fixture
 async def registry_manager(registry, docker_host, local_images, git_server):
     managers = []
 
-    async def factory(**registry_config) -> BuildManager:
-        c = Config()
-        c.DockerEngine.host = docker_host
-        c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
-        c.BuildManager.allowed_networks = ["127.0.0.0/8"]
-        c.BuildManager.image_prefix = f"{registry.host}/r2d-"
-        c.Builder.repo2docker_config = repo2docker_config(network="none")
-        c.Registry.url = registry.url
-        c.Registry.listing_ttl = 0
-        c.BuildManager.image_cache_ttl = 0
-        if registry.mode == "htpasswd":
-            c.Registry.username = "alice"
-            c.Registry.password = registry.users["alice"]
-        elif registry.mode == "token":
-            # the service's registry account: push/pull/delete everywhere, and the catalog
-            c.Registry.username = "admin"
-            c.Registry.password = registry.users["admin"]
-        for key, value in registry_config.items():
+    async def factory(**registry_traits) -> BuildManager:
+        c = registry_config(docker_host, registry, image_cache_ttl=0)
+        for key, value in registry_traits.items():
             setattr(c.Registry, key, value)
         m = BuildManager(config=c)
         await m.start()
@@ -221,14 +200,7 @@ class SlowProxy:
 async def test_registry_stopped_mid_push(registry, docker_host, local_images, git_server):
     proxy = SlowProxy(registry.port)
     await proxy.start()
-    c = Config()
-    c.DockerEngine.host = docker_host
-    c.BuildManager.allowed_repo_patterns = LOOPBACK_GIT
-    c.BuildManager.allowed_networks = ["127.0.0.0/8"]
-    c.BuildManager.image_prefix = f"127.0.0.1:{proxy.port}/r2d-"
-    c.Builder.repo2docker_config = repo2docker_config(network="none")
-    c.Registry.url = f"http://127.0.0.1:{proxy.port}"
-    c.Registry.listing_ttl = 0
+    c = registry_config(docker_host, registry, via=proxy.port)
     c.Registry.timeout = 5
     m = BuildManager(config=c)
     await m.start()

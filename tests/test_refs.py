@@ -3,11 +3,7 @@ an HTTP server with basic auth (smart HTTP), plus the git CLI fallbacks."""
 
 from __future__ import annotations
 
-import base64
 import os
-import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,75 +11,16 @@ from r2d_core.errors import InvalidRequest, Unavailable, UnknownRef
 from r2d_core.models import Credentials
 from r2d_core.netpolicy import NetPolicy
 from r2d_core.refs import ls_remote, parse_pkt_lines, pick_sha, resolve_ref
+from tests.harness.githttp import PASSWORD, USER, GitHTTPServer
 
-USER, PASSWORD = "reader", "s3cret-token"
 #: the test servers listen on loopback, which the default policy refuses
 LOOPBACK = NetPolicy(["127.0.0.0/8"])
 
 
-class _GitHTTP(BaseHTTPRequestHandler):
-    """git http-backend as CGI, behind basic auth: what a private smart-HTTP host looks like."""
-
-    root = ""
-
-    def do_GET(self) -> None:
-        self._backend(b"")
-
-    def do_POST(self) -> None:  # the fetch itself (git-upload-pack)
-        self._backend(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-
-    def _backend(self, body_in: bytes) -> None:
-        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.end_headers()
-            return
-        path, _, query = self.path.partition("?")
-        env = {
-            "GIT_PROJECT_ROOT": self.root,
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "REQUEST_METHOD": self.command,
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": str(len(body_in)),
-            "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            "REMOTE_USER": USER,
-            "PATH": os.environ["PATH"],
-        }
-        out = subprocess.run(
-            ["git", "http-backend"], env=env, input=body_in, capture_output=True, timeout=60
-        ).stdout
-        head, _, body = out.partition(b"\r\n\r\n")
-        status = 200
-        headers = []
-        for line in head.decode().split("\r\n"):
-            key, _, value = line.partition(": ")
-            if key.lower() == "status":
-                status = int(value.split()[0])
-            elif key:
-                headers.append((key, value))
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def http_git(git_server):
-    handler = type("Handler", (_GitHTTP,), {"root": str(git_server.repos["hello"].path.parent)})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with GitHTTPServer(git_server.repos["hello"].path.parent) as host:
+        yield host.base
 
 
 async def test_git_protocol_matches_git_ls_remote(git_server):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -65,6 +66,27 @@ async def seeded(hub, callers, git_server):
             assert done["state"] == "built", done
             builds[caller.name] = done
     return {"bob_build": builds.get("bob"), "repo": git_server.url("hello")}
+
+
+@contextlib.asynccontextmanager
+async def slow_builds(caller, git_server, prefix: str, count: int) -> AsyncIterator[list[str]]:
+    """``count`` forced builds of the slow repository by ``caller`` (``<prefix>0``, ...; each
+    accepted with 202); yields their ids and cancels them on the way out, newest first (the
+    waiting ones, so that none starts meanwhile). max_builds_per_owner is 2 in these Hubs."""
+    ids: list[str] = []
+    try:
+        for i in range(count):
+            r = await caller.request(
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("slow"), "name": f"{prefix}{i}", "force": True},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        yield ids
+    finally:
+        for build_id in reversed(ids):
+            await caller.request("DELETE", f"api/builds/{build_id}")
 
 
 # --- the authorization matrix ---------------------------------------------------------------------
@@ -288,19 +310,8 @@ async def test_build_list_pages(callers, git_server):
     """GET api/builds in pages: newest first, at most `limit` each, `next` -> `before` walks the
     whole list once; bad parameters answer 400 naming them."""
     admin = await callers.token("admin1")
-    ids = []
-    try:
-        for i in range(4):  # 2 run, 2 wait (max_builds_per_owner = 2 here); all cancelled
-            r = await admin.request(
-                "POST",
-                "api/builds",
-                json={"repo": git_server.url("slow"), "name": f"page{i}", "force": True},
-            )
-            assert r.status_code == 202, r.text
-            ids.append(r.json()["id"])
-    finally:
-        for build_id in reversed(ids):  # waiting ones first: none starts meanwhile
-            await admin.request("DELETE", f"api/builds/{build_id}")
+    async with slow_builds(admin, git_server, "page", 4) as ids:  # 2 run, 2 wait; all cancelled
+        pass
     everything = (await admin.request("GET", "api/builds?owner=admin1&limit=500")).json()
     assert everything["next"] is None
     walked: list[str] = []
@@ -517,16 +528,7 @@ async def test_queued_build_stream_sends_state_and_keepalives(callers, git_serve
     """A build waiting for a slot: the stream says so (state event) and keeps the connection
     alive with comments (every second in this configuration) until it starts."""
     admin = await callers.token("admin1")
-    ids = []
-    try:
-        for i in range(3):  # max_builds_per_owner = 2 here: the third waits
-            r = await admin.request(
-                "POST",
-                "api/builds",
-                json={"repo": git_server.url("slow"), "name": f"queue{i}", "force": True},
-            )
-            assert r.status_code == 202, r.text
-            ids.append(r.json()["id"])
+    async with slow_builds(admin, git_server, "queue", 3) as ids:  # the third waits
         queued = (await admin.request("GET", f"api/builds/{ids[2]}")).json()
         assert queued["state"] == "queued" and queued["queue_position"] == 0
         lines: list[str] = []
@@ -542,9 +544,6 @@ async def test_queued_build_stream_sends_state_and_keepalives(callers, git_serve
             await asyncio.wait_for(read(), 2.8)
         assert "event: state" in lines and '"state": "queued"' in "".join(lines)
         assert lines.count(": keepalive") >= 2
-    finally:
-        for build_id in ids:
-            await admin.request("DELETE", f"api/builds/{build_id}")
 
 
 async def test_delete_one_version(callers, git_server):
@@ -573,16 +572,7 @@ async def test_per_owner_queue_cap_answers_429_and_spares_others(callers, git_se
     Retry-After naming the limit; another owner's build is still accepted."""
     admin = await callers.token("admin1")
     bob = await callers.token("bob")
-    ids = []
-    try:
-        for i in range(12):  # 2 running + 10 waiting
-            r = await admin.request(
-                "POST",
-                "api/builds",
-                json={"repo": git_server.url("slow"), "name": f"cap{i}", "force": True},
-            )
-            assert r.status_code == 202, r.text
-            ids.append((admin, r.json()["id"]))
+    async with slow_builds(admin, git_server, "cap", 12):  # 2 running + 10 waiting
         r = await admin.request(
             "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "cap12"}
         )
@@ -591,14 +581,8 @@ async def test_per_owner_queue_cap_answers_429_and_spares_others(callers, git_se
         body = r.json()
         assert body["limit"] == "max_queued_builds_per_owner"
         assert "max_queued_builds_per_owner = 10" in body["message"]
-        r = await bob.request(
-            "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "notcapped"}
-        )
-        assert r.status_code == 202, r.text
-        ids.append((bob, r.json()["id"]))
-    finally:
-        for caller, build_id in reversed(ids):  # waiting ones first: none starts meanwhile
-            await caller.request("DELETE", f"api/builds/{build_id}")
+        async with slow_builds(bob, git_server, "notcapped", 1):
+            pass
 
 
 async def test_build_options_and_annotations_through_the_api(hub, callers, git_server):

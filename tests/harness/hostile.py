@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import socket
 import socketserver
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .procs import InThread
 
 __all__ = [
     "FLOOD_BYTES",
@@ -40,6 +41,19 @@ def _send_flood(write: Any) -> int:
     tail = b"0004" * ((FLOOD_BYTES - sent - 4) // 4) + b"0000"
     write(tail)
     return sent + len(tail)
+
+
+def _send_drip(server: HostileHTTPServer | HostileGitServer, send: Any, head: bytes = b"") -> None:
+    """Start a long pkt-line, then send it a byte every ``server.interval``, until the server stops
+    or the client hangs up."""
+    try:
+        send(head + b"fff0")
+        while not server.stopping.is_set():
+            send(b"a")
+            server.sent += 1
+            time.sleep(server.interval)
+    except OSError:
+        pass  # the client hung up: what it should do
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -78,26 +92,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", _AD_TYPE)
         self.end_headers()
-        try:
-            self.wfile.write(_SERVICE_HEAD + b"fff0")
+
+        def send(data: bytes) -> None:
+            self.wfile.write(data)
             self.wfile.flush()
-            while not self.server.stopping.is_set():
-                self.wfile.write(b"a")  # a long pkt-line, one byte at a time, forever
-                self.wfile.flush()
-                self.server.sent += 1
-                time.sleep(self.server.interval)
-        except OSError:
-            pass
+
+        _send_drip(self.server, send, _SERVICE_HEAD)
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
-class HostileHTTPServer(ThreadingHTTPServer):
+class HostileHTTPServer(InThread, ThreadingHTTPServer):
     """A smart-HTTP "git host" in one of the modes ``redirect`` (301 to ``target`` + the same path),
     ``flood`` (a 32 MiB advertisement of ``0004`` packets) or ``drip`` (a byte every ``interval``)."""
-
-    daemon_threads = True
 
     def __init__(
         self, mode: str, target: str = "", interval: float = 0.2, host: str = "127.0.0.1"
@@ -106,25 +114,13 @@ class HostileHTTPServer(ThreadingHTTPServer):
         self.mode, self.target, self.interval = mode, target, interval
         self.requests: list[str] = []
         self.sent = 0
-        self.stopping = threading.Event()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
-    def port(self) -> int:
-        return self.server_address[1]
+    def base(self) -> str:
+        return f"http://{self.server_address[0]}:{self.port}"
 
     def url(self, path: str = "repo") -> str:
-        return f"http://{self.server_address[0]}:{self.port}/{path}"
-
-    def __enter__(self) -> HostileHTTPServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.shutdown()
-        self.server_close()
-        self._thread.join(10)
+        return f"{self.base}/{path}"
 
 
 class CountingHTTPServer(HostileHTTPServer):
@@ -146,19 +142,14 @@ class _GitHandler(socketserver.BaseRequestHandler):
             if self.server.mode == "flood":
                 self.server.sent += _send_flood(sock.sendall)
             else:
-                sock.sendall(b"fff0")
-                while not self.server.stopping.is_set():
-                    sock.sendall(b"a")
-                    self.server.sent += 1
-                    time.sleep(self.server.interval)
+                _send_drip(self.server, sock.sendall)
         except OSError:
             pass
 
 
-class HostileGitServer(socketserver.ThreadingTCPServer):
+class HostileGitServer(InThread, socketserver.ThreadingTCPServer):
     """A ``git://`` server that floods (``flood``) or drips (``drip``) its advertisement."""
 
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, mode: str, interval: float = 0.2) -> None:
@@ -166,22 +157,6 @@ class HostileGitServer(socketserver.ThreadingTCPServer):
         self.mode, self.interval = mode, interval
         self.requests = 0
         self.sent = 0
-        self.stopping = threading.Event()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
     def url(self, path: str = "repo") -> str:
         return f"git://127.0.0.1:{self.port}/{path}"
-
-    def __enter__(self) -> HostileGitServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.shutdown()
-        self.server_close()
-        self._thread.join(10)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import IO, Any
 
 __all__ = [
     "HarnessError",
+    "InThread",
     "ManagedProcess",
     "async_wait_for",
     "cleanup_stale_runs",
@@ -366,3 +368,37 @@ def cleanup_stale_runs(max_remove: int = 50) -> list[Path]:
         if len(removed) >= max_remove:
             break
     return removed
+
+
+class InThread:
+    """Mixin for a ``socketserver`` server on a free port that serves from a daemon thread while
+    used as a context manager (``with Server(...) as server: server.port``), or between
+    ``start()`` and ``stop()``; ``stopping`` is set before the shutdown, so handlers in endless
+    loops can end."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)  # type: ignore[attr-defined]
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]  # type: ignore[attr-defined]
+
+    def start(self) -> Any:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.shutdown()  # type: ignore[attr-defined]
+        self.server_close()  # type: ignore[attr-defined]
+        self._thread.join(10)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
