@@ -8,13 +8,21 @@ manager's traits (:class:`SchedulerLimits`), so a changed setting applies at the
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
 from typing import Protocol
 
 from .errors import RateLimited
-from .models import Build
+from .models import Build, BuildState
 
 __all__ = ["Scheduler", "SchedulerLimits"]
+
+#: Retry-After of a 429, in seconds: without finished builds to go by, and the bounds (not sooner
+#: than a slot can plausibly free up; never so late that a client gives up on a queue that moves)
+RETRY_AFTER_DEFAULT, RETRY_AFTER_MIN, RETRY_AFTER_MAX = 30, 5, 300
+#: finished builds whose durations the Retry-After estimate goes by (the most recent ones)
+_DURATIONS_KEPT = 50
 
 
 class SchedulerLimits(Protocol):
@@ -47,6 +55,8 @@ class Scheduler:
         #: owner -> when they last got a slot (a counter), for owners with builds waiting or running
         self._served: dict[str, int] = {}
         self._tick = 0
+        #: how long recent builds held their slot (built or failed), newest last
+        self._durations: deque[float] = deque(maxlen=_DURATIONS_KEPT)
 
     # ---- queries ----------------------------------------------------------------------------------
     @property
@@ -108,22 +118,34 @@ class Scheduler:
                 f"{owner} has {mine} builds waiting already, the most one owner may have waiting "
                 f"(c.BuildManager.max_queued_builds_per_owner = {per_owner}); try again when one "
                 "has started",
-                retry_after=self._retry_after(),
+                retry_after=self.retry_after(owner),
                 limit="max_queued_builds_per_owner",
                 owner=owner,
             )
         if self._waiting >= self.limits.max_queued_builds:
             raise RateLimited(
                 f"{self._waiting} builds are waiting already; try again later",
-                retry_after=self._retry_after(),
+                retry_after=self.retry_after(),
                 limit="max_queued_builds",
             )
 
-    @staticmethod
-    def _retry_after() -> int:
-        # when a slot is likely to free up is unknown (builds take seconds to an hour): a short,
-        # fixed hint keeps clients from hammering without making them wait needlessly long
-        return 30
+    def retry_after(self, owner: str | None = None, now: float | None = None) -> int:
+        """Seconds until a slot is likely to free up (a waiting build starts, making room): the
+        median duration of recent builds minus how long the running build nearest its end has
+        run, bounded to [:data:`RETRY_AFTER_MIN`, :data:`RETRY_AFTER_MAX`]. Only ``owner``'s
+        running builds count when they hold all of ``owner``'s slots. :data:`RETRY_AFTER_DEFAULT`
+        before any build has finished, or when nothing runs."""
+        if not self._durations:
+            return RETRY_AFTER_DEFAULT
+        running = [b for b in self._slots.values() if not b.done and b.started is not None]
+        if owner is not None and self.running_count(owner) >= self.limits.max_builds_per_owner:
+            running = [b for b in running if b.owner == owner]
+        if not running:
+            return RETRY_AFTER_DEFAULT
+        typical = statistics.median(self._durations)
+        now = time.time() if now is None else now
+        soonest = min(typical - (now - b.started) for b in running)  # type: ignore[operator]
+        return round(min(max(soonest, RETRY_AFTER_MIN), RETRY_AFTER_MAX))
 
     def enqueue(self, build: Build) -> None:
         """Add a new build at the end of its owner's line; it becomes its image's active build."""
@@ -186,7 +208,14 @@ class Scheduler:
         self.discard(build)
         if self.active.get(build.image) is build:
             del self.active[build.image]
-        self._slots.pop(build.id, None)
+        held = self._slots.pop(build.id, None)
+        if (
+            held is not None
+            and build.state in (BuildState.BUILT, BuildState.FAILED)
+            and build.started is not None
+            and build.finished is not None
+        ):
+            self._durations.append(max(0.0, build.finished - build.started))
         if build.owner not in self._lines and not self.running_count(build.owner):
             self._served.pop(build.owner, None)  # nothing left: forget the owner (memory bounded)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -91,6 +92,57 @@ def test_per_owner_waiting_cap_names_the_limit_and_leaves_others_room():
     with pytest.raises(RateLimited) as info:
         s.check_room("b")  # the global cap holds
     assert info.value.details["limit"] == "max_queued_builds"
+
+
+def test_retry_after_goes_by_recent_build_durations():
+    """The 429's Retry-After: the median duration of recent builds minus how long the running
+    build nearest its end has run, bounded; 30 s before any build has finished."""
+    s = Scheduler(Limits(max_concurrent_builds=2, max_builds_per_owner=1))
+    now = 1_000_000.0
+    assert s.retry_after("a", now=now) == 30  # nothing to go by
+    for i, duration in enumerate((80.0, 100.0, 400.0)):  # median 100 s
+        done = make_build("old", i)
+        s.enqueue(done)
+        assert s.startable() == [done]
+        done.started, done.finished = now - 1000, now - 1000 + duration
+        finish(s, done)
+    a, b = make_build("a", 0), make_build("b", 0)
+    for build in (a, b):
+        s.enqueue(build)
+    assert s.startable() == [a, b]
+    a.started, b.started = now - 40, now - 75
+    assert s.retry_after(now=now) == 25  # anybody's slot: b's, in 100 - 75 s
+    assert s.retry_after("a", now=now) == 60  # a holds its only slot: its own build, 100 - 40
+    assert s.retry_after("c", now=now) == 25
+    a.started = now - 99
+    assert s.retry_after("a", now=now) == 5  # overdue or nearly: not sooner than the minimum
+    a.started = now
+    s._durations.extend([3600.0] * 10)  # hour-long builds
+    assert s.retry_after("a", now=now) == 300  # never longer than the maximum
+    # cancelled builds say nothing about how long builds take
+    c = make_build("c", 0)
+    s.enqueue(c)
+    s.discard(c)
+    c.state, c.started, c.finished = BuildState.CANCELLED, now - 5, now
+    s.release(c)
+    assert 5.0 not in s._durations
+
+
+def test_retry_after_reaches_the_429():
+    s = Scheduler(Limits(max_queued_builds_per_owner=1))
+    done = make_build("old", 0)
+    s.enqueue(done)
+    s.startable()
+    done.started, done.finished = 0.0, 120.0
+    finish(s, done)
+    running = make_build("a", 0)
+    s.enqueue(running)
+    s.startable()
+    running.started = time.time() - 20
+    s.enqueue(make_build("a", 1))
+    with pytest.raises(RateLimited) as info:
+        s.check_room("a")
+    assert 95 <= info.value.retry_after <= 100  # 120 - 20, as the clock moves
 
 
 def test_discard_and_release_keep_counts_right():
