@@ -33,6 +33,7 @@ from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
 from .listing import _LRU, Listing
 from .models import MANIFEST_ACCEPT, Manifest, RegistryImage
 from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .transport import AiohttpTransport
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -78,7 +79,9 @@ class RegistryClient(Listing, ArtifactIO):
 
     ``listing_ttl``: seconds :meth:`list_images` trusts its catalog, tag lists and tag digests
     (0: revalidate every time). ``cache_size``: entries per digest-keyed cache.
-    ``platform``: which child of a multi-arch index describes a tag.
+    ``platform``: which child of a multi-arch index describes a tag. ``http_pool``:
+    ``"aiohttp"`` (:mod:`r2d_core.registry.transport`, ~2.5x less client CPU per request) or
+    ``"httpx"`` (httpx's own pool); the httpx client above it is the same.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class RegistryClient(Listing, ArtifactIO):
         cache_size: int = 10000,
         platform: tuple[str, str] = ("linux", "amd64"),
         revalidate_batch: int = 0,
+        http_pool: str = "aiohttp",
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
@@ -118,8 +122,16 @@ class RegistryClient(Listing, ArtifactIO):
             hooks.setdefault(name, []).extend(extra)
         if isinstance(verify, str):  # a CA bundle path; httpx 0.28 wants an SSL context
             verify = ssl.create_default_context(cafile=verify)
+        if http_pool not in ("aiohttp", "httpx"):
+            raise ValueError("http_pool is 'aiohttp' or 'httpx'")
+        transport = (
+            AiohttpTransport(verify=verify, max_connections=max_concurrency)
+            if http_pool == "aiohttp"
+            else None
+        )
         self._http = httpx.AsyncClient(
             base_url=self.url,
+            transport=transport,
             auth=auth,
             timeout=httpx.Timeout(timeout),
             verify=verify,
