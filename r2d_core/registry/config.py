@@ -156,13 +156,15 @@ class Registry(LoggingConfigurable):
     )
 
     revalidate_batch = Int(
-        64,
+        0,
         config=True,
         help="""Tag digests one listing re-checks at most once ``listing_ttl`` has passed (one
         conditional request each), those checked longest ago first; the others are listed as last
-        seen and checked by the next listings. New and removed tags show at once (tag lists are
-        read every time). 0 re-checks every tag on every listing (default 64: 1,000 tags are all
-        re-checked within 16 listings).""",
+        seen and checked by the next listings. 0 (the default) re-checks every tag on every
+        listing: ~0.6 s for 1,000 tags on a nearby registry. A positive number (e.g. 64) bounds a
+        listing's requests for registries with many thousands of tags, at the price of a moved
+        tag showing its old digest for up to ``ceil(tags / revalidate_batch)`` listings. New and
+        removed tags show at once either way (tag lists are read every time).""",
     )
 
     listing_snapshot = Bool(
@@ -170,8 +172,10 @@ class Registry(LoggingConfigurable):
         config=True,
         help="""Keep a snapshot of the listing (digests, labels, sizes of all tags) as a small OCI
         artifact in the registry (tag ``r2d-listing`` in the repository named by the image prefix),
-        so a restarted service lists 1,000 tags with ~200 requests instead of ~2,100 (default
-        True). Needs push rights there.""",
+        rewritten after pushes, deletes and changes seen in listings, so a restarted service
+        re-checks 1,000 tags with ~1,100 conditional requests instead of reading ~2,100 manifests
+        and configs; what the snapshot says of each image is then verified in the background
+        (default True). Needs push rights there.""",
     )
 
     @validate("revalidate_batch")

@@ -19,8 +19,10 @@ The HTTP side (``_request``, auth, errors) stays in :mod:`r2d_core.registry.clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -43,6 +45,7 @@ __all__ = ["Listing"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class _LRU(Generic[K, V]):
@@ -66,6 +69,9 @@ class _LRU(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
+
+    def pop_value(self, key: K) -> V | None:
+        return self._data.pop(key, None)
 
     def keys(self) -> list[K]:
         return list(self._data)
@@ -92,6 +98,14 @@ class _Summary:
         self.architecture = config.architecture if config else None
         self.size = size
 
+    def _key(self) -> tuple[Any, ...]:
+        return (self.media_type, self.labels, self.created, self.architecture, self.size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Summary) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable fields: not a dict key
+
     @classmethod
     def of(
         cls,
@@ -117,6 +131,36 @@ class Listing:
         self._catalog_cache: tuple[float, list[str]] | None = None
         self._tags_cache: _LRU[str, tuple[float, list[str]]] = _LRU(cache_size)
         self._tag_digests: _LRU[tuple[str, str], tuple[float, str]] = _LRU(cache_size * 4)
+        # fetches in flight by digest: tags sharing a manifest, or images sharing a config,
+        # wait for the one request instead of each sending its own
+        self._flights: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        #: tags per repository as last known, from a snapshot or before an invalidate (to
+        #: notice that a tag went when its list is read again)
+        self._tags_before: dict[str, set[str]] = {}
+        #: manifest digests whose summary came from a snapshot, not from the registry
+        self._unverified: set[str] = set()
+
+    async def _once(
+        self: RegistryClient, key: tuple[str, str], fetch: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``fetch()``, or the result of the same fetch already in flight. A failed flight (say,
+        a blob another repository cannot serve) makes its waiters fetch for themselves."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            with contextlib.suppress(Exception):  # its error is not ours: try ourselves
+                return await asyncio.shield(flight)
+        task = asyncio.ensure_future(fetch())
+        self._flights[key] = task
+
+        def landed(done: asyncio.Future[Any]) -> None:
+            if self._flights.get(key) is done:
+                del self._flights[key]
+            if not done.cancelled():
+                done.exception()  # retrieved even when every waiter is gone
+
+        task.add_done_callback(landed)
+        # shielded: a cancelled listing must not cancel the fetch others wait for
+        return await asyncio.shield(task)
 
     def invalidate(self: RegistryClient, repository: str | None = None) -> None:
         """Forget listing state (catalog, tags, tag digests) of ``repository``, or of all.
@@ -129,7 +173,10 @@ class Listing:
             self._tags_cache.clear()
             self._tag_digests.clear()
             return
-        self._tags_cache.pop(repository)
+        cached = self._tags_cache.pop_value(repository)
+        if cached is not None:
+            # what the next read of its tag list is compared with (a delete changes it)
+            self._tags_before[repository] = set(cached[1])
         for key in self._tag_digests.keys():
             if key[0] == repository:
                 self._tag_digests.pop(key)
@@ -212,32 +259,51 @@ class Listing:
             except NotFound:
                 tags = []  # the catalog still lists repositories whose images were all deleted
             # the service's build records (r2d_core.registry.artifacts) are no image versions
-            cached = (read_at, [t for t in tags if not is_artifact_tag(t)])
+            fresh = [t for t in tags if not is_artifact_tag(t)]
+            before = (
+                set(cached[1]) if cached is not None else self._tags_before.pop(repository, None)
+            )
+            if before is not None and before != set(fresh):
+                self.listing_changed = True
+            cached = (read_at, fresh)
             self._tags_cache.put(repository, cached)
         return cached[1]
 
     async def _listed_image(
         self: RegistryClient, repository: str, tag: str, *, recheck: bool = True
     ) -> RegistryImage | None:
+        known = self._tag_digests.get((repository, tag))
         try:
-            known = self._tag_digests.get((repository, tag))
-            if known is not None:
-                read_at, digest = known
-                summary = self._summaries.get(digest)
-                if summary is not None and (self._fresh(read_at) or not recheck):
-                    return self._image(repository, tag, digest, summary)
-                if summary is not None:
-                    # one conditional GET revalidates the tag: 304 if it still points to
-                    # `digest`, else the new manifest in the same answer
-                    manifest = await self._revalidate(repository, tag, digest)
-                    if manifest is None:
-                        return self._image(repository, tag, digest, summary)
-                    summary = await self._summary(repository, manifest)
-                    return self._image(repository, tag, manifest.digest, summary)
-            return await self.image(repository, tag)
+            image = await self._read_listed(repository, tag, known, recheck)
         except NotFound:
-            self._tag_digests.pop((repository, tag))
+            if self._tag_digests.pop_value((repository, tag)) is not None:
+                self.listing_changed = True
             return None
+        if known is None or known[1] != image.digest:
+            self.listing_changed = True  # a new tag, or one that moved: the snapshot is behind
+        return image
+
+    async def _read_listed(
+        self: RegistryClient,
+        repository: str,
+        tag: str,
+        known: tuple[float, str] | None,
+        recheck: bool,
+    ) -> RegistryImage:
+        if known is not None:
+            read_at, digest = known
+            summary = self._summaries.get(digest)
+            if summary is not None and (self._fresh(read_at) or not recheck):
+                return self._image(repository, tag, digest, summary)
+            if summary is not None:
+                # one conditional GET revalidates the tag: 304 if it still points to
+                # `digest`, else the new manifest in the same answer
+                manifest = await self._revalidate(repository, tag, digest)
+                if manifest is None:
+                    return self._image(repository, tag, digest, summary)
+                summary = await self._summary(repository, manifest)
+                return self._image(repository, tag, manifest.digest, summary)
+        return await self.image(repository, tag)
 
     async def _revalidate(
         self: RegistryClient, repository: str, tag: str, digest: str
@@ -279,8 +345,9 @@ class Listing:
         rows: list[list[Any]] = []
         for (repository, tag), (_read_at, digest) in self._tag_digests.items():
             summary = self._summaries.get(digest)
-            if summary is None:
-                continue
+            listed = self._tags_cache.get(repository)
+            if summary is None or (listed is not None and tag not in listed[1]):
+                continue  # unknown, or a tag gone from the registry (snapshot rows of the past)
             created = summary.created.isoformat() if summary.created else None
             rows.append(
                 [
@@ -324,8 +391,10 @@ class Listing:
                         size if isinstance(size, int) else None,
                     ),
                 )
+                self._unverified.add(digest)
             if self._tag_digests.get((repository, tag)) is None:
                 self._tag_digests.put((repository, tag), (float("-inf"), digest))
+            self._tags_before.setdefault(repository, set()).add(tag)
             taken += 1
         return taken
 
@@ -333,6 +402,18 @@ class Listing:
         cached = self._summaries.get(manifest.digest)
         if cached is not None:
             return cached
+        return await self._once(
+            ("summary", manifest.digest), lambda: self._read_summary(repository, manifest)
+        )
+
+    async def _read_summary(self: RegistryClient, repository: str, manifest: Manifest) -> _Summary:
+        summary = await self._fetch_summary(repository, manifest)
+        self._summaries.put(manifest.digest, summary)
+        self._unverified.discard(manifest.digest)
+        self.listing_changed = True
+        return summary
+
+    async def _fetch_summary(self: RegistryClient, repository: str, manifest: Manifest) -> _Summary:
         target = manifest
         if manifest.is_index:
             child = self._pick_platform(manifest)
@@ -345,10 +426,38 @@ class Listing:
                 config = target.schema1_config
             elif target.config is not None:
                 config = await self._config(repository, target.config.digest)
-        summary = _Summary(manifest, config, size)
-        self._summaries.put(manifest.digest, summary)
-        self.listing_changed = True
-        return summary
+        return _Summary(manifest, config, size)
+
+    async def verify_imported(self: RegistryClient, concurrency: int = 4) -> tuple[int, int]:
+        """Re-read from the registry what an imported snapshot said of each manifest still
+        listed (its manifest and config, at most ``concurrency`` at once): a snapshot is a cache
+        anyone with push rights on its repository could have written. A summary that differs is
+        replaced (and the snapshot is then rewritten). Returns (checked, corrected)."""
+        where: dict[str, tuple[str, str]] = {}
+        for (repository, tag), (_read_at, digest) in self._tag_digests.items():
+            if digest in self._unverified:
+                where.setdefault(digest, (repository, tag))
+        self._unverified.intersection_update(where)
+        limit = asyncio.Semaphore(max(1, concurrency))
+        corrected = 0
+
+        async def one(digest: str, repository: str) -> None:
+            nonlocal corrected
+            async with limit:
+                try:
+                    manifest = await self.manifest(repository, digest)
+                    fresh = await self._fetch_summary(repository, manifest)
+                except NotFound:
+                    return  # deleted meanwhile: the next listing drops the tag
+                finally:
+                    self._unverified.discard(digest)
+            if self._summaries.get(digest) != fresh:
+                corrected += 1
+                self._summaries.put(digest, fresh)
+                self.listing_changed = True
+
+        await asyncio.gather(*(one(d, r) for d, (r, _t) in where.items()))
+        return len(where), corrected
 
     def _pick_platform(self: RegistryClient, index: Manifest) -> Descriptor | None:
         wanted_os, wanted_arch = self.platform
@@ -373,6 +482,9 @@ class Listing:
         cached = self._configs.get(digest)
         if cached is not None:
             return cached
+        return await self._once(("config", digest), lambda: self._read_config(repository, digest))
+
+    async def _read_config(self: RegistryClient, repository: str, digest: str) -> ImageConfig:
         response = await self._request(
             "GET",
             f"/v2/{repository}/blobs/{digest}",
