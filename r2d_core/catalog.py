@@ -224,7 +224,7 @@ class ImageCatalog:
             self.log.warning("Could not read the listing snapshot from the registry: %s", e)
             return
         if taken:
-            self._snapshot_verify = True
+            self._snapshot_verify = self.registry.verify_snapshot
             self.log.info("Listing started from the registry's snapshot (%d tags)", taken)
 
     def _verify_snapshot_soon(self) -> None:

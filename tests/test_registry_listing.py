@@ -247,12 +247,14 @@ def _labels(owner: str, name: str, sha: str) -> dict[str, str]:
     }
 
 
+async def _snapshot_rows(reader: RegistryClient) -> list[list]:
+    body = await reader.raw_manifest("r2d", SNAPSHOT_TAG)
+    layer = json.loads(body)["layers"][0]["digest"]
+    return json.loads(gzip.decompress(await reader.blob("r2d", layer, max_bytes=1 << 20)))
+
+
 async def _snapshot_tags(registry: Registry) -> set[tuple[str, str]]:
-    async with RegistryClient(registry.url, auth=registry.client()._auth) as reader:
-        body = await reader.raw_manifest("r2d", SNAPSHOT_TAG)
-        layer = json.loads(body)["layers"][0]["digest"]
-        rows = json.loads(gzip.decompress(await reader.blob("r2d", layer, max_bytes=1 << 20)))
-    return {(r[0], r[1]) for r in rows}
+    return {(r[0], r[1]) for r in await _snapshot_rows(registry.client())}
 
 
 async def test_pushes_and_deletes_keep_the_snapshot_current(registry_anonymous):
@@ -284,8 +286,18 @@ async def test_pushes_and_deletes_keep_the_snapshot_current(registry_anonymous):
         catalog.close()
         await registry.aclose()
 
+    # someone with push rights there rewrites the snapshot: the build id label of "b" forged
+    async with RegistryClient(server.url) as forger:
+        rows = []
+        for r in await _snapshot_rows(forger):
+            if (r[0], r[1]) == (repo, "b" * 40):
+                r[4] = {**r[4], f"{LABEL_PREFIX}build-id": "forged"}
+            rows.append(r)
+        forger.import_listing(rows)
+        await write_snapshot(forger, "r2d")
+
     # a restarted service: its first listing starts from that snapshot (no manifest or config
-    # read for the known tag: one conditional GET, answered 304)
+    # read for the known tag: one conditional GET, answered 304)...
     catalog, registry = _catalog(server)
     recorder, statuses = Recorder(), Statuses()
     registry.client()._http.event_hooks["request"].append(recorder)
@@ -299,6 +311,15 @@ async def test_pushes_and_deletes_keep_the_snapshot_current(registry_anonymous):
             ("GET", f"/v2/{repo}/manifests/{'b' * 40}"),
         ]
         assert statuses.seen[("GET", "manifest", 304)] >= 1
+        assert group.versions[0].build_id == "forged"  # as the snapshot says, for now
+        # ...and what the snapshot said is checked in the background, then corrected
+        assert catalog._verify_task is not None
+        await asyncio.wait_for(catalog._verify_task, 30)
+        [group] = await catalog.list_images([owner])
+        assert group.versions[0].build_id == ("b" * 40)[:12]
+        await _settled(catalog)
+        rows = {(r[0], r[1]): r for r in await _snapshot_rows(registry.client())}
+        assert rows[(repo, "b" * 40)][4][f"{LABEL_PREFIX}build-id"] == ("b" * 40)[:12]
     finally:
         catalog.close()
         await registry.aclose()

@@ -178,6 +178,17 @@ class Registry(LoggingConfigurable):
         (default True). Needs push rights there.""",
     )
 
+    verify_snapshot = Bool(
+        True,
+        config=True,
+        help="""After the first listing from the snapshot, re-read in the background (4 requests at a
+        time) the manifest and config of every image the snapshot described, and correct what
+        differs (default True). The snapshot is a cache anyone with push rights on its repository
+        could have written, and labels decide who owns an image; this costs about what a cold
+        listing without a snapshot costs (~2,000 requests for 1,000 tags), once per start. Turn it
+        off only when nobody else can push to the registry.""",
+    )
+
     @validate("revalidate_batch")
     def _check_batch(self, proposal: Any) -> int:
         if proposal["value"] < 0:
