@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from r2d_core.catalog import ImageCatalog
+from r2d_core.errors import Unavailable
 from r2d_core.models import LABEL_PREFIX
 from r2d_core.registry import Registry, RegistryAuth, RegistryClient
 from r2d_core.registry.models import DOCKER_MANIFEST
@@ -323,3 +324,87 @@ async def test_pushes_and_deletes_keep_the_snapshot_current(registry_anonymous):
     finally:
         catalog.close()
         await registry.aclose()
+
+
+# ---- TLS through either pool -----------------------------------------------------------------------
+def _self_signed(directory) -> tuple[str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture(scope="module")
+def tls_api(tmp_path_factory):
+    """A loopback HTTPS server answering ``/v2/`` like a registry, with a self-signed cert."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/v2/" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}", cert
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("pool", ["aiohttp", "httpx"])
+async def test_tls_is_verified_through_either_pool(tls_api, pool):
+    url, ca_bundle = tls_api
+    async with RegistryClient(url, http_pool=pool, timeout=5) as client:
+        with pytest.raises(Unavailable, match="cannot reach"):
+            await client.ping()  # a certificate nobody vouches for is refused
+    async with RegistryClient(url, http_pool=pool, verify=ca_bundle, timeout=5) as client:
+        await client.ping()  # trusted through the configured CA bundle
+    async with RegistryClient(url, http_pool=pool, verify=False, timeout=5) as client:
+        await client.ping()
