@@ -370,6 +370,8 @@ class Listing:
         rows were taken."""
         taken = 0
         for row in rows:
+            if taken >= self._tag_digests.maxsize:
+                break  # no more than the caches hold (a snapshot is at most MAX_SNAPSHOT bytes)
             try:
                 repository, tag, digest, media_type, labels, created, architecture, size = row
                 _check_repository(repository)
