@@ -156,8 +156,13 @@ async def test_a_stale_snapshot_is_revalidated_in_full_on_the_first_listing(serv
         blobs = statuses.seen[("GET", "blob", 200)]
         assert blobs == 1 + 2  # the snapshot itself + the configs of the moved and the new tag
         assert client.listing_changed  # worth rewriting: it is behind the registry
+        # a repository the registry's catalog does not have (any more) leaves it too
+        client.import_listing(
+            [[f"{prefix}-gone", "v0", moved.digest, DOCKER_MANIFEST, {}] + [None] * 3]
+        )
         rows = {(r[0], r[1]): r[2] for r in client.export_listing()}
         assert (f"{prefix}-1", "v1") not in rows  # the deleted tag leaves the snapshot
+        assert (f"{prefix}-gone", "v0") not in rows
         assert rows[(f"{prefix}-0", "v0")] == moved.digest
 
 

@@ -343,11 +343,16 @@ class Listing:
         architecture, size]`` per tag (for a snapshot a new process starts from)."""
         self.listing_changed = False
         rows: list[list[Any]] = []
+        catalog = set(self._catalog_cache[1]) if self._catalog_cache is not None else None
         for (repository, tag), (_read_at, digest) in self._tag_digests.items():
             summary = self._summaries.get(digest)
             listed = self._tags_cache.get(repository)
-            if summary is None or (listed is not None and tag not in listed[1]):
-                continue  # unknown, or a tag gone from the registry (snapshot rows of the past)
+            if (
+                summary is None
+                or (listed is not None and tag not in listed[1])
+                or (catalog is not None and repository not in catalog)
+            ):
+                continue  # unknown, or gone from the registry (snapshot rows of the past)
             created = summary.created.isoformat() if summary.created else None
             rows.append(
                 [
