@@ -462,7 +462,7 @@ async def bench_registry(ctx: dict[str, Any]) -> None:
     from tests.bench_registry import bench_list
 
     for r in await bench_list(repos=100, tags=10):
-        row(r["benchmark"], r["value"], r["unit"], r.get("target", ""))
+        row(r["benchmark"], r["value"], r["unit"], r.get("target", ""), r.get("note", ""))
 
 
 async def bench_archive(ctx: dict[str, Any]) -> None:

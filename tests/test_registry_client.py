@@ -458,8 +458,15 @@ async def test_bench_list_small():
     from tests.bench_registry import bench_list
 
     rows = await bench_list(repos=3, tags=2, runs=1)
-    assert all(set(r) == {"benchmark", "value", "unit", "target"} for r in rows)
+    assert all(set(r) == {"benchmark", "value", "unit", "target", "note"} for r in rows)
     by_name = {(r["benchmark"], r["unit"]): r["value"] for r in rows}
-    assert by_name[("registry: list 6 tags, cold", "requests")] == 1 + 3 + 6 + 6
-    assert by_name[("registry: list 6 tags, revalidated (TTL passed)", "requests")] == 1 + 3 + 6
+    cold = "registry: list 6 tags, cold, first ever (no snapshot)"
+    full = "registry: list 6 tags, revalidated in full (TTL passed)"
+    assert by_name[(cold, "requests")] == 1 + 3 + 6 + 6
+    assert by_name[(cold + " [httpx pool, before]", "requests")] == 1 + 3 + 6 + 6
+    assert by_name[(full, "requests")] == 1 + 3 + 6
     assert by_name[("registry: list 6 tags, warm (within TTL)", "requests")] == 0
+    snapshot = "registry: list 6 tags, cold, new process (snapshot, full revalidation)"
+    assert by_name[(snapshot, "requests")] == 1 + 2 + 3 + 6
+    batch = "registry: list 6 tags, revalidated, batch 64 (partial: 64 re-checked)"
+    assert by_name[(batch, "requests")] == 1 + 3 + 6

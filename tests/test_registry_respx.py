@@ -61,6 +61,9 @@ def mock():
 
 def client(**kwargs) -> RegistryClient:
     kwargs.setdefault("auth", RegistryAuth("alice", "s3cret-pw"))
+    # respx replaces httpx's own connection pool; what these tests check (auth flow, errors,
+    # retries) lives in the httpx client above the pool, the same over the aiohttp one
+    kwargs.setdefault("http_pool", "httpx")
     return RegistryClient(REGISTRY, **kwargs)
 
 

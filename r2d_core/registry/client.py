@@ -4,17 +4,8 @@ Why httpx and not oras-py: oras is synchronous (requests), has no catalog call, 
 bearer token and re-sends it to other repositories, and cannot delete Docker v2 manifests, which
 is what repo2docker and buildx push.
 
-Caching, and why it stays correct:
-
-* manifests fetched **by digest**, image config blobs and the per-manifest image summary are
-  content-addressed, hence immutable: kept in bounded LRU caches with no expiry;
-* what can change, tags moving and repositories appearing, is re-read: :meth:`tags`,
-  :meth:`catalog`, :meth:`manifest` and :meth:`image` always ask the registry. Only
-  :meth:`list_images` reuses the catalog, the tag lists and tag→digest answers for ``listing_ttl``
-  seconds; past that it revalidates each known tag with one ``HEAD`` (its digest) instead of
-  fetching manifest and config again. Our own :meth:`delete` and :meth:`invalidate` (call it after
-  a push) drop the affected entries at once, so only changes made by others can be up to
-  ``listing_ttl`` seconds late.
+Listing (:meth:`list_images`) and its caches live in :mod:`r2d_core.registry.listing`
+(mixed in), the raw manifest and blob calls artifacts need in :mod:`r2d_core.registry.artifactio`.
 """
 
 from __future__ import annotations
@@ -23,10 +14,8 @@ import asyncio
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,61 +29,17 @@ from ..errors import (
     UpstreamError,
 )
 from .artifactio import ArtifactIO
-from .artifacts_tags import is_artifact_tag
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
-from .models import (
-    MANIFEST_ACCEPT,
-    Descriptor,
-    ImageConfig,
-    Manifest,
-    RegistryImage,
-    parse_created,
-)
+from .listing import _LRU, Listing
+from .models import MANIFEST_ACCEPT, Manifest, RegistryImage
 from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .transport import AiohttpTransport
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
 log = logging.getLogger(__name__)
 
-K = TypeVar("K")
-V = TypeVar("V")
-
 _ERROR_TEXT_MAX = 200
-
-
-class _LRU(Generic[K, V]):
-    """A small bounded mapping that forgets the least recently used entry first."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
-
-    def keys(self) -> list[K]:
-        return list(self._data)
-
-    def items(self) -> list[tuple[K, V]]:
-        return list(self._data.items())
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def validate_registry_url(url: str) -> str:
@@ -129,39 +74,14 @@ def reference_host(url: str) -> str:
     return "docker.io" if netloc in ("registry-1.docker.io", "index.docker.io") else netloc
 
 
-class _Summary:
-    """What a listing needs of one manifest digest (immutable, so cached without expiry)."""
-
-    __slots__ = ("architecture", "created", "labels", "media_type", "size")
-
-    def __init__(self, manifest: Manifest, config: ImageConfig | None, size: int | None) -> None:
-        self.media_type = manifest.media_type
-        self.labels = dict(config.labels) if config else {}
-        self.created = config.created if config else None
-        self.architecture = config.architecture if config else None
-        self.size = size
-
-    @classmethod
-    def of(
-        cls,
-        media_type: str,
-        labels: dict[str, str],
-        created: datetime | None,
-        architecture: str | None,
-        size: int | None,
-    ) -> _Summary:
-        summary = cls.__new__(cls)
-        summary.media_type, summary.labels, summary.created = media_type, labels, created
-        summary.architecture, summary.size = architecture, size
-        return summary
-
-
-class RegistryClient(ArtifactIO):
+class RegistryClient(Listing, ArtifactIO):
     """Talk to one registry; every method raises :mod:`r2d_core.errors` exceptions only.
 
     ``listing_ttl``: seconds :meth:`list_images` trusts its catalog, tag lists and tag digests
     (0: revalidate every time). ``cache_size``: entries per digest-keyed cache.
-    ``platform``: which child of a multi-arch index describes a tag.
+    ``platform``: which child of a multi-arch index describes a tag. ``http_pool``:
+    ``"aiohttp"`` (:mod:`r2d_core.registry.transport`, ~2.5x less client CPU per request) or
+    ``"httpx"`` (httpx's own pool); the httpx client above it is the same.
     """
 
     def __init__(
@@ -177,6 +97,7 @@ class RegistryClient(ArtifactIO):
         cache_size: int = 10000,
         platform: tuple[str, str] = ("linux", "amd64"),
         revalidate_batch: int = 0,
+        http_pool: str = "aiohttp",
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
@@ -201,8 +122,16 @@ class RegistryClient(ArtifactIO):
             hooks.setdefault(name, []).extend(extra)
         if isinstance(verify, str):  # a CA bundle path; httpx 0.28 wants an SSL context
             verify = ssl.create_default_context(cafile=verify)
+        if http_pool not in ("aiohttp", "httpx"):
+            raise ValueError("http_pool is 'aiohttp' or 'httpx'")
+        transport = (
+            AiohttpTransport(verify=verify, max_connections=max_concurrency)
+            if http_pool == "aiohttp"
+            else None
+        )
         self._http = httpx.AsyncClient(
             base_url=self.url,
+            transport=transport,
             auth=auth,
             timeout=httpx.Timeout(timeout),
             verify=verify,
@@ -217,12 +146,7 @@ class RegistryClient(ArtifactIO):
         self._limit = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
         self._manifests: _LRU[str, Manifest] = _LRU(cache_size)
-        self._configs: _LRU[str, ImageConfig] = _LRU(cache_size)
-        self._summaries: _LRU[str, _Summary] = _LRU(cache_size)
-        # listing caches: (monotonic time read, value)
-        self._catalog_cache: tuple[float, list[str]] | None = None
-        self._tags_cache: _LRU[str, tuple[float, list[str]]] = _LRU(cache_size)
-        self._tag_digests: _LRU[tuple[str, str], tuple[float, str]] = _LRU(cache_size * 4)
+        self._init_listing(cache_size)
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"
@@ -238,22 +162,6 @@ class RegistryClient(ArtifactIO):
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    def invalidate(self, repository: str | None = None) -> None:
-        """Forget listing state (catalog, tags, tag digests) of ``repository``, or of all.
-
-        Call after pushing to the registry so the next :meth:`list_images` sees the new tag.
-        Digest-keyed caches stay: their content cannot change.
-        """
-        self._catalog_cache = None
-        if repository is None:
-            self._tags_cache.clear()
-            self._tag_digests.clear()
-            return
-        self._tags_cache.pop(repository)
-        for key in self._tag_digests.keys():
-            if key[0] == repository:
-                self._tag_digests.pop(key)
 
     # ---- HTTP ----------------------------------------------------------------------------------
     def _who(self) -> str:
@@ -524,50 +432,6 @@ class RegistryClient(ArtifactIO):
         summary = await self._summary(repository, manifest)
         return self._image(repository, tag, manifest.digest, summary)
 
-    async def list_images(self, prefix: str = "") -> list[RegistryImage]:
-        """Every tag of every repository starting with ``prefix``, sorted by (repository, tag).
-
-        Tags that vanish while listing (deleted meanwhile) are left out rather than failing the
-        listing; every other error propagates.
-        """
-        repositories = await self._listing_catalog(prefix)
-        images: list[RegistryImage] = []
-        stale = []
-        for repository in repositories:
-            # answered from the caches without a task per tag when everything is fresh
-            cached = self._fresh_repo_images(repository)
-            if cached is None:
-                stale.append(repository)
-            else:
-                images.extend(cached)
-        tag_lists = await asyncio.gather(*(self._repo_tags(r) for r in stale))
-        recheck = self._pick_rechecks(
-            [(r, t) for r, tags in zip(stale, tag_lists, strict=True) for t in tags]
-        )
-        found = await asyncio.gather(
-            *(
-                self._listed_image(r, t, recheck=(r, t) in recheck)
-                for r, tags in zip(stale, tag_lists, strict=True)
-                for t in tags
-            )
-        )
-        images.extend(image for image in found if image is not None)
-        images.sort(key=lambda i: (i.repository, i.tag))
-        return images
-
-    def _pick_rechecks(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which known, stale tag digests this listing re-checks: all, or the ``revalidate_batch``
-        checked longest ago (the others are listed as last seen, and checked on a later listing)."""
-        stale = []
-        for key in keys:
-            known = self._tag_digests.get(key)
-            if known is not None and not self._fresh(known[0]):
-                stale.append((known[0], key))
-        if self.revalidate_batch and len(stale) > self.revalidate_batch:
-            stale.sort()
-            stale = stale[: self.revalidate_batch]
-        return {key for _, key in stale}
-
     async def delete(self, repository: str, tag: str) -> str:
         """Delete the manifest ``tag`` points to; returns its digest.
 
@@ -588,224 +452,6 @@ class RegistryClient(ArtifactIO):
         self._manifests.pop(digest)
         self._summaries.pop(digest)
         return digest
-
-    # ---- listing internals ---------------------------------------------------------------------
-    def _fresh(self, read_at: float) -> bool:
-        return time.monotonic() - read_at < self.listing_ttl
-
-    async def _listing_catalog(self, prefix: str) -> list[str]:
-        cached = self._catalog_cache
-        if cached is None or not self._fresh(cached[0]):
-            read_at = time.monotonic()
-            cached = (read_at, await self.catalog())
-            self._catalog_cache = cached
-        return [n for n in cached[1] if n.startswith(prefix)]
-
-    def _fresh_repo_images(self, repository: str) -> list[RegistryImage] | None:
-        cached = self._tags_cache.get(repository)
-        if cached is None or not self._fresh(cached[0]):
-            return None
-        images = []
-        for tag in cached[1]:
-            known = self._tag_digests.get((repository, tag))
-            summary = self._summaries.get(known[1]) if known is not None else None
-            if known is None or summary is None or not self._fresh(known[0]):
-                return None
-            images.append(self._image(repository, tag, known[1], summary))
-        return images
-
-    async def _repo_tags(self, repository: str) -> list[str]:
-        cached = self._tags_cache.get(repository)
-        if cached is None or not self._fresh(cached[0]):
-            read_at = time.monotonic()
-            try:
-                tags = await self.tags(repository)
-            except NotFound:
-                tags = []  # the catalog still lists repositories whose images were all deleted
-            # the service's build records (r2d_core.registry.artifacts) are no image versions
-            cached = (read_at, [t for t in tags if not is_artifact_tag(t)])
-            self._tags_cache.put(repository, cached)
-        return cached[1]
-
-    async def _listed_image(
-        self, repository: str, tag: str, *, recheck: bool = True
-    ) -> RegistryImage | None:
-        try:
-            known = self._tag_digests.get((repository, tag))
-            if known is not None:
-                read_at, digest = known
-                summary = self._summaries.get(digest)
-                if summary is not None and (self._fresh(read_at) or not recheck):
-                    return self._image(repository, tag, digest, summary)
-                if summary is not None:
-                    # one conditional GET revalidates the tag: 304 if it still points to
-                    # `digest`, else the new manifest in the same answer
-                    manifest = await self._revalidate(repository, tag, digest)
-                    if manifest is None:
-                        return self._image(repository, tag, digest, summary)
-                    summary = await self._summary(repository, manifest)
-                    return self._image(repository, tag, manifest.digest, summary)
-            return await self.image(repository, tag)
-        except NotFound:
-            self._tag_digests.pop((repository, tag))
-            return None
-
-    async def _revalidate(self, repository: str, tag: str, digest: str) -> Manifest | None:
-        """None if ``tag`` still points to ``digest`` (``If-None-Match``: distribution's manifest
-        ETag is the digest), else the manifest it points to now."""
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{tag}",
-            headers={"Accept": MANIFEST_ACCEPT, "If-None-Match": f'"{digest}"'},
-            ok=(200, 304),
-            what=f"revalidating {repository}:{tag}",
-            repository=repository,
-        )
-        header = response.headers.get("Docker-Content-Digest")
-        if response.status_code == 304 or (header == digest and not response.content):
-            self._tag_digests.put((repository, tag), (time.monotonic(), digest))
-            return None
-        body = response.content
-        computed = _sha256(body)
-        if header and header.startswith("sha256:") and header != computed:
-            raise UpstreamError(
-                f"the registry's digest header for {repository}:{tag} does not match the "
-                "manifest it sent"
-            )
-        if computed == digest:
-            self._tag_digests.put((repository, tag), (time.monotonic(), digest))
-            return None
-        manifest = Manifest.parse(body, header or computed, response.headers.get("Content-Type"))
-        self._manifests.put(manifest.digest, manifest)
-        self._tag_digests.put((repository, tag), (time.monotonic(), manifest.digest))
-        return manifest
-
-    # ---- listing snapshots (r2d_core.registry.snapshot) ----------------------------------------
-    def export_listing(self) -> list[list[Any]]:
-        """What the listing knows: ``[repository, tag, digest, media type, labels, created,
-        architecture, size]`` per tag (for a snapshot a new process starts from)."""
-        self.listing_changed = False
-        rows: list[list[Any]] = []
-        for (repository, tag), (_read_at, digest) in self._tag_digests.items():
-            summary = self._summaries.get(digest)
-            if summary is None:
-                continue
-            created = summary.created.isoformat() if summary.created else None
-            rows.append(
-                [
-                    repository,
-                    tag,
-                    digest,
-                    summary.media_type,
-                    summary.labels,
-                    created,
-                    summary.architecture,
-                    summary.size,
-                ]
-            )
-        return rows
-
-    def import_listing(self, rows: list[list[Any]]) -> int:
-        """Start from a snapshot: its summaries are content-addressed (valid as long as the
-        digest), its tag digests count as checked longest ago (re-checked first, at most
-        ``revalidate_batch`` per listing). Tags already known are left alone. Returns how many
-        rows were taken."""
-        taken = 0
-        for row in rows:
-            try:
-                repository, tag, digest, media_type, labels, created, architecture, size = row
-                _check_repository(repository)
-                _check_reference(tag)
-                _check_reference(digest)
-                if not isinstance(labels, dict) or not _is_digest(digest):
-                    continue
-                when = parse_created(created) if created else None
-            except (ValueError, TypeError, InvalidRequest):
-                continue
-            if self._summaries.get(digest) is None:
-                self._summaries.put(
-                    digest,
-                    _Summary.of(
-                        str(media_type),
-                        {str(k): str(v) for k, v in labels.items()},
-                        when,
-                        architecture if isinstance(architecture, str) else None,
-                        size if isinstance(size, int) else None,
-                    ),
-                )
-            if self._tag_digests.get((repository, tag)) is None:
-                self._tag_digests.put((repository, tag), (float("-inf"), digest))
-            taken += 1
-        return taken
-
-    async def _summary(self, repository: str, manifest: Manifest) -> _Summary:
-        cached = self._summaries.get(manifest.digest)
-        if cached is not None:
-            return cached
-        target = manifest
-        if manifest.is_index:
-            child = self._pick_platform(manifest)
-            target = await self.manifest(repository, child.digest) if child else None
-        config: ImageConfig | None = None
-        size: int | None = None
-        if target is not None:
-            size = target.size
-            if target.schema1_config is not None:
-                config = target.schema1_config
-            elif target.config is not None:
-                config = await self._config(repository, target.config.digest)
-        summary = _Summary(manifest, config, size)
-        self._summaries.put(manifest.digest, summary)
-        self.listing_changed = True
-        return summary
-
-    def _pick_platform(self, index: Manifest) -> Descriptor | None:
-        wanted_os, wanted_arch = self.platform
-        real = [
-            c
-            for c in index.manifests
-            # buildx attestation manifests are listed as platform unknown/unknown
-            if not (c.platform and c.platform.get("os") == "unknown")
-        ]
-        for child in real:
-            if child.platform and (
-                child.platform.get("os"),
-                child.platform.get("architecture"),
-            ) == (
-                wanted_os,
-                wanted_arch,
-            ):
-                return child
-        return real[0] if real else None
-
-    async def _config(self, repository: str, digest: str) -> ImageConfig:
-        cached = self._configs.get(digest)
-        if cached is not None:
-            return cached
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/blobs/{digest}",
-            what=f"reading the image config of {repository}",
-            repository=repository,
-        )
-        if digest.startswith("sha256:") and _sha256(response.content) != digest:
-            raise UpstreamError(f"the registry sent an image config of {repository} not matching")
-        config = ImageConfig.parse(response.content)
-        self._configs.put(digest, config)
-        return config
-
-    def _image(self, repository: str, tag: str, digest: str, summary: _Summary) -> RegistryImage:
-        return RegistryImage(
-            repository=repository,
-            tag=tag,
-            digest=digest,
-            media_type=summary.media_type,
-            labels=dict(summary.labels),
-            created=summary.created,
-            architecture=summary.architecture,
-            size=summary.size,
-            reference=f"{self.host}/{repository}:{tag}",
-        )
 
 
 def _is_pull_scope(scope: str) -> bool:

@@ -1,18 +1,21 @@
 """A listing snapshot in the registry: what a new service process starts its listing from.
 
 A cold listing has to read every tag's manifest and image config (labels): two requests per tag,
-~2,100 for 1,000 tags, seconds even on loopback. Manifests and configs are content-addressed, so
-what the service learned of them stays true as long as the digest: it writes it to the registry
-(one small OCI artifact, gzipped JSON, artifact type :data:`SNAPSHOT_TYPE`, tag
-:data:`SNAPSHOT_TAG` in the repository :func:`snapshot_repository`), and a new process (after a
-restart, on a fresh engine) reads it first. Its cold listing then costs the catalog, the tag lists
-and the snapshot, plus ``revalidate_batch`` conditional re-checks of tag digests (oldest first);
+~2,100 for 1,000 tags. Manifests and configs are content-addressed, so what the service learned
+of them stays true as long as the digest: it writes it to the registry (one small OCI artifact,
+gzipped JSON, artifact type :data:`SNAPSHOT_TYPE`, tag :data:`SNAPSHOT_TAG` in the repository
+:func:`snapshot_repository`) after its own pushes and deletes and after listings that saw a
+change (:class:`~r2d_core.catalog.ImageCatalog`), and a new process (after a restart, on a fresh
+engine) reads it first. Its cold listing then costs the catalog, the tag lists, the snapshot and
+one conditional request per known tag (``revalidate_batch = 0``, the default: every tag);
 tags the snapshot does not know are read in full as before.
 
-What may be stale, and for how long: a tag that someone else re-pushed to another digest after
-the snapshot was written shows its previous digest (and labels) until the rotation re-checks it,
-at most ``ceil(tags / revalidate_batch)`` listings later. The service's own pushes and deletes
-invalidate at once, as before. A missing, damaged or foreign snapshot is ignored (a full listing).
+A snapshot is only a cache: tags it names that the registry does not list are not shown, a tag
+that moved is caught by the conditional request, rows that are not well-formed are skipped, and
+what it says of each digest (labels) is re-read in the background after the first listing
+(:meth:`~r2d_core.registry.listing.Listing.verify_imported`). With ``revalidate_batch > 0`` a
+moved tag may show its previous digest for up to ``ceil(tags / revalidate_batch)`` listings. A
+missing, damaged or foreign snapshot is ignored (a full listing).
 """
 
 from __future__ import annotations
