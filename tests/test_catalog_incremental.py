@@ -127,6 +127,51 @@ async def test_finished_build_is_indexed_without_listing_the_engine(
     await m.builder.forget(build)
 
 
+@pytest.mark.docker
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_built_image_is_inspected_once_before_repo2docker_exits(
+    make_manager,  # noqa: F811 - the fixture imported above
+    git_server,
+    builder,
+):
+    """The outcome needs the image's inspect: it is asked once, as soon as BuildKit has named
+    the image, while repo2docker winds down, not one more round trip after its exit."""
+    m = await make_manager(builder)
+    inspected: list[float] = []
+    exited: list[float] = []
+    inspect_image = m.engine.inspect_image
+    start = m.builder.start
+
+    async def counting(reference: str) -> dict[str, Any] | None:
+        inspected.append(time.monotonic())
+        return await inspect_image(reference)
+
+    async def starting(build: Any) -> Any:
+        process = await start(build)
+        wait = process.wait
+
+        async def waiting() -> int:
+            code = await wait()
+            exited.append(time.monotonic())
+            return code
+
+        process.wait = waiting
+        return process
+
+    m.builder.start = starting
+    build = (
+        await m.submit(repo=git_server.url("hello"), ref="main", owner=f"probe-{builder}", name="h")
+    ).build
+    assert build is not None
+    m.engine.inspect_image = counting  # from here on: the build runs and finishes
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, build.error
+    assert m.catalog.knows(build.image)
+    assert len(inspected) == 1 and exited, (inspected, exited)
+    assert inspected[0] < exited[0]
+    await m.builder.forget(build)
+
+
 def test_bootstrap_prints_the_first_line_before_compiling_the_fetch_stage():
     """The announcement comes first, even when the rest cannot run (here: an incomplete spec)."""
     import json
