@@ -589,7 +589,7 @@ async def bench_coldstart(
             f"{statistics.median(times):.1f}; {_percentile(times, 99):.1f}",
             "ms",
             "< 30",
-            f"{size // 1024} KiB answer; earlier lead 2 ms was a caller seeing few images",
+            f"{size // 1024} KiB answer; the earlier lead (2 ms, ./dev bench service) listed few images",
         )
         row(
             "service cold start -> first answer (1,000 images, 200 finished build containers)",
