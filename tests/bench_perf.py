@@ -27,6 +27,10 @@ Method (end to end, both builders, bare CLI interleaved)
   repo2docker's last line.
 * Noise: the machine has 2 cores shared with other engineers' test runs; the bare CLI varies by
   ±15 % between rounds. The numbers are for this table; no test asserts on them.
+* Kept in the same table so a regression shows (earlier leads): two simultaneous requests for one
+  commit (one build, one container), the same request again once built (answered from the index,
+  30 times, through the proxy), each service's RSS after the rounds, and (``coldstart``) ``GET
+  api/images`` through the proxy with 1,000 images visible (100 times, warm).
 
 ``coldstart``: 1,000 labelled images (one ``docker load``) and 200 finished build containers
 (busybox, labelled as ours, each printed 20 JSON lines and exited) on the engine; the service
