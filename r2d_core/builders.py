@@ -19,11 +19,12 @@ lines.
 Nothing a user sends is pasted into a config language: build fields reach the fetch stage as JSON
 in an environment variable (our serialisation) and repo2docker as single argv elements; the
 repo2docker config file holds admin settings only (:meth:`Builder.config_text` takes no build).
-Git credentials reach the fetch stage through a pipe (local) or a 0600 file copied into the
-container before start and deleted by the fetch stage before it does anything else (docker), and
-git only as the environment value of ``http.<canonical URL>.extraHeader``; repo2docker never sees
-them and no file or container keeps them. Builders never push: the manager pushes a built image
-through the engine API (see :mod:`r2d_core.manager`), so a registry outage never loses a build.
+Git credentials reach the fetch stage on its stdin, read to the end first thing: a pipe (local) or
+the container's stdin, written through the engine's attach endpoint as it starts (no extra round
+trip); git gets them only as the environment value of ``http.<canonical URL>.extraHeader``;
+repo2docker never sees them, no file, container setting or log keeps them. Builders never push:
+the manager pushes a built image through the engine API (see :mod:`r2d_core.manager`), so a
+registry outage never loses a build.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from .engine import DockerEngine, tar_files
+from .engine import DockerEngine
 from .errors import NotFound, Unavailable, UpstreamError
 from .fetch import SPEC_ENV
 from .logs import LineSplitter
@@ -79,10 +80,10 @@ def fetch_bootstrap() -> str:
     """Python code (for ``python3 -c``) that runs :func:`r2d_core.fetch.main` from the sources of
     :data:`FETCH_MODULES`, carried compressed in the code itself.
 
-    Carrying the sources in the command (~20 kB) costs no round trip to the engine: a build without
-    credentials is one ``create`` and one ``start``; a ``put_archive`` before start would add a
-    serial request to every build (~35 ms measured here; unpacking the sources costs ~27 ms inside
-    the container, not on the service's side). The code holds nothing but our own modules.
+    Carrying the sources in the command (~20 kB) costs no round trip: a build is one ``create`` and
+    one ``start`` (credentials go to stdin at the same time); a ``put_archive`` before start would
+    add a serial request to every build (~35 ms measured here; unpacking the sources costs ~27 ms
+    in the container, not on the service's side). The code holds nothing but our own modules.
 
     Before it unpacks and compiles them (~60 ms in the container), it prints the build's first
     line, ``spec["announce"]`` (see :meth:`DockerBuilder.start`): users see the build start as soon
@@ -253,7 +254,6 @@ class Builder(LoggingConfigurable):
         workdir: str,
         command: list[str],
         *,
-        credentials_file: str | None = None,
         credentials_stdin: bool = False,
     ) -> dict[str, Any]:
         """The fetch stage's parameters (JSON in ``R2D_FETCH_SPEC``): no secret in here."""
@@ -272,7 +272,6 @@ class Builder(LoggingConfigurable):
             "submodules": self.submodules,
             "timeout": self.fetch_timeout,
             "max_bytes": self.fetch_max_bytes,
-            "credentials_file": credentials_file,
             "credentials_stdin": credentials_stdin,
             "config": {"path": config_path, "text": self.config_text()},
             # repo2docker's environment: the image labels as JSON (see config_text)
@@ -570,12 +569,11 @@ class DockerBuilder(Builder):
 
     async def start(self, build: Build) -> BuildProcess:
         credentials = build.credentials
-        secret_path = f"{self._config_dir}/credentials.json"
         spec = self.fetch_spec(
             build,
             self._config_dir,
             ["jupyter-repo2docker"],
-            credentials_file=secret_path if credentials is not None else None,
+            credentials_stdin=credentials is not None,
         )
         spec["git_uid"] = self.fetch_uid
         # printed by the bootstrap before it compiles the fetch stage (which then does not)
@@ -602,15 +600,17 @@ class DockerBuilder(Builder):
             "AttachStdout": False,
             "AttachStderr": False,
             "Tty": False,
+            # credentials: on stdin, closed after the one write (not in Env, Cmd, Labels, files)
+            **({"OpenStdin": True, "StdinOnce": True} if credentials is not None else {}),
         }
         container_id = await self.engine.create_container(config, name=f"r2d-build-{build.id}")
         try:
-            if credentials is not None:
-                # the one extra round trip, for builds with credentials only: a 0600 file the
-                # fetch stage deletes before it does anything else (not in Env, Cmd or Labels)
-                files = {secret_path: (_credentials_json(credentials), 0o600)}
-                await self.engine.put_archive(container_id, "/", tar_files(files))
-            await self.engine.start_container(container_id)
+            steps = [self.engine.start_container(container_id)]
+            if credentials is not None:  # at once: the fetch stage waits for them
+                steps.append(self.engine.write_stdin(container_id, _credentials_json(credentials)))
+            for result in await asyncio.gather(*steps, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
         except BaseException:
             await self.engine.remove_container(container_id)
             raise

@@ -245,6 +245,28 @@ class DockerEngine(LoggingConfigurable):
         with docker_errors("copy files into the build container"):
             await self.client.containers.container(container_id).put_archive(path, data)
 
+    async def write_stdin(self, container_id: str, data: bytes) -> None:
+        """Write ``data`` to the stdin of a container created with ``OpenStdin`` and
+        ``StdinOnce``, then close it (its process reads to the end of it). Works before and
+        after the start: the two can be asked at once. The bytes travel on this one attach
+        connection only: they are in no container setting, file or log (``docker inspect``,
+        ``diff``, ``cp`` and ``logs`` show nothing of them)."""
+        from aiodocker.stream import Stream
+        from yarl import URL
+
+        async def setup() -> tuple[URL, None, bool]:
+            query = {"stdin": 1, "stdout": 0, "stderr": 0, "stream": 1}
+            # aiodocker's own attach() inspects the container first (for its Tty): one more
+            # round trip; ours are created without a TTY
+            return URL(f"containers/{container_id}/attach").with_query(query), None, False
+
+        stream = Stream(self.client, setup)
+        with docker_errors("write to the build container's stdin"):
+            try:
+                await asyncio.wait_for(stream.write_in(data), self.timeout)
+            finally:
+                await stream.close()
+
     async def start_container(self, container_id: str) -> None:
         with docker_errors("start the build container"):
             await asyncio.wait_for(

@@ -30,6 +30,9 @@ __all__ = ["BuildRunner", "RunnerSettings", "recovered_build"]
 
 # A BuildKit step header in `--progress plain` output, e.g. "#7 [3/4] RUN pip install ...".
 _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
+# BuildKit has tagged the image ("#12 naming to docker.io/library/r2d-x:abc done"): repo2docker
+# only exits after this
+_NAMED_RE = re.compile(r"^#\d+ naming to \S+ done$")
 #: a log stream that breaks again and again although the engine answers is given up on
 _MAX_FRUITLESS_REATTACHES = 10
 #: a build whose process the kernel killed for memory (live, or found again after a restart)
@@ -115,6 +118,8 @@ class BuildRunner:
         self._pushes: dict[str, asyncio.Task[None]] = {}
         #: finished builds found after a restart whose logs are re-read at the same time
         self._reread_limit = asyncio.Semaphore(4)
+        #: build id -> the inspect of its image, asked as soon as BuildKit named it (see _read)
+        self._probes: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     # ---- the task boundary ------------------------------------------------------------------------
     async def run(self, build: Build) -> None:
@@ -205,7 +210,7 @@ class BuildRunner:
         # DockerBuilder build goes on and the next service process follows it again.
         watchdog = None if ended else asyncio.create_task(self._watch(build))
         try:
-            exit_code, error = await self._read(build, process)
+            exit_code, error = await self._read(build, process, probe=not ended)
             if exit_code and error is None:
                 with contextlib.suppress(R2DError):  # then the exit status is all we say
                     if await process.oom_killed():
@@ -214,11 +219,15 @@ class BuildRunner:
                 await process.cleanup()
             await self.complete(build, exit_code, error, ended=ended)
         finally:
+            self._drop_probe(build)
             if watchdog is not None:
                 watchdog.cancel()
 
-    async def _read(self, build: Build, process: BuildProcess) -> tuple[int | None, str | None]:
+    async def _read(
+        self, build: Build, process: BuildProcess, *, probe: bool = True
+    ) -> tuple[int | None, str | None]:
         """The process's output into the build; (exit status, None) or (None, why we lost it).
+        ``probe``: inspect the image as soon as BuildKit has named it (:meth:`_probe_image`).
 
         A build container goes on when the engine connection drops (an engine restart, a proxy
         timeout): then we wait for the engine, re-read the log from the start, skip the lines we
@@ -237,6 +246,8 @@ class BuildRunner:
                     seen += 1
                     build.last_output = time.monotonic()
                     self.handle_line(build, raw)
+                    if probe and "naming to " in raw and build.id not in self._probes:
+                        self._probe_image(build, raw)
                 return await process.wait(), None
             except R2DError as e:
                 if isinstance(e, Unavailable):
@@ -265,6 +276,37 @@ class BuildRunner:
             except R2DError:
                 continue  # the engine is still unreachable
         return "lost contact with the build"
+
+    def _probe_image(self, build: Build, raw: str) -> None:
+        """Inspect the image once BuildKit has named it, while repo2docker winds down and exits
+        (tens of ms): the outcome is decided without one more round trip to the engine after
+        the exit (:meth:`_built_image`)."""
+        try:
+            message = str(json.loads(raw).get("message", "")).strip()
+        except (ValueError, AttributeError):
+            return
+        if not _NAMED_RE.match(message):
+            return
+        probe = asyncio.ensure_future(self.engine.inspect_image(build.image))
+        probe.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._probes[build.id] = probe
+
+    async def _built_image(self, build: Build) -> dict[str, Any] | None:
+        """The inspect document of the build's image (None: not in the engine), from the probe
+        asked while repo2docker exited, else (no probe, or it found nothing yet or failed) from
+        the engine now. Raises :class:`Unavailable` when the engine cannot be asked."""
+        probe = self._probes.pop(build.id, None)
+        if probe is not None:
+            with contextlib.suppress(R2DError):
+                found = await probe
+                if found is not None:
+                    return found
+        return await self.engine.inspect_image(build.image)
+
+    def _drop_probe(self, build: Build) -> None:
+        probe = self._probes.pop(build.id, None)
+        if probe is not None:
+            probe.cancel()
 
     # ---- time limits ------------------------------------------------------------------------------
     def _time_limit(self, build: Build) -> tuple[float, str] | None:
@@ -396,7 +438,7 @@ class BuildRunner:
         elif exit_code == 0 and error is None and build.stop_reason is None:
             found = None
             with contextlib.suppress(Unavailable):
-                found = await self.engine.inspect_image(build.image)
+                found = await self._built_image(build)
             if found is not None:
                 if build.push and not build.cancel_requested:
                     await self.push(build)

@@ -20,6 +20,7 @@ Limits, checked before the body is parsed (both documented in the OpenAPI docume
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -31,6 +32,7 @@ from .pages import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from .validation import NAME_PATTERN, REF_PATTERN
 
 
+@functools.cache
 def _import_jsonschema() -> Any:
     """``import jsonschema``, without the ``rfc3987_syntax`` package it loads when installed.
 
@@ -53,8 +55,6 @@ def _import_jsonschema() -> Any:
             del sys.modules["rfc3987_syntax"]
     return jsonschema
 
-
-jsonschema = _import_jsonschema()
 
 __all__ = [
     "BUILD_REQUEST",
@@ -293,18 +293,26 @@ def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> A
     if isinstance(instance, str) and not re.search(
         _UNESCAPED_DOLLAR.sub(r"\\Z", pattern), instance
     ):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+        yield _import_jsonschema().ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Draft7 = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _ecma_pattern})
+# jsonschema (with referencing and its metaschemas) costs ~0.1 s of CPU to import: it loads, and
+# the validators are made, at the first request that has something to validate, not at every
+# start of the service (whose first answer is usually a listing without parameters)
+@functools.cache
+def _draft7() -> Any:
+    jsonschema = _import_jsonschema()
+    return jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _ecma_pattern})
 
 
 def _validator(schema: dict[str, Any]) -> Any:
-    _Draft7.check_schema(schema)
-    return _Draft7(schema)
+    _draft7().check_schema(schema)
+    return _draft7()(schema)
 
 
-_BODY_VALIDATORS = {name: _validator(schema) for name, schema in REQUEST_SCHEMAS.items()}
+@functools.cache
+def _body_validator(name: str) -> Any:
+    return _validator(REQUEST_SCHEMAS[name])
 
 
 def _query_schema(parameters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -314,7 +322,10 @@ def _query_schema(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_QUERY_VALIDATORS = {op: _validator(_query_schema(ps)) for op, ps in PARAMETERS.items()}
+@functools.cache
+def _query_validator(operation: str) -> Any:
+    return _validator(_query_schema(PARAMETERS[operation]))
+
 
 # a JSON string (escapes included), so that brackets inside strings are not counted
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -426,7 +437,7 @@ def _first_error(validator: Any, instance: Any) -> InvalidRequest | None:
 def validate_body(schema_name: str, data: Any) -> dict[str, Any]:
     """``data`` if it matches the request schema ``schema_name``, else raise :class:`InvalidRequest`
     naming the first offending field."""
-    error = _first_error(_BODY_VALIDATORS[schema_name], data)
+    error = _first_error(_body_validator(schema_name), data)
     if error is not None:
         raise error
     return data
@@ -467,8 +478,9 @@ def validate_query(
             raise InvalidRequest(f"{name} may be given only once", field=name)
         else:
             values[name] = _coerce(given[0], schema)
-    if operation in _QUERY_VALIDATORS:
-        error = _first_error(_QUERY_VALIDATORS[operation], values)
+    # an empty query matches every query schema here (objects with no required member)
+    if values and operation in PARAMETERS:
+        error = _first_error(_query_validator(operation), values)
         if error is not None:
             raise error
     return values

@@ -6,12 +6,23 @@ A thin tornado base for the shared handlers of :mod:`r2d_tornado.handlers` (as j
 
 from __future__ import annotations
 
-from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from r2d_core.errors import Forbidden
 
 from .handlers import Identity
+from .lazyimport import lazy_modules
+
+# jupyterhub.services.auth imports jupyterhub.scopes, which imports the Hub's database layer
+# (jupyterhub.orm: SQLAlchemy's ORM, alembic, mako, ~0.2 s of CPU) for functions HubAuth never
+# calls (it intersects scopes without a database). Loaded lazily, it costs nothing at the
+# service's start; in a process that has it already (the Hub, tests) nothing changes.
+with lazy_modules("jupyterhub.orm"):
+    from jupyterhub.services.auth import (
+        HubOAuth,
+        HubOAuthCallbackHandler,
+        HubOAuthenticated,
+    )
 
 try:
     # the very rule HubOAuth applies to cookies (navigations spared, scripted requests checked)
@@ -22,7 +33,7 @@ except ImportError:  # pragma: no cover - a JupyterHub that moved it: writes onl
         return handler.request.method not in ("GET", "HEAD", "OPTIONS")
 
 
-__all__ = ["ServiceAuthBase"]
+__all__ = ["HubOAuth", "HubOAuthCallbackHandler", "ServiceAuthBase"]
 
 
 class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):

@@ -127,6 +127,51 @@ async def test_finished_build_is_indexed_without_listing_the_engine(
     await m.builder.forget(build)
 
 
+@pytest.mark.docker
+@pytest.mark.parametrize("builder", ["local", "docker"])
+async def test_built_image_is_inspected_once_before_repo2docker_exits(
+    make_manager,  # noqa: F811 - the fixture imported above
+    git_server,
+    builder,
+):
+    """The outcome needs the image's inspect: it is asked once, as soon as BuildKit has named
+    the image, while repo2docker winds down, not one more round trip after its exit."""
+    m = await make_manager(builder)
+    inspected: list[float] = []
+    exited: list[float] = []
+    inspect_image = m.engine.inspect_image
+    start = m.builder.start
+
+    async def counting(reference: str) -> dict[str, Any] | None:
+        inspected.append(time.monotonic())
+        return await inspect_image(reference)
+
+    async def starting(build: Any) -> Any:
+        process = await start(build)
+        wait = process.wait
+
+        async def waiting() -> int:
+            code = await wait()
+            exited.append(time.monotonic())
+            return code
+
+        process.wait = waiting
+        return process
+
+    m.builder.start = starting
+    build = (
+        await m.submit(repo=git_server.url("hello"), ref="main", owner=f"probe-{builder}", name="h")
+    ).build
+    assert build is not None
+    m.engine.inspect_image = counting  # from here on: the build runs and finishes
+    await wait_done(build)
+    assert build.state == BuildState.BUILT, build.error
+    assert m.catalog.knows(build.image)
+    assert len(inspected) == 1 and exited, (inspected, exited)
+    assert inspected[0] < exited[0]
+    await m.builder.forget(build)
+
+
 def test_bootstrap_prints_the_first_line_before_compiling_the_fetch_stage():
     """The announcement comes first, even when the rest cannot run (here: an incomplete spec)."""
     import json
@@ -146,3 +191,56 @@ def test_bootstrap_prints_the_first_line_before_compiling_the_fetch_stage():
     )
     first = json.loads(proc.stdout.splitlines()[0])
     assert first == {"phase": "fetching", "message": spec["announce"] + "\n"}
+
+
+@pytest.mark.docker
+async def test_credentials_reach_the_build_container_without_a_copy_before_its_start(
+    make_manager,  # noqa: F811 - the fixture imported above
+    git_server,
+    docker_host,
+    tmp_path,
+):
+    """A private repository with the DockerBuilder: the credentials go to the container's stdin
+    at the same time as its start (no put_archive before it: one serial round trip less) and
+    still reach git; the container keeps nothing of them (inspect, diff, cp, logs)."""
+    import base64
+    import json
+
+    from r2d_core.models import Credentials
+    from tests.test_manager import _assert_no_secret_in_build_container, _docker, _private_server
+    from tests.test_refs import PASSWORD, USER
+
+    root = tmp_path / "git-root"
+    root.mkdir()
+    (root / "hello.git").symlink_to(git_server.repos["hello"].path)
+    server = _private_server(str(root))
+    build = None
+    try:
+        m = await make_manager("docker", allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
+
+        async def no_copy(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("a put_archive before the start")
+
+        m.engine.put_archive = no_copy
+        build = (
+            await m.submit(
+                repo=f"http://127.0.0.1:{server.server_address[1]}/hello.git",
+                ref="v1",
+                owner="stdin",
+                name="private",
+                credentials=Credentials(USER, PASSWORD),
+            )
+        ).build
+        assert build is not None
+        await wait_done(build)
+        assert build.state == BuildState.BUILT, build.error
+        name = f"r2d-build-{build.id}"
+        config = json.loads(_docker(docker_host, "inspect", name))[0]["Config"]
+        assert config["OpenStdin"] and config["StdinOnce"]
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+        _assert_no_secret_in_build_container(docker_host, build, [PASSWORD.encode(), token])
+        assert PASSWORD.encode() not in _docker(docker_host, "logs", name)
+        await m.builder.forget(build)
+    finally:
+        server.shutdown()
+        server.server_close()
