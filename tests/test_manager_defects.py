@@ -116,9 +116,11 @@ async def test_unexpected_exception_reading_a_recovered_log_releases_the_build(m
 
 
 # ---- cancel of a push -------------------------------------------------------------------------
-async def _wait_pushing(build: Build, proxy: SlowProxy, start: int) -> None:
+async def _wait_pushing(
+    build: Build, proxy: SlowProxy, start: int, at_least: int = 20_000
+) -> None:
     async with asyncio.timeout(120):
-        while not (build.state == BuildState.PUSHING and proxy.uploaded > start + 20_000):
+        while not (build.state == BuildState.PUSHING and proxy.uploaded >= start + at_least):
             assert not build.done, (build.state, build.error, build.push_error)
             await asyncio.sleep(0.05)
 
@@ -150,17 +152,19 @@ async def test_cancel_stops_a_push_and_a_push_only_build(
         assert group.versions[0].local and not group.versions[0].pushed
 
         # the unbraked seconds above may have let every layer reach the registry (what sat in
-        # socket buffers), leaving the retry only its manifest: brake hard, so that even the
-        # manifest and the layer checks crawl and the retry is surely caught pushing
-        proxy.rate = 2_000
+        # socket buffers), leaving the retry only a manifest and a few layer checks, which even a
+        # hard brake lets through in a moment: hold every upload instead, so that the retry is
+        # surely caught pushing (it has sent its first bytes, none reached the registry)
+        proxy.flowing.clear()
         retry = (await m.submit(**args, push=True)).build
         assert retry.push_only
-        await _wait_pushing(retry, proxy, proxy.uploaded)
+        await _wait_pushing(retry, proxy, proxy.uploaded, at_least=1)
         await m.cancel(retry.id)
         assert retry.state == BuildState.CANCELLED
         [group] = await m.list_images(["cpu"])
         assert not group.versions[0].pushed
     finally:
+        proxy.flowing.set()
         await m.stop()
         await proxy.stop()
 

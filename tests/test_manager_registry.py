@@ -161,6 +161,9 @@ class SlowProxy:
         self.target_port = target_port
         self.rate = rate
         self.uploaded = 0
+        # cleared: uploads are counted but held (nothing reaches the registry until it is set)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -184,6 +187,7 @@ class SlowProxy:
                 while chunk := await src.read(16384):
                     if upload:
                         self.uploaded += len(chunk)
+                        await self.flowing.wait()
                         await asyncio.sleep(len(chunk) / self.rate)
                     dst.write(chunk)
                     await dst.drain()
