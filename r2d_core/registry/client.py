@@ -51,6 +51,7 @@ from .models import (
     parse_created,
 )
 from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .untrusted import check_digest, clean, loads, verify
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -60,6 +61,39 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _ERROR_TEXT_MAX = 200
+
+
+class _TooLarge(Exception):
+    """A registry answer went past its byte limit (raised while httpx reads the body)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class _Refused(Exception):
+    """An answer refused before its body is read (a compression we did not ask for)."""
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    """A response body that raises :class:`_TooLarge` past ``limit`` bytes: httpx reads bodies
+    whole (``aread``), intermediate 401 and redirect answers included, so the bound must sit in
+    the stream itself."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> Any:
+        size = 0
+        async for chunk in self._inner:
+            size += len(chunk)
+            if size > self._limit:
+                raise _TooLarge(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _LRU(Generic[K, V]):
@@ -178,11 +212,15 @@ class RegistryClient(ArtifactIO):
         platform: tuple[str, str] = ("linux", "amd64"),
         revalidate_batch: int = 0,
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
+        total_timeout: float | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
         #: what goes in front of image references (Docker Hub's API host is spelled docker.io)
         self.host = reference_host(self.url)
         self.timeout = timeout
+        #: seconds one request may take as a whole, retries, token requests and redirects included
+        #: (httpx's timeout is per phase: a byte every few seconds would never trip it)
+        self.total_timeout = total_timeout if total_timeout is not None else 3 * timeout
         self.page_size = max(1, page_size)
         self.listing_ttl = listing_ttl
         self.platform = platform
@@ -195,7 +233,7 @@ class RegistryClient(ArtifactIO):
         self.request_count = 0
         hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = {
             "request": [self._count],
-            "response": [],
+            "response": [self._bound],
         }
         for name, extra in (event_hooks or {}).items():
             hooks.setdefault(name, []).extend(extra)
@@ -206,13 +244,16 @@ class RegistryClient(ArtifactIO):
             auth=auth,
             timeout=httpx.Timeout(timeout),
             verify=verify,
-            follow_redirects=True,  # blob GETs may redirect to object storage
+            # only blob downloads follow redirects (to object storage), see _request
+            follow_redirects=False,
+            max_redirects=5,
             # every request, token requests included, runs under self._limit: no more needed
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
             event_hooks=hooks,
-            headers={"User-Agent": "repo2docker-service"},
+            # no compressed answers: their decoded size would not be bounded by _bound
+            headers={"User-Agent": "repo2docker-service", "Accept-Encoding": "identity"},
         )
         self._limit = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
@@ -227,8 +268,23 @@ class RegistryClient(ArtifactIO):
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"
 
+    #: bytes one answer may have unless the call says otherwise (manifests: the OCI limit)
+    max_response_bytes = 4 * 1024 * 1024
+    #: entries and pages a paginated list (catalog, tags) may have
+    max_list_entries = 100_000
+    max_list_pages = 1_000
+
     async def _count(self, request: httpx.Request) -> None:
         self.request_count += 1
+
+    async def _bound(self, response: httpx.Response) -> None:
+        """Every answer (401s, redirects and token answers included) is read through a stream
+        that stops at the request's byte limit; compressed answers are refused."""
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _Refused(f"a compressed answer ({clean(encoding, 20)!r}) nobody asked for")
+        limit = response.request.extensions.get("r2d_max_bytes", self.max_response_bytes)
+        response.stream = _BoundedStream(response.stream, limit)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -277,24 +333,35 @@ class RegistryClient(ArtifactIO):
         params: dict[str, Any] | None = None,
         repository: str | None = None,
         content: bytes | None = None,
+        max_bytes: int | None = None,
     ) -> httpx.Response:
+        # Only blob downloads follow redirects: distribution with S3-style storage answers them
+        # with a redirect to a signed URL. httpx drops Authorization on a redirect to another
+        # origin, and the blob is checked against its digest. Nothing else is redirected: not a
+        # manifest or list (their content is not checked by a digest we know beforehand), not a
+        # PUT (our records would go elsewhere). See docs/explanation/security-registry.md.
+        follow = method in ("GET", "HEAD") and "/blobs/sha" in str(url)
+        extensions = {"r2d_max_bytes": max_bytes or self.max_response_bytes}
         async with self._limit:
             try:
-                # Kept-alive connections the registry (or a proxy) closed meanwhile, e.g. across a
-                # registry restart, fail on first use: a read-only request is safe to send again,
-                # and each failure discards one dead connection of the pool.
-                attempts = self.max_concurrency + 1 if method in ("GET", "HEAD") else 1
-                for attempt in range(attempts):
-                    try:
-                        response = await self._http.request(
-                            method, url, headers=headers, params=params, content=content
-                        )
-                        break
-                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-                        if attempt == attempts - 1:
-                            raise
+                response = await asyncio.wait_for(
+                    self._send(method, url, headers, params, content, follow, extensions),
+                    self.total_timeout,
+                )
             except R2DError:
                 raise
+            except asyncio.TimeoutError:
+                raise Unavailable(
+                    f"the registry at {self.url} did not answer within {self.total_timeout:g}s "
+                    f"({what}): check that it is running and reachable, or raise "
+                    "c.Registry.timeout"
+                ) from None
+            except _TooLarge as e:
+                raise UpstreamError(
+                    f"the registry's answer to {what} is larger than {e.limit} bytes: refused"
+                ) from None
+            except _Refused as e:
+                raise UpstreamError(f"the registry sent {e} ({what})") from None
             except httpx.TimeoutException as e:
                 raise Unavailable(
                     f"{self._peer(e)} did not answer within {self.timeout:g}s ({what}): check that "
@@ -310,8 +377,44 @@ class RegistryClient(ArtifactIO):
                     f"the registry at {self.url} broke the protocol ({what}: {type(e).__name__})"
                 ) from None
         if response.status_code not in ok:
+            if 300 <= response.status_code < 400 and not follow:
+                location = clean(response.headers.get("Location", ""), 120)
+                raise UpstreamError(
+                    f"the registry redirected {what} to {location!r}: only blob downloads may be "
+                    "redirected"
+                )
             self._raise_for(response, what, repository)
         return response
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        params: dict[str, Any] | None,
+        content: bytes | None,
+        follow: bool,
+        extensions: dict[str, Any],
+    ) -> httpx.Response:
+        # Kept-alive connections the registry (or a proxy) closed meanwhile, e.g. across a
+        # registry restart, fail on first use: a read-only request is safe to send again, and
+        # each failure discards one dead connection of the pool.
+        attempts = self.max_concurrency + 1 if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            try:
+                return await self._http.request(
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    content=content,
+                    follow_redirects=follow,
+                    extensions=extensions,
+                )
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _peer(self, error: httpx.HTTPError) -> str:
         try:
@@ -424,14 +527,17 @@ class RegistryClient(ArtifactIO):
             response = await self._request(
                 "GET", url, params=params, what=what, repository=repository
             )
-            try:
-                data = response.json()
-            except ValueError:
-                raise UpstreamError(f"the registry sent non-JSON for {what}") from None
+            data = loads(response.content, f"an answer to {what}")
             page = data.get(key) if isinstance(data, dict) else None
             if page is not None and not isinstance(page, list):
                 raise UpstreamError(f"the registry sent a malformed list for {what}")
-            entries.extend(str(e) for e in page or [])
+            entries.extend(str(e) for e in page or [] if isinstance(e, str))
+            # a registry that never ends its list (a fresh cursor on every page)
+            if len(entries) > self.max_list_entries or len(seen) >= self.max_list_pages:
+                raise UpstreamError(
+                    f"the registry's list for {what} goes on past {self.max_list_entries} entries "
+                    f"or {self.max_list_pages} pages: refused"
+                )
             link = response.links.get("next", {}).get("url")
             url, params = None, None
             if link:
@@ -485,23 +591,11 @@ class RegistryClient(ArtifactIO):
             repository=repository,
         )
         body = response.content
-        computed = _sha256(body)
-        header = response.headers.get("Docker-Content-Digest")
         if _is_digest(reference):
-            if reference.startswith("sha256:") and computed != reference:
-                raise UpstreamError(
-                    f"the registry sent a manifest for {repository}@{reference} whose digest is "
-                    f"{computed}"
-                )
+            verify(body, reference, f"a manifest for {repository}@{reference}")
             digest = reference
-        elif header and header.startswith("sha256:") and header != computed:
-            # not ours to trust then: HEAD answers would not match what we cached
-            raise UpstreamError(
-                f"the registry's digest header for {repository}:{reference} does not match the "
-                "manifest it sent"
-            )
         else:
-            digest = header or computed
+            digest = _checked_header(response, body, f"{repository}:{reference}")
         manifest = Manifest.parse(body, digest, response.headers.get("Content-Type"))
         self._manifests.put(digest, manifest)
         if not _is_digest(reference):
@@ -666,16 +760,11 @@ class RegistryClient(ArtifactIO):
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
         body = response.content
-        computed = _sha256(body)
-        if header and header.startswith("sha256:") and header != computed:
-            raise UpstreamError(
-                f"the registry's digest header for {repository}:{tag} does not match the "
-                "manifest it sent"
-            )
-        if computed == digest:
+        new_digest = _checked_header(response, body, f"{repository}:{tag}")
+        if new_digest == digest or check_digest(body, digest):
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
-        manifest = Manifest.parse(body, header or computed, response.headers.get("Content-Type"))
+        manifest = Manifest.parse(body, new_digest, response.headers.get("Content-Type"))
         self._manifests.put(manifest.digest, manifest)
         self._tag_digests.put((repository, tag), (time.monotonic(), manifest.digest))
         return manifest
@@ -788,8 +877,7 @@ class RegistryClient(ArtifactIO):
             what=f"reading the image config of {repository}",
             repository=repository,
         )
-        if digest.startswith("sha256:") and _sha256(response.content) != digest:
-            raise UpstreamError(f"the registry sent an image config of {repository} not matching")
+        verify(response.content, digest, f"an image config of {repository}")
         config = ImageConfig.parse(response.content)
         self._configs.put(digest, config)
         return config
@@ -812,15 +900,31 @@ def _is_pull_scope(scope: str) -> bool:
     return scope.startswith("repository:") and scope.rsplit(":", 1)[-1] == "pull"
 
 
+def _checked_header(response: httpx.Response, body: bytes, what: str) -> str:
+    """The digest of a manifest fetched by tag: its ``Docker-Content-Digest`` when that matches
+    the body, the body's sha256 when the header is absent or of an algorithm we cannot compute;
+    a header that does not match is refused (HEAD answers would not match what we cached)."""
+    header = response.headers.get("Docker-Content-Digest")
+    if header:
+        matches = check_digest(body, header)
+        if matches:
+            return header
+        if matches is False:
+            raise UpstreamError(
+                f"the registry's digest header for {what} does not match the manifest it sent"
+            )
+    return _sha256(body)
+
+
 def _errors(response: httpx.Response) -> tuple[set[str], str]:
     """Error codes and a short message from a distribution error body (``{"errors": [...]}``)."""
     try:
-        data = response.json()
-    except ValueError:
+        data = loads(response.content, "an error")
+    except UpstreamError:
         return set(), ""
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):
         return set(), ""
     codes = {str(e.get("code")) for e in errors if isinstance(e, dict)}
     messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
-    return codes, "; ".join(messages)[:_ERROR_TEXT_MAX]
+    return codes, clean("; ".join(messages), _ERROR_TEXT_MAX)
