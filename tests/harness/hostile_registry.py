@@ -75,6 +75,8 @@ Route = Callable[["Handler", "re.Match[str]"], None]
 class Handler(BaseHTTPRequestHandler):
     server: HostileRegistry
     protocol_version = "HTTP/1.1"
+    # headers and body are two writes: without this, Nagle + delayed ACK add 40 ms per answer
+    disable_nagle_algorithm = True
 
     # ---- answers a route can give ---------------------------------------------------------------
     def send(
@@ -163,6 +165,7 @@ class HostileRegistry(ThreadingHTTPServer):
     """An in-memory registry on 127.0.0.1 whose answers tests take over route by route."""
 
     daemon_threads = True
+    request_queue_size = 128  # the client opens 16 connections at once; the default backlog is 5
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         # another loopback address (127.0.0.2) makes a "foreign host" for realm and redirect tests
