@@ -622,7 +622,9 @@ class RegistryClient(ArtifactIO):
         """Every tag of every repository starting with ``prefix``, sorted by (repository, tag).
 
         Tags that vanish while listing (deleted meanwhile) are left out rather than failing the
-        listing; every other error propagates.
+        listing, and so are tags and repositories whose answers are broken or hostile
+        (:class:`UpstreamError`: too large, not JSON, not matching their digest), with a warning;
+        an unreachable registry, refused credentials and every other error propagate.
         """
         repositories = await self._listing_catalog(prefix)
         images: list[RegistryImage] = []
@@ -716,6 +718,10 @@ class RegistryClient(ArtifactIO):
                 tags = await self.tags(repository)
             except NotFound:
                 tags = []  # the catalog still lists repositories whose images were all deleted
+            except UpstreamError as e:
+                # a hostile tag list (never-ending, too large, not JSON) costs only its repository
+                log.warning("Leaving the repository %s out of the listing: %s", repository, e)
+                return []
             # the service's build records (r2d_core.registry.artifacts) are no image versions
             cached = (read_at, [t for t in tags if not is_artifact_tag(t)])
             self._tags_cache.put(repository, cached)
@@ -742,6 +748,11 @@ class RegistryClient(ArtifactIO):
             return await self.image(repository, tag)
         except NotFound:
             self._tag_digests.pop((repository, tag))
+            return None
+        except UpstreamError as e:
+            # one tag whose manifest or config is broken or hostile (too large, not matching
+            # its digest, 100 000 deep): left out, not the whole listing of everyone's images
+            log.warning("Leaving %s:%s out of the listing: %s", repository, tag, e)
             return None
 
     async def _revalidate(self, repository: str, tag: str, digest: str) -> Manifest | None:
