@@ -38,7 +38,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Forbidden, NotFound, R2DError, UpstreamError
+from ..errors import Forbidden, NotFound, R2DError, RateLimited, Unavailable, UpstreamError
 from .artifacts_tags import RECORD_TAG_PREFIX, record_tag, referrers_tag
 from .client import RegistryClient
 from .models import OCI_INDEX, OCI_MANIFEST
@@ -234,10 +234,10 @@ class ArtifactStore:
                 tags = await self.client.tags(repository)
             except NotFound:
                 return []
-            except (UpstreamError, Forbidden) as e:
-                # one repository answering nonsense (or refusing us) must not cost the others
-                # their history; an unreachable registry (Unavailable) fails the whole restore,
-                # which is retried
+            except (Unavailable, Forbidden, RateLimited) as e:
+                # one repository answering nonsense, stalling or refusing us must not cost the
+                # others their history (an unreachable registry already failed the catalog,
+                # and the restore is retried)
                 log.warning("Skipping the build records in %s: %s", repository, e)
                 return []
             wanted = [t for t in tags if t.startswith(RECORD_TAG_PREFIX)]
@@ -253,7 +253,7 @@ class ArtifactStore:
                 body = await self.client.raw_manifest(repository, tag, accept=OCI_MANIFEST)
             except NotFound:
                 return None  # deleted meanwhile
-            except (UpstreamError, Forbidden) as e:
+            except (Unavailable, Forbidden, RateLimited) as e:
                 log.warning("Skipping the build record %s:%s: %s", repository, tag, e)
                 return None
         try:
