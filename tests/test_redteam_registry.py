@@ -516,3 +516,68 @@ async def test_error_text_from_the_registry_is_cut_and_has_no_control_characters
     text = str(info.value)
     assert "\n" not in text and "\r" not in text and "\x1b" not in text
     assert len(text) < 600
+
+
+async def test_never_ending_token_answer_is_cut(registry):
+    @registry.route("*", r"^/v2/")
+    def challenge(h, match):
+        h.send(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{registry.url}/token",service="r"'})
+
+    @registry.route("GET", r"^/token$")
+    def endless(h, match):
+        h.stream(iter(lambda: b'{"token": "' + b"t" * 65536, None))
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError) as info:
+            await bounded(c.tags("r2d-a"))
+    assert "larger than" in str(info.value)
+    assert registry.sent < 64 * 1024 * 1024
+
+
+async def test_never_ending_401_body_is_cut(registry):
+    """httpx reads a 401 whole before the auth flow's next request: bounded too."""
+
+    @registry.route("*", r"^/v2/")
+    def challenge(h, match):
+        h.stream(
+            iter(lambda: b" " * 65536, None),
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="r"'},
+        )
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError):
+            await bounded(c.tags("r2d-a"))
+    assert registry.sent < 64 * 1024 * 1024
+
+
+async def test_compressed_answer_is_refused(registry):
+    """A gzip body inflating 1000:1 would get past a byte limit counted on the wire."""
+    import gzip as gz
+
+    bomb = gz.compress(b" " * (64 * 1024 * 1024))
+
+    @registry.route("GET", r"^/v2/r2d-a/tags/list$")
+    def compressed(h, match):
+        h.send(200, bomb, {"Content-Encoding": "gzip"})
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError) as info:
+            await c.tags("r2d-a")
+    assert "compressed" in str(info.value)
+    assert registry.seen("GET")[-1].headers.get("accept-encoding") == "identity"
+
+
+async def test_upload_redirect_is_not_followed(registry, foreign):
+    """A 307 to a PUT of our record would send its bytes to another host."""
+
+    @registry.route("PUT", r"^/v2/r2d-a/manifests/")
+    def away(h, match):
+        h.send(307, headers={"Location": f"{foreign.url}{h.path}"})
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError):
+            await c.put_manifest(
+                "r2d-a", "r2d-listing", b"{}", "application/vnd.oci.image.manifest.v1+json"
+            )
+    assert foreign.requests == []
