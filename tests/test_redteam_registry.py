@@ -581,3 +581,23 @@ async def test_upload_redirect_is_not_followed(registry, foreign):
                 "r2d-a", "r2d-listing", b"{}", "application/vnd.oci.image.manifest.v1+json"
             )
     assert foreign.requests == []
+
+
+async def test_invalid_names_in_the_catalog_and_tag_lists_are_left_out(registry):
+    """Names the distribution grammar refuses (``../x``, upper case, a digest as a tag) would
+    make the next request a 400 of ours: left out of the lists instead."""
+    registry.put_image("r2d-a", "v1")
+
+    @registry.route("GET", r"^/v2/_catalog$")
+    def catalog(h, match):
+        h.send_json({"repositories": ["r2d-a", "../../etc", "r2d-A", "r2d-a/" + "x" * 300, 5]})
+
+    @registry.route("GET", r"^/v2/r2d-a/tags/list$")
+    def tags(h, match):
+        h.send_json({"tags": ["v1", "bad tag", "a/b", "sha256:" + "0" * 64, "-x", None]})
+
+    async with client(registry) as c:
+        assert await c.catalog() == ["r2d-a"]
+        assert await c.tags("r2d-a") == ["v1"]
+        images = await c.list_images("r2d-")
+    assert [(i.repository, i.tag) for i in images] == [("r2d-a", "v1")]

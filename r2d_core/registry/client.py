@@ -563,17 +563,20 @@ class RegistryClient(ArtifactIO):
         names; pages of ``page_size`` names keep the cost of reading all of them low.
         """
         names = await self._paginate("/v2/_catalog", "repositories", what="listing repositories")
-        return [n for n in names if n.startswith(prefix)]
+        # a name the distribution grammar refuses (``../x``, upper case) is no repository we
+        # could ask about: left out here rather than failing a listing or a restore later
+        return [n for n in names if n.startswith(prefix) and _valid(_check_repository, n)]
 
     async def tags(self, repository: str) -> list[str]:
         """Tags of ``repository`` (``[]`` when it has none left, ``"tags": null``)."""
         _check_repository(repository)
-        return await self._paginate(
+        tags = await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
             what=f"listing the tags of {repository}",
             repository=repository,
         )
+        return [t for t in tags if ":" not in t and _valid(_check_reference, t)]
 
     async def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest ``reference`` (a tag or digest) of ``repository``; by digest from cache."""
@@ -905,6 +908,15 @@ class RegistryClient(ArtifactIO):
             size=summary.size,
             reference=f"{self.host}/{repository}:{tag}",
         )
+
+
+def _valid(check: Callable[[str], str], name: str) -> bool:
+    try:
+        check(name)
+    except InvalidRequest:
+        log.warning("The registry listed %r, which is not a valid name: left out", clean(name, 80))
+        return False
+    return True
 
 
 def _is_pull_scope(scope: str) -> bool:
