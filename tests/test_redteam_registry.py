@@ -601,3 +601,15 @@ async def test_invalid_names_in_the_catalog_and_tag_lists_are_left_out(registry)
         assert await c.tags("r2d-a") == ["v1"]
         images = await c.list_images("r2d-")
     assert [(i.repository, i.tag) for i in images] == [("r2d-a", "v1")]
+
+
+async def test_megabytes_of_labels_are_not_cached(registry):
+    """A config with 3 MiB of labels: summaries are cached per digest (10 000 of them), so such
+    labels would fill memory through the cache; an image with more than 64 KiB of label text
+    has none (and so is nobody's)."""
+    labels = {f"l{i}": "x" * 1024 for i in range(3000)}
+    registry.put_image("r2d-a", "v1", labels)
+    registry.put_image("r2d-a", "v2", {"small": "yes"})
+    async with client(registry) as c:
+        assert (await c.image("r2d-a", "v1")).labels == {}
+        assert (await c.image("r2d-a", "v2")).labels == {"small": "yes"}

@@ -45,6 +45,10 @@ _SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+#: label text one image may have (ours take a few kB, at most ~30 kB with a long appendix):
+#: summaries are cached per digest, so a registry serving 4 MiB of labels per tag would
+#: otherwise fill memory through the cache; above this an image has no labels (it is not ours)
+MAX_LABEL_BYTES = 64 * 1024
 
 
 def parse_created(value: Any) -> datetime | None:
@@ -176,8 +180,11 @@ class ImageConfig:
         labels = inner.get("Labels") if isinstance(inner.get("Labels"), dict) else {}
         arch = data.get("architecture")
         os_ = data.get("os")
+        labels = {str(k): str(v) for k, v in labels.items()}
+        if sum(len(k) + len(v) for k, v in labels.items()) > MAX_LABEL_BYTES:
+            labels = {}
         return cls(
-            labels={str(k): str(v) for k, v in labels.items()},
+            labels=labels,
             created=parse_created(data.get("created")),
             architecture=arch if isinstance(arch, str) and arch else None,
             os=os_ if isinstance(os_, str) and os_ else None,
