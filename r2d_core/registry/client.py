@@ -50,8 +50,17 @@ from .models import (
     RegistryImage,
     parse_created,
 )
-from .names import _check_reference, _check_repository, _is_digest, _sha256
-from .untrusted import check_digest, clean, loads, verify
+from .names import _check_reference, _check_repository, _is_digest
+from .untrusted import (
+    BoundedStream,
+    Refused,
+    TooLarge,
+    check_digest,
+    checked_header,
+    clean,
+    loads,
+    verify,
+)
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -61,39 +70,6 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _ERROR_TEXT_MAX = 200
-
-
-class _TooLarge(Exception):
-    """A registry answer went past its byte limit (raised while httpx reads the body)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
-
-
-class _Refused(Exception):
-    """An answer refused before its body is read (a compression we did not ask for)."""
-
-
-class _BoundedStream(httpx.AsyncByteStream):
-    """A response body that raises :class:`_TooLarge` past ``limit`` bytes: httpx reads bodies
-    whole (``aread``), intermediate 401 and redirect answers included, so the bound must sit in
-    the stream itself."""
-
-    def __init__(self, inner: Any, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> Any:
-        size = 0
-        async for chunk in self._inner:
-            size += len(chunk)
-            if size > self._limit:
-                raise _TooLarge(self._limit)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class _LRU(Generic[K, V]):
@@ -282,9 +258,9 @@ class RegistryClient(ArtifactIO):
         that stops at the request's byte limit; compressed answers are refused."""
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise _Refused(f"a compressed answer ({clean(encoding, 20)!r}) nobody asked for")
+            raise Refused(f"a compressed answer ({clean(encoding, 20)!r}) nobody asked for")
         limit = response.request.extensions.get("r2d_max_bytes", self.max_response_bytes)
-        response.stream = _BoundedStream(response.stream, limit)
+        response.stream = BoundedStream(response.stream, limit)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -356,11 +332,11 @@ class RegistryClient(ArtifactIO):
                     f"({what}): check that it is running and reachable, or raise "
                     "c.Registry.timeout"
                 ) from None
-            except _TooLarge as e:
+            except TooLarge as e:
                 raise UpstreamError(
                     f"the registry's answer to {what} is larger than {e.limit} bytes: refused"
                 ) from None
-            except _Refused as e:
+            except Refused as e:
                 raise UpstreamError(f"the registry sent {e} ({what})") from None
             except httpx.TimeoutException as e:
                 raise Unavailable(
@@ -598,7 +574,7 @@ class RegistryClient(ArtifactIO):
             verify(body, reference, f"a manifest for {repository}@{reference}")
             digest = reference
         else:
-            digest = _checked_header(response, body, f"{repository}:{reference}")
+            digest = checked_header(response, body, f"{repository}:{reference}")
         manifest = Manifest.parse(body, digest, response.headers.get("Content-Type"))
         self._manifests.put(digest, manifest)
         if not _is_digest(reference):
@@ -774,7 +750,7 @@ class RegistryClient(ArtifactIO):
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
         body = response.content
-        new_digest = _checked_header(response, body, f"{repository}:{tag}")
+        new_digest = checked_header(response, body, f"{repository}:{tag}")
         if new_digest == digest or check_digest(body, digest):
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
@@ -921,22 +897,6 @@ def _valid(check: Callable[[str], str], name: str) -> bool:
 
 def _is_pull_scope(scope: str) -> bool:
     return scope.startswith("repository:") and scope.rsplit(":", 1)[-1] == "pull"
-
-
-def _checked_header(response: httpx.Response, body: bytes, what: str) -> str:
-    """The digest of a manifest fetched by tag: its ``Docker-Content-Digest`` when that matches
-    the body, the body's sha256 when the header is absent or of an algorithm we cannot compute;
-    a header that does not match is refused (HEAD answers would not match what we cached)."""
-    header = response.headers.get("Docker-Content-Digest")
-    if header:
-        matches = check_digest(body, header)
-        if matches:
-            return header
-        if matches is False:
-            raise UpstreamError(
-                f"the registry's digest header for {what} does not match the manifest it sent"
-            )
-    return _sha256(body)
 
 
 def _errors(response: httpx.Response) -> tuple[set[str], str]:
