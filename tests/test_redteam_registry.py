@@ -613,3 +613,21 @@ async def test_megabytes_of_labels_are_not_cached(registry):
     async with client(registry) as c:
         assert (await c.image("r2d-a", "v1")).labels == {}
         assert (await c.image("r2d-a", "v2")).labels == {"small": "yes"}
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_an_absurd_retry_after_is_clamped(registry, value):
+    """``Retry-After: 999...9`` (400 digits) is float('inf'): the service's own answer writes
+    ``int(retry_after)`` into its Retry-After header (an OverflowError there is a 500)."""
+
+    @registry.route("GET", r"^/v2/r2d-a/tags/list$")
+    def slow_down(h, match):
+        h.send(429, b"{}", {"Retry-After": value})
+
+    async with client(registry) as c:
+        with pytest.raises(R2DError) as info:
+            await c.tags("r2d-a")
+    retry = info.value.retry_after
+    assert retry is not None and 0 < retry <= 86400
+    int(retry)
+    json.dumps(info.value.retry_after, allow_nan=False)

@@ -109,20 +109,26 @@ def parse_www_authenticate(value: str) -> list[Challenge]:
     return challenges
 
 
+#: the longest Retry-After believed (a day)
+_RETRY_AFTER_MAX = 86400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/odd."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        # clamped: 400 digits are float('inf'), which int() (the service's own Retry-After
+        # header) and JSON cannot take; the registry is a remote server
+        return min(float(value), _RETRY_AFTER_MAX)
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), _RETRY_AFTER_MAX)
 
 
 _REPO_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/(?:manifests|blobs|tags)/")
