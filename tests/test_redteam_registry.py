@@ -631,3 +631,18 @@ async def test_an_absurd_retry_after_is_clamped(registry, value):
     assert retry is not None and 0 < retry <= 86400
     int(retry)
     json.dumps(info.value.retry_after, allow_nan=False)
+
+
+async def test_a_token_that_is_no_header_value_is_refused_clearly(registry):
+    @registry.route("*", r"^/v2/")
+    def challenge(h, match):
+        h.send(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{registry.url}/token",service="r"'})
+
+    @registry.route("GET", r"^/token$")
+    def token(h, match):
+        h.send_json({"token": "abc\r\nX-Injected: 1", "expires_in": 1e400})
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError) as info:
+            await c.tags("r2d-a")
+    assert "not a valid header value" in str(info.value)

@@ -73,6 +73,7 @@ class Challenge:
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # nosec B105  # RFC 7230's "token" grammar, no password
 _PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*("((?:[^"\\]|\\.)*)"|{_TOKEN}=*)\s*')
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?=\s|$|,)")
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,65536}")
 _TOKEN68_RE = re.compile(r"\s+[A-Za-z0-9._~+/-]+=*\s*(?=,|$)")
 
 
@@ -387,6 +388,12 @@ class RegistryAuth(httpx.Auth):
         value = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
             raise UpstreamError(f"the registry's token server ({realm}) sent no token")
+        if not _HEADER_SAFE.fullmatch(value):
+            # it goes into an Authorization header: no CR/LF, spaces or control characters
+            raise UpstreamError(
+                f"the registry's token server ({realm}) sent a token that is not a valid header "
+                "value"
+            )
         lifetime = data.get("expires_in")
         # the distribution token spec: 60 s when absent
         if not isinstance(lifetime, (int, float)) or lifetime <= 0:
