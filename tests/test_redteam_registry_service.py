@@ -125,9 +125,11 @@ async def test_the_service_starts_and_shows_the_honest_build(rhub, hostile, alic
     assert r.status_code == 200, r.text[:500]
     ids = {b["id"] for b in r.json()["builds"]}
     assert good.id in ids
-    assert not ids & {"00000000bad1", "00000000bad2", "00000000bad3"} or all(
-        isinstance(b.get("options", {}), dict) for b in r.json()["builds"]
-    )
+    # options 5 is dropped (the record is otherwise sound); a log numbered 1e400 and a record
+    # layer without digest skip their records
+    assert "00000000bad1" in ids
+    assert not ids & {"00000000bad2", "00000000bad3"}
+    assert all(isinstance(b["options"], dict) for b in r.json()["builds"])
     r = await alice.request("GET", f"api/builds/{good.id}")
     assert r.status_code == 200, r.text[:500]
     r = await alice.request("GET", f"api/builds/{good.id}/logs", params={"format": "text"})
