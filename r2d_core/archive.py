@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import NotFound, R2DError
+from .errors import NotFound, R2DError, Unavailable
 from .logs import LogBudget
 from .models import Build, BuildState, iso
 from .records import build_from_record, decode_log, decode_record, encode_log, encode_record
@@ -36,6 +36,11 @@ __all__ = ["ArchiveSettings", "BuildArchive"]
 #: seconds before the first retry of a failed upload; doubles up to _RETRY_MAX
 _RETRY_FIRST = 5.0
 _RETRY_MAX = 300.0
+#: a restore may take this many times c.Registry.timeout in all (the start waits for it)
+_RESTORE_TIMEOUTS = 6
+#: records dated further ahead than this (seconds) are not believed (they would take the
+#: place of every real record in the newest-first history)
+_CLOCK_SKEW = 3600.0
 
 
 class ArchiveSettings(Protocol):
@@ -195,15 +200,29 @@ class BuildArchive:
         return location is not None and location[0] == repository
 
     async def restore(self, known: set[str]) -> list[Build]:
-        """The newest ``build_history`` archived builds not in ``known``, oldest first."""
+        """The newest ``build_history`` archived builds not in ``known``, oldest first.
+
+        Bounded in time (``_RESTORE_TIMEOUTS`` times ``c.Registry.timeout``): the service's start
+        waits for it, and a registry is a remote server that may stall; past the deadline it
+        raises :class:`Unavailable` (the manager retries later)."""
         if not self.registry.configured:
             return []
+        deadline = _RESTORE_TIMEOUTS * self.registry.timeout
+        try:
+            return await asyncio.wait_for(self._restore(known), deadline)
+        except asyncio.TimeoutError:
+            raise Unavailable(
+                f"reading the build records from the registry took longer than {deadline:g}s"
+            ) from None
+
+    async def _restore(self, known: set[str]) -> list[Build]:
         started = time.perf_counter()
         client = self.registry.client()
         before = client.request_count
         store = self.store()
         repositories = await client.catalog(self.registry_prefix())
         found = [r for r in await store.find(repositories) if r.build_id not in known]
+        found = self._believable(found)
         found.sort(key=lambda r: r.created, reverse=True)
         found = found[: max(0, self.settings.build_history)]
         max_log = self.settings.max_log_bytes
@@ -212,11 +231,13 @@ class BuildArchive:
             try:
                 record_bytes, log_bytes = await store.read(stored, max_log_bytes=max_log)
                 record = decode_record(record_bytes)
-                log = decode_log(
-                    log_bytes or _EMPTY_LOG,
-                    max_bytes=max(max_log * 4, 1024 * 1024),
-                    budget=self.settings.log_budget,
+                # up to 16 MiB of JSON lines: ~0.35 s of CPU, in a worker thread so the event
+                # loop (in TLJH: the Hub's) keeps answering while a registry hands us big logs
+                log = await asyncio.to_thread(
+                    decode_log, log_bytes or _EMPTY_LOG, max_bytes=max(max_log * 4, 1024 * 1024)
                 )
+                if self.settings.log_budget is not None:
+                    log.join_budget(self.settings.log_budget)
             except R2DError as e:
                 self.log.warning(
                     "Skipping the build record %s in %s: %s", stored.build_id, stored.repository, e
@@ -235,6 +256,7 @@ class BuildArchive:
             return build_from_record(record, log)
 
         builds = [b for b in await asyncio.gather(*(one(s) for s in found)) if b is not None]
+        builds = self._unique(builds)
         builds.sort(key=lambda b: b.created)
         self.last_restore = {
             "builds": len(builds),
@@ -242,6 +264,43 @@ class BuildArchive:
             "seconds": time.perf_counter() - started,
         }
         return builds
+
+    def _believable(self, found: list[Any]) -> list[Any]:
+        """Records not dated in the future (beyond clock skew): a flood of records dated 2999
+        would push every real one out of the newest-first history."""
+        horizon = iso(time.time() + _CLOCK_SKEW) or ""
+        kept = []
+        for stored in found:
+            if stored.created > horizon:
+                self.log.warning(
+                    "Skipping the build record %s in %s: it is dated %s, in the future",
+                    stored.build_id,
+                    stored.repository,
+                    stored.created[:40],
+                )
+                continue
+            kept.append(stored)
+        return kept
+
+    def _unique(self, builds: list[Build]) -> list[Build]:
+        """Builds whose id no other record claims: two records with one id (a copy of someone's
+        build id in a repository the copier may write) cannot tell which is real, and whichever
+        came first would take the id; neither is restored."""
+        by_id: dict[str, list[Build]] = {}
+        for build in builds:
+            by_id.setdefault(build.id, []).append(build)
+        unique = []
+        for build_id, claims in by_id.items():
+            if len(claims) > 1:
+                self.log.warning(
+                    "Skipping build %s: %d records in the registry claim its id (%s)",
+                    build_id,
+                    len(claims),
+                    ", ".join(sorted({b.image for b in claims}))[:300],
+                )
+                continue
+            unique.append(claims[0])
+        return unique
 
 
 _EMPTY_LOG = gzip.compress(b'{"total":0,"bytes":0}\n', mtime=0)

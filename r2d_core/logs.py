@@ -278,10 +278,15 @@ class LogBuffer:
         buffer._total_bytes = total_bytes
         buffer._closed = True
         if budget is not None:
-            buffer._budget = budget
-            budget._register(buffer)
-            buffer._charge(0)
+            buffer.join_budget(budget)
         return buffer
+
+    def join_budget(self, budget: LogBudget) -> None:
+        """Count this restored log against ``budget``: what ``restored(budget=...)`` does, for a
+        log decoded in a worker thread (the budget is the event loop's to change)."""
+        self._budget = budget
+        budget._register(self)
+        self._charge(0)
 
     # ---- state -------------------------------------------------------------------------------
     @property

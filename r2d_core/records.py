@@ -96,7 +96,7 @@ def decode_record(body: bytes) -> dict[str, Any]:
     """A record's fields; :class:`UpstreamError` if it is not one."""
     try:
         record = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("a build record in the registry is not JSON") from None
     if not isinstance(record, dict) or not all(
         isinstance(record.get(k), str) and record.get(k) for k in ("id", "owner", "name", "sha")
@@ -121,6 +121,8 @@ def build_from_record(record: dict[str, Any], log: LogBuffer) -> Build:
         return value if isinstance(value, str) and value else None
 
     exit_code = record.get("exit_code")
+    if isinstance(exit_code, bool) or not isinstance(exit_code, int) or abs(exit_code) > 2**31:
+        exit_code = None
     build = Build(
         id=text("id"),
         owner=text("owner"),
@@ -138,13 +140,20 @@ def build_from_record(record: dict[str, Any], log: LogBuffer) -> Build:
         error=optional("error"),
         failed_step=optional("failed_step"),
         push_error=optional("push_error"),
-        exit_code=exit_code if isinstance(exit_code, int) else None,
+        exit_code=exit_code,
         recovered=True,
         log=log,
     )
-    for name in OPTIONAL_FIELDS:
-        if name in record and hasattr(build, name):
-            setattr(build, name, record[name])
+    # options and annotations are JSON objects (annotations of strings): anything else the
+    # registry holds would make every listing of builds fail (Build.to_dict copies them)
+    options = record.get("options")
+    if isinstance(options, dict) and hasattr(build, "options"):
+        build.options = {str(k): v for k, v in options.items()}
+    annotations = record.get("annotations")
+    if isinstance(annotations, dict) and hasattr(build, "annotations"):
+        build.annotations = {
+            str(k): v for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)
+        }
     return build
 
 
@@ -177,6 +186,7 @@ def decode_log(body: bytes, *, max_bytes: int, budget: LogBudget | None = None) 
         # costs a third of one parse per line
         rows = json.loads("[" + body_text.replace("\n", ",") + "]") if body_text else []
         head = rows[0] if rows else {}
+        total, total_bytes = int(head.get("total") or 0), int(head.get("bytes") or 0)
         lines = []
         for item in rows[1:]:
             omitted = item.get("omitted")
@@ -194,11 +204,18 @@ def decode_log(body: bytes, *, max_bytes: int, budget: LogBudget | None = None) 
                     else None,
                 )
             )
-    except (ValueError, KeyError, TypeError, zlib.error, EOFError, IndexError):
+    # the registry is untrusted: any shape of JSON (a list for an object, 1e400 for a line
+    # number, 100 000 nested arrays) is a damaged log, never an exception that stops the restore
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        zlib.error,
+        EOFError,
+        IndexError,
+    ):
         raise UpstreamError("a build log in the registry is damaged") from None
-    return LogBuffer.restored(
-        lines,
-        total=int(head.get("total") or 0),
-        total_bytes=int(head.get("bytes") or 0),
-        budget=budget,
-    )
+    return LogBuffer.restored(lines, total=total, total_bytes=total_bytes, budget=budget)

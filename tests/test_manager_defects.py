@@ -116,9 +116,7 @@ async def test_unexpected_exception_reading_a_recovered_log_releases_the_build(m
 
 
 # ---- cancel of a push -------------------------------------------------------------------------
-async def _wait_pushing(
-    build: Build, proxy: SlowProxy, start: int, at_least: int = 20_000
-) -> None:
+async def _wait_pushing(build: Build, proxy: SlowProxy, start: int, at_least: int = 20_000) -> None:
     async with asyncio.timeout(120):
         while not (build.state == BuildState.PUSHING and proxy.uploaded >= start + at_least):
             assert not build.done, (build.state, build.error, build.push_error)

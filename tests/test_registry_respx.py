@@ -23,6 +23,7 @@ from r2d_core.registry.auth import parse_retry_after, parse_www_authenticate, pr
 
 REGISTRY = "https://registry.test"
 REALM = "https://auth.test/token"
+AUTH_HOST = "auth.test"  # the token server is on another host: allowed by configuration
 BASIC = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
 
 
@@ -60,7 +61,7 @@ def mock():
 
 
 def client(**kwargs) -> RegistryClient:
-    kwargs.setdefault("auth", RegistryAuth("alice", "s3cret-pw"))
+    kwargs.setdefault("auth", RegistryAuth("alice", "s3cret-pw", token_realm_hosts=[AUTH_HOST]))
     # respx replaces httpx's own connection pool; what these tests check (auth flow, errors,
     # retries) lives in the httpx client above the pool, the same over the aiohttp one
     kwargs.setdefault("http_pool", "httpx")
@@ -107,7 +108,7 @@ def test_parse_retry_after():
 def test_auth_needs_both_credentials_and_hides_them():
     with pytest.raises(ValueError, match="both"):
         RegistryAuth("alice", "")
-    auth = RegistryAuth("alice", "s3cret-pw")
+    auth = RegistryAuth("alice", "s3cret-pw", token_realm_hosts=[AUTH_HOST])
     assert "s3cret-pw" not in repr(auth) and "alice" in repr(auth)
     with pytest.raises(RuntimeError, match="AsyncClient"):
         httpx.Client(auth=auth).get("https://registry.test/v2/")
@@ -236,7 +237,7 @@ async def test_basic_challenge_where_a_token_was_expected(mock):
         assert state["seen"] == ["Basic"]  # remembered
     assert token_route.call_count == 1
     # without credentials a Basic challenge is a clear configuration error
-    async with client(auth=RegistryAuth()) as anonymous:
+    async with client(auth=RegistryAuth(token_realm_hosts=[AUTH_HOST])) as anonymous:
         with pytest.raises(RegistryAuthError, match="requires credentials"):
             await anonymous.tags("a")
 
@@ -251,7 +252,7 @@ async def test_token_server_failures(mock):
         ) as e:
             await c.ping()
         assert "s3cret-pw" not in str(e.value)
-    async with client(auth=RegistryAuth()) as c:
+    async with client(auth=RegistryAuth(token_realm_hosts=[AUTH_HOST])) as c:
         with pytest.raises(RegistryAuthError, match="refused anonymous access"):
             await c.ping()
     realm.mock(return_value=httpx.Response(200, json={"nothing": "here"}))
@@ -389,7 +390,7 @@ async def test_manifest_digest_mismatch(mock):
     async with client(auth=None) as c:
         with pytest.raises(UpstreamError, match="does not match"):
             await c.manifest("a", "v1")
-        with pytest.raises(UpstreamError, match="whose digest is"):
+        with pytest.raises(UpstreamError, match="not matching its digest"):
             await c.manifest("a", _sha(b"other"))
 
 
@@ -457,7 +458,7 @@ async def test_expired_tokens_are_swept(mock, monkeypatch):
     mock.get(url__regex=rf"{REGISTRY}/v2/\w+/tags/list").mock(side_effect=registry)
     clock = {"now": 1000.0}
     monkeypatch.setattr("r2d_core.registry.auth.time.monotonic", lambda: clock["now"])
-    auth = RegistryAuth("alice", "s3cret-pw")
+    auth = RegistryAuth("alice", "s3cret-pw", token_realm_hosts=[AUTH_HOST])
     auth.max_tokens = 2
     async with client(auth=auth) as c:
         await c.tags("a")

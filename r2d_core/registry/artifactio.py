@@ -5,14 +5,14 @@ other call (they go through the client's ``_request``)."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..errors import UpstreamError
 from .models import MANIFEST_ACCEPT
-from .names import _check_reference, _check_repository, _sha256
+from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .untrusted import loads, verify
 
 if TYPE_CHECKING:
     from .client import RegistryClient
@@ -21,10 +21,7 @@ __all__ = ["ArtifactIO"]
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise UpstreamError(f"the registry sent a {what} that is not JSON") from None
+    data = loads(body, f"a {what}")
     if not isinstance(data, dict):
         raise UpstreamError(f"the registry sent a {what} that is not a JSON object")
     return data
@@ -75,8 +72,8 @@ class ArtifactIO:
             repository=repository,
         )
         body = response.content
-        if reference.startswith("sha256:") and _sha256(body) != reference:
-            raise UpstreamError(f"the registry sent a manifest of {repository} not matching")
+        if _is_digest(reference):
+            verify(body, reference, f"a manifest of {repository}")
         return body
 
     async def put_manifest(
@@ -145,13 +142,9 @@ class ArtifactIO:
             f"/v2/{repository}/blobs/{digest}",
             what=f"reading a blob of {repository}",
             repository=repository,
+            max_bytes=max_bytes,  # read no further: a never-ending body stops here
         )
-        body = response.content
-        if len(body) > max_bytes:
-            raise UpstreamError(f"a blob of {repository} is larger than {max_bytes} bytes")
-        if digest.startswith("sha256:") and _sha256(body) != digest:
-            raise UpstreamError(f"the registry sent a blob of {repository} not matching")
-        return body
+        return verify(response.content, digest, f"a blob of {repository}")
 
     async def delete_manifest(self: RegistryClient, repository: str, digest: str) -> None:
         """Delete a manifest by digest (its tags go with it); a missing one is no error."""

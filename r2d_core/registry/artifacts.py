@@ -34,14 +34,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NotFound, R2DError, UpstreamError
+from ..errors import Forbidden, NotFound, R2DError, RateLimited, Unavailable, UpstreamError
 from .artifacts_tags import RECORD_TAG_PREFIX, record_tag, referrers_tag
 from .client import RegistryClient
 from .models import OCI_INDEX, OCI_MANIFEST
-from .names import _sha256
+from .names import _is_digest, _sha256
+from .untrusted import check_digest, loads
 
 __all__ = [
     "ARTIFACT_TYPE",
@@ -56,6 +58,24 @@ _ANNOTATION = "io.repo2docker-service.build."
 _CREATED = "org.opencontainers.image.created"
 #: blobs up to this size are also embedded in the artifact manifest (``data``)
 EMBED_MAX = 48 * 1024
+#: entries of a referrers index acted upon (an image has one record per build of it)
+MAX_REFERRERS = 1000
+
+log = logging.getLogger(__name__)
+
+
+def _layer(value: Any) -> dict[str, Any] | None:
+    """A layer descriptor as we write them (string media type and digest, integer size), or None:
+    whatever the registry holds is untrusted, and a wrong type must skip the record, not fail the
+    whole restore."""
+    if not isinstance(value, dict):
+        return None
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not isinstance(digest, str) or not _is_digest(digest):
+        return None
+    if size is not None and (not isinstance(size, int) or size < 0):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,10 @@ def _content(descriptor: dict[str, Any]) -> bytes | None:
         content = base64.b64decode(data, validate=True)
     except ValueError:
         return None
-    if _sha256(content) != descriptor.get("digest") or len(content) != descriptor.get("size"):
+    digest = descriptor.get("digest")
+    if not isinstance(digest, str) or not check_digest(content, digest):
+        return None
+    if len(content) != descriptor.get("size"):
         return None
     return content
 
@@ -192,13 +215,14 @@ class ArtifactStore:
             )
         except NotFound:
             return []
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise UpstreamError(f"the referrers index of {repository} is not JSON") from None
+        data = loads(body, f"a referrers index of {repository}")
         entries = data.get("manifests") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            return []
         return [
-            e for e in entries or [] if isinstance(e, dict) and isinstance(e.get("digest"), str)
+            e
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("digest"), str) and _is_digest(e["digest"])
         ]
 
     # ---- finding and reading -----------------------------------------------------------------
@@ -209,6 +233,12 @@ class ArtifactStore:
             try:
                 tags = await self.client.tags(repository)
             except NotFound:
+                return []
+            except (Unavailable, Forbidden, RateLimited) as e:
+                # one repository answering nonsense, stalling or refusing us must not cost the
+                # others their history (an unreachable registry already failed the catalog,
+                # and the restore is retried)
+                log.warning("Skipping the build records in %s: %s", repository, e)
                 return []
             wanted = [t for t in tags if t.startswith(RECORD_TAG_PREFIX)]
             found = await asyncio.gather(*(self._stored(repository, t) for t in wanted))
@@ -223,24 +253,39 @@ class ArtifactStore:
                 body = await self.client.raw_manifest(repository, tag, accept=OCI_MANIFEST)
             except NotFound:
                 return None  # deleted meanwhile
-        try:
-            data = json.loads(body)
-            annotations = data.get("annotations") or {}
-            layers = data.get("layers") or []
-            if data.get("artifactType") != ARTIFACT_TYPE or not layers:
+            except (Unavailable, Forbidden, RateLimited) as e:
+                log.warning("Skipping the build record %s:%s: %s", repository, tag, e)
                 return None
-        except (ValueError, AttributeError):
+        try:
+            data = loads(body, f"a build record manifest in {repository}")
+        except UpstreamError as e:
+            log.warning("Skipping %s:%s: %s", repository, tag, e)
             return None
+        if not isinstance(data, dict) or data.get("artifactType") != ARTIFACT_TYPE:
+            return None
+        annotations = data.get("annotations")
+        if not isinstance(annotations, dict):
+            annotations = {}
+        layers = data.get("layers")
         from ..records import LOG_MEDIA_TYPE, RECORD_MEDIA_TYPE
 
-        by_type = {layer.get("mediaType"): layer for layer in layers if isinstance(layer, dict)}
+        by_type: dict[str, dict[str, Any]] = {}
+        for layer in layers if isinstance(layers, list) else []:
+            checked = _layer(layer)
+            if checked is not None:
+                by_type.setdefault(checked["mediaType"], checked)
         if RECORD_MEDIA_TYPE not in by_type:
             return None
+
+        def text(name: str, default: str = "") -> str:
+            value = annotations.get(name, default)
+            return value if isinstance(value, str) else default
+
         return StoredRecord(
             repository=repository,
-            build_id=str(annotations.get(f"{_ANNOTATION}id", tag[len(RECORD_TAG_PREFIX) :])),
-            owner=str(annotations.get(f"{_ANNOTATION}owner", "")),
-            created=str(annotations.get(_CREATED, "")),
+            build_id=text(f"{_ANNOTATION}id", tag[len(RECORD_TAG_PREFIX) :]),
+            owner=text(f"{_ANNOTATION}owner"),
+            created=text(_CREATED),
             digest=_sha256(body),
             record=by_type[RECORD_MEDIA_TYPE],
             log=by_type.get(LOG_MEDIA_TYPE),
@@ -274,12 +319,21 @@ class ArtifactStore:
         Returns how many artifacts went. Errors but "not found" propagate.
         """
         entries = await self._referrers(repository, image_digest)
+        ours = [e for e in entries if e.get("artifactType") in (None, ARTIFACT_TYPE)]
+        # another tool's referrers (a signature, an SBOM) are not ours to delete; an index of
+        # thousands of entries is not one we wrote (one entry per build of this image)
+        if len(ours) > MAX_REFERRERS:
+            log.warning(
+                "The referrers index of %s@%s lists %d artifacts; deleting the first %d",
+                repository,
+                image_digest,
+                len(ours),
+                MAX_REFERRERS,
+            )
         count = 0
-        for entry in entries:
-            if entry.get("artifactType") not in (None, ARTIFACT_TYPE):
-                continue  # another tool's referrer (a signature, an SBOM): not ours to delete
-            await self.delete_artifact(repository, entry["digest"])
-            count += 1
+        for entry in ours[:MAX_REFERRERS]:
+            if await self.delete_artifact(repository, entry["digest"], subject=image_digest):
+                count += 1
         try:
             index_digest = await self.client.digest(repository, referrers_tag(image_digest))
         except NotFound:
@@ -287,19 +341,44 @@ class ArtifactStore:
         await self.client.delete_manifest(repository, index_digest)
         return count
 
-    async def delete_artifact(self, repository: str, digest: str) -> None:
-        """Delete one record artifact (manifest, its tag, its record and log blobs)."""
+    async def delete_artifact(
+        self, repository: str, digest: str, *, subject: str | None = None
+    ) -> bool:
+        """Delete one record artifact (manifest, its tag, its record and log blobs); returns
+        whether it was one. Anything else, e.g. an image manifest a forged referrers entry
+        names, or an artifact attached to another image than ``subject``, is left alone."""
+        from ..records import LOG_MEDIA_TYPE, RECORD_MEDIA_TYPE
+
         try:
             body = await self.client.raw_manifest(repository, digest, accept=OCI_MANIFEST)
-            data = json.loads(body)
-            layers = [layer["digest"] for layer in data.get("layers") or []]
         except NotFound:
-            return
-        except (ValueError, KeyError, TypeError, AttributeError):
-            layers = []
+            return False
+        try:
+            data = loads(body, "an artifact manifest")
+        except UpstreamError:
+            data = None
+        attached = data.get("subject") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict)
+            or data.get("artifactType") != ARTIFACT_TYPE
+            or (subject is not None and (attached or {}).get("digest") != subject)
+        ):
+            log.warning(
+                "Not deleting %s@%s: it is not a build record of this image", repository, digest
+            )
+            return False
+        # only the record and log blobs are the artifact's own (image layers may be shared)
+        layers = [
+            checked["digest"]
+            for checked in map(
+                _layer, data.get("layers") if isinstance(data.get("layers"), list) else []
+            )
+            if checked is not None and checked["mediaType"] in (RECORD_MEDIA_TYPE, LOG_MEDIA_TYPE)
+        ]
         await self.client.delete_manifest(repository, digest)
         for layer in layers:
             try:
                 await self.client.delete_blob(repository, layer)
             except R2DError:
                 pass  # a blob left behind costs space only; the garbage collector takes it
+        return True

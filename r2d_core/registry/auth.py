@@ -13,6 +13,13 @@ connection pool, event hooks) and never a private one.
 
 The password and tokens live in private attributes only: they appear in no repr, log line or
 exception message.
+
+The realm is named by the registry, which is a remote server and untrusted: a token request
+(which carries the Basic credentials) goes only to the registry's own host, over https unless the
+registry itself is plain http, or to a host the admin lists in ``token_realm_hosts`` (Docker Hub's
+``auth.docker.io`` and GitLab's ``gitlab.com`` are known). Any other realm is refused before a
+byte is sent there: no credentials for a foreign host, no request to an internal address the
+registry chose (see docs/explanation/security-registry.md).
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from typing import Any
 import httpx
 
 from ..errors import Forbidden, RateLimited, UpstreamError
+from .untrusted import clean, loads
 
 __all__ = [
+    "KNOWN_TOKEN_HOSTS",
     "Challenge",
     "RegistryAuth",
     "RegistryAuthError",
@@ -64,6 +73,7 @@ class Challenge:
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # nosec B105  # RFC 7230's "token" grammar, no password
 _PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*("((?:[^"\\]|\\.)*)"|{_TOKEN}=*)\s*')
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?=\s|$|,)")
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,65536}")
 _TOKEN68_RE = re.compile(r"\s+[A-Za-z0-9._~+/-]+=*\s*(?=,|$)")
 
 
@@ -100,20 +110,26 @@ def parse_www_authenticate(value: str) -> list[Challenge]:
     return challenges
 
 
+#: the longest Retry-After believed (a day)
+_RETRY_AFTER_MAX = 86400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/odd."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        # clamped: 400 digits are float('inf'), which int() (the service's own Retry-After
+        # header) and JSON cannot take; the registry is a remote server
+        return min(float(value), _RETRY_AFTER_MAX)
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), _RETRY_AFTER_MAX)
 
 
 _REPO_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/(?:manifests|blobs|tags)/")
@@ -150,6 +166,14 @@ class _Token:
 
 _TokenKey = tuple[str, str, str]  # realm, service, scope
 
+#: registries whose token server is on another host of the same operator (API host -> realm host)
+KNOWN_TOKEN_HOSTS = {
+    "registry-1.docker.io": "auth.docker.io",
+    "index.docker.io": "auth.docker.io",
+    "docker.io": "auth.docker.io",
+    "registry.gitlab.com": "gitlab.com",
+}
+
 
 class RegistryAuth(httpx.Auth):
     """Anonymous, basic or bearer-token registry auth, chosen by the server's challenge.
@@ -166,7 +190,15 @@ class RegistryAuth(httpx.Auth):
     #: above this many cached tokens, expired ones (and their idle locks) are swept out
     max_tokens = 1024
 
-    def __init__(self, username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        token_realm_hosts: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        #: hosts besides the registry's own that may serve its tokens (admin-configured)
+        self.token_realm_hosts = frozenset(h.strip().lower() for h in token_realm_hosts if h)
         self._username: str | None = None
         self._basic: str | None = None
         self._tokens: dict[_TokenKey, _Token] = {}
@@ -255,6 +287,16 @@ class RegistryAuth(httpx.Auth):
         realm = challenge.params.get("realm", "")
         if not realm.startswith(("https://", "http://")):
             return
+        try:
+            realm_url = httpx.URL(realm)
+        except (httpx.InvalidURL, ValueError):
+            return
+        if not self.realm_allowed(request.url, realm_url):
+            raise RegistryAuthError(
+                f"the registry at {origin} asks for tokens from {clean(_origin(realm_url), 120)}, "
+                "which is not the registry's own host: refused, nothing was sent there. If that "
+                "is the registry's token server, add its host to c.Registry.token_realm_hosts"
+            )
         service = challenge.params.get("service", "")
         scope = " ".join(challenge.scopes)
         self._schemes[origin] = "bearer"
@@ -276,6 +318,20 @@ class RegistryAuth(httpx.Auth):
             return  # the same token again would get the same answer
         request.headers["Authorization"] = f"Bearer {token.value}"
         yield request
+
+    def realm_allowed(self, registry: httpx.URL, realm: httpx.URL) -> bool:
+        """Whether a token request for ``registry`` may go to ``realm``: the registry's own host
+        (any port; https unless the registry is plain http), a known or configured token host."""
+        if realm.scheme not in ("https", "http") or not realm.host:
+            return False
+        if realm.scheme == "http" and registry.scheme != "http":
+            return False  # no downgrade: the Basic credentials would travel in clear text
+        host = realm.host.lower()
+        return (
+            host == registry.host.lower()
+            or host in self.token_realm_hosts
+            or KNOWN_TOKEN_HOSTS.get(registry.host.lower()) == host
+        )
 
     # ---- tokens --------------------------------------------------------------------------------
     def _valid(self, key: _TokenKey) -> _Token | None:
@@ -326,12 +382,18 @@ class RegistryAuth(httpx.Auth):
                 "to a token request"
             )
         try:
-            data: Any = response.json()
-        except ValueError:
+            data: Any = loads(response.content, "a token answer")
+        except UpstreamError:
             data = None
         value = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
             raise UpstreamError(f"the registry's token server ({realm}) sent no token")
+        if not _HEADER_SAFE.fullmatch(value):
+            # it goes into an Authorization header: no CR/LF, spaces or control characters
+            raise UpstreamError(
+                f"the registry's token server ({realm}) sent a token that is not a valid header "
+                "value"
+            )
         lifetime = data.get("expires_in")
         # the distribution token spec: 60 s when absent
         if not isinstance(lifetime, (int, float)) or lifetime <= 0:

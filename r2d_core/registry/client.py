@@ -32,8 +32,17 @@ from .artifactio import ArtifactIO
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
 from .listing import _LRU, Listing
 from .models import MANIFEST_ACCEPT, Manifest, RegistryImage
-from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .names import _check_reference, _check_repository, _is_digest
 from .transport import AiohttpTransport
+from .untrusted import (
+    BoundedStream,
+    Refused,
+    TooLarge,
+    checked_header,
+    clean,
+    loads,
+    verify,
+)
 
 __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 
@@ -99,11 +108,15 @@ class RegistryClient(Listing, ArtifactIO):
         revalidate_batch: int = 0,
         http_pool: str = "aiohttp",
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
+        total_timeout: float | None = None,
     ) -> None:
         self.url = validate_registry_url(url)
         #: what goes in front of image references (Docker Hub's API host is spelled docker.io)
         self.host = reference_host(self.url)
         self.timeout = timeout
+        #: seconds one request may take as a whole, retries, token requests and redirects included
+        #: (httpx's timeout is per phase: a byte every few seconds would never trip it)
+        self.total_timeout = total_timeout if total_timeout is not None else 3 * timeout
         self.page_size = max(1, page_size)
         self.listing_ttl = listing_ttl
         self.platform = platform
@@ -116,7 +129,7 @@ class RegistryClient(Listing, ArtifactIO):
         self.request_count = 0
         hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = {
             "request": [self._count],
-            "response": [],
+            "response": [self._bound],
         }
         for name, extra in (event_hooks or {}).items():
             hooks.setdefault(name, []).extend(extra)
@@ -135,13 +148,16 @@ class RegistryClient(Listing, ArtifactIO):
             auth=auth,
             timeout=httpx.Timeout(timeout),
             verify=verify,
-            follow_redirects=True,  # blob GETs may redirect to object storage
+            # only blob downloads follow redirects (to object storage), see _request
+            follow_redirects=False,
+            max_redirects=5,
             # every request, token requests included, runs under self._limit: no more needed
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
             event_hooks=hooks,
-            headers={"User-Agent": "repo2docker-service"},
+            # no compressed answers: their decoded size would not be bounded by _bound
+            headers={"User-Agent": "repo2docker-service", "Accept-Encoding": "identity"},
         )
         self._limit = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
@@ -151,8 +167,23 @@ class RegistryClient(Listing, ArtifactIO):
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r})"
 
+    #: bytes one answer may have unless the call says otherwise (manifests: the OCI limit)
+    max_response_bytes = 4 * 1024 * 1024
+    #: entries and pages a paginated list (catalog, tags) may have
+    max_list_entries = 100_000
+    max_list_pages = 1_000
+
     async def _count(self, request: httpx.Request) -> None:
         self.request_count += 1
+
+    async def _bound(self, response: httpx.Response) -> None:
+        """Every answer (401s, redirects and token answers included) is read through a stream
+        that stops at the request's byte limit; compressed answers are refused."""
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise Refused(f"a compressed answer ({clean(encoding, 20)!r}) nobody asked for")
+        limit = response.request.extensions.get("r2d_max_bytes", self.max_response_bytes)
+        response.stream = BoundedStream(response.stream, limit)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -185,24 +216,35 @@ class RegistryClient(Listing, ArtifactIO):
         params: dict[str, Any] | None = None,
         repository: str | None = None,
         content: bytes | None = None,
+        max_bytes: int | None = None,
     ) -> httpx.Response:
+        # Only blob downloads follow redirects: distribution with S3-style storage answers them
+        # with a redirect to a signed URL. httpx drops Authorization on a redirect to another
+        # origin, and the blob is checked against its digest. Nothing else is redirected: not a
+        # manifest or list (their content is not checked by a digest we know beforehand), not a
+        # PUT (our records would go elsewhere). See docs/explanation/security-registry.md.
+        follow = method in ("GET", "HEAD") and "/blobs/sha" in str(url)
+        extensions = {"r2d_max_bytes": max_bytes or self.max_response_bytes}
         async with self._limit:
             try:
-                # Kept-alive connections the registry (or a proxy) closed meanwhile, e.g. across a
-                # registry restart, fail on first use: a read-only request is safe to send again,
-                # and each failure discards one dead connection of the pool.
-                attempts = self.max_concurrency + 1 if method in ("GET", "HEAD") else 1
-                for attempt in range(attempts):
-                    try:
-                        response = await self._http.request(
-                            method, url, headers=headers, params=params, content=content
-                        )
-                        break
-                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-                        if attempt == attempts - 1:
-                            raise
+                response = await asyncio.wait_for(
+                    self._send(method, url, headers, params, content, follow, extensions),
+                    self.total_timeout,
+                )
             except R2DError:
                 raise
+            except asyncio.TimeoutError:
+                raise Unavailable(
+                    f"the registry at {self.url} did not answer within {self.total_timeout:g}s "
+                    f"({what}): check that it is running and reachable, or raise "
+                    "c.Registry.timeout"
+                ) from None
+            except TooLarge as e:
+                raise UpstreamError(
+                    f"the registry's answer to {what} is larger than {e.limit} bytes: refused"
+                ) from None
+            except Refused as e:
+                raise UpstreamError(f"the registry sent {e} ({what})") from None
             except httpx.TimeoutException as e:
                 raise Unavailable(
                     f"{self._peer(e)} did not answer within {self.timeout:g}s ({what}): check that "
@@ -218,8 +260,44 @@ class RegistryClient(Listing, ArtifactIO):
                     f"the registry at {self.url} broke the protocol ({what}: {type(e).__name__})"
                 ) from None
         if response.status_code not in ok:
+            if 300 <= response.status_code < 400 and not follow:
+                location = clean(response.headers.get("Location", ""), 120)
+                raise UpstreamError(
+                    f"the registry redirected {what} to {location!r}: only blob downloads may be "
+                    "redirected"
+                )
             self._raise_for(response, what, repository)
         return response
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        params: dict[str, Any] | None,
+        content: bytes | None,
+        follow: bool,
+        extensions: dict[str, Any],
+    ) -> httpx.Response:
+        # Kept-alive connections the registry (or a proxy) closed meanwhile, e.g. across a
+        # registry restart, fail on first use: a read-only request is safe to send again, and
+        # each failure discards one dead connection of the pool.
+        attempts = self.max_concurrency + 1 if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            try:
+                return await self._http.request(
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    content=content,
+                    follow_redirects=follow,
+                    extensions=extensions,
+                )
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _peer(self, error: httpx.HTTPError) -> str:
         try:
@@ -332,14 +410,17 @@ class RegistryClient(Listing, ArtifactIO):
             response = await self._request(
                 "GET", url, params=params, what=what, repository=repository
             )
-            try:
-                data = response.json()
-            except ValueError:
-                raise UpstreamError(f"the registry sent non-JSON for {what}") from None
+            data = loads(response.content, f"an answer to {what}")
             page = data.get(key) if isinstance(data, dict) else None
             if page is not None and not isinstance(page, list):
                 raise UpstreamError(f"the registry sent a malformed list for {what}")
-            entries.extend(str(e) for e in page or [])
+            entries.extend(str(e) for e in page or [] if isinstance(e, str))
+            # a registry that never ends its list (a fresh cursor on every page)
+            if len(entries) > self.max_list_entries or len(seen) >= self.max_list_pages:
+                raise UpstreamError(
+                    f"the registry's list for {what} goes on past {self.max_list_entries} entries "
+                    f"or {self.max_list_pages} pages: refused"
+                )
             link = response.links.get("next", {}).get("url")
             url, params = None, None
             if link:
@@ -365,17 +446,20 @@ class RegistryClient(Listing, ArtifactIO):
         names; pages of ``page_size`` names keep the cost of reading all of them low.
         """
         names = await self._paginate("/v2/_catalog", "repositories", what="listing repositories")
-        return [n for n in names if n.startswith(prefix)]
+        # a name the distribution grammar refuses (``../x``, upper case) is no repository we
+        # could ask about: left out here rather than failing a listing or a restore later
+        return [n for n in names if n.startswith(prefix) and _valid(_check_repository, n)]
 
     async def tags(self, repository: str) -> list[str]:
         """Tags of ``repository`` (``[]`` when it has none left, ``"tags": null``)."""
         _check_repository(repository)
-        return await self._paginate(
+        tags = await self._paginate(
             f"/v2/{repository}/tags/list",
             "tags",
             what=f"listing the tags of {repository}",
             repository=repository,
         )
+        return [t for t in tags if ":" not in t and _valid(_check_reference, t)]
 
     async def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest ``reference`` (a tag or digest) of ``repository``; by digest from cache."""
@@ -393,23 +477,11 @@ class RegistryClient(Listing, ArtifactIO):
             repository=repository,
         )
         body = response.content
-        computed = _sha256(body)
-        header = response.headers.get("Docker-Content-Digest")
         if _is_digest(reference):
-            if reference.startswith("sha256:") and computed != reference:
-                raise UpstreamError(
-                    f"the registry sent a manifest for {repository}@{reference} whose digest is "
-                    f"{computed}"
-                )
+            verify(body, reference, f"a manifest for {repository}@{reference}")
             digest = reference
-        elif header and header.startswith("sha256:") and header != computed:
-            # not ours to trust then: HEAD answers would not match what we cached
-            raise UpstreamError(
-                f"the registry's digest header for {repository}:{reference} does not match the "
-                "manifest it sent"
-            )
         else:
-            digest = header or computed
+            digest = checked_header(response, body, f"{repository}:{reference}")
         manifest = Manifest.parse(body, digest, response.headers.get("Content-Type"))
         self._manifests.put(digest, manifest)
         if not _is_digest(reference):
@@ -454,6 +526,15 @@ class RegistryClient(Listing, ArtifactIO):
         return digest
 
 
+def _valid(check: Callable[[str], str], name: str) -> bool:
+    try:
+        check(name)
+    except InvalidRequest:
+        log.warning("The registry listed %r, which is not a valid name: left out", clean(name, 80))
+        return False
+    return True
+
+
 def _is_pull_scope(scope: str) -> bool:
     return scope.startswith("repository:") and scope.rsplit(":", 1)[-1] == "pull"
 
@@ -461,12 +542,12 @@ def _is_pull_scope(scope: str) -> bool:
 def _errors(response: httpx.Response) -> tuple[set[str], str]:
     """Error codes and a short message from a distribution error body (``{"errors": [...]}``)."""
     try:
-        data = response.json()
-    except ValueError:
+        data = loads(response.content, "an error")
+    except UpstreamError:
         return set(), ""
     errors = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(errors, list):
         return set(), ""
     codes = {str(e.get("code")) for e in errors if isinstance(e, dict)}
     messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
-    return codes, "; ".join(messages)[:_ERROR_TEXT_MAX]
+    return codes, clean("; ".join(messages), _ERROR_TEXT_MAX)

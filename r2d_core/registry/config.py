@@ -6,7 +6,17 @@ import os
 import time
 from typing import Any
 
-from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import LoggingConfigurable
 
 from ..errors import InvalidRequest
@@ -88,7 +98,9 @@ class Registry(LoggingConfigurable):
 
     timeout = Float(
         config=True,
-        help="Seconds for each registry request (default 10; env R2D_REGISTRY_TIMEOUT).",
+        help="""Seconds each phase of a registry request (connect, send, each read) may take;
+        the request as a whole, retries and token requests included, may take three times as
+        long (default 10, so 30 s; env R2D_REGISTRY_TIMEOUT).""",
     )
 
     @default("timeout")
@@ -105,6 +117,27 @@ class Registry(LoggingConfigurable):
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> float:
         return _checked_timeout(proposal["value"], "c.Registry.timeout")
+
+    token_realm_hosts = List(
+        Unicode(),
+        config=True,
+        help="""Hosts other than the registry's own that may issue its bearer tokens (default
+        none; Docker Hub's ``auth.docker.io`` and GitLab's ``gitlab.com`` are known). The registry
+        names its token server in its ``WWW-Authenticate`` challenge; since the token request
+        carries the registry credentials, a realm on any other host is refused, e.g.
+        ``["auth.example.org"]`` for a registry whose token server runs there.""",
+    )
+
+    @validate("token_realm_hosts")
+    def _check_token_hosts(self, proposal: Any) -> list[str]:
+        hosts = [h.strip().lower() for h in proposal["value"]]
+        for host in hosts:
+            if not host or any(c in host for c in "/:@ "):
+                raise TraitError(
+                    f"c.Registry.token_realm_hosts: {host!r} is not a host name: write only the "
+                    "host, e.g. auth.example.org (no scheme, port or path)"
+                )
+        return hosts
 
     verify_tls = Bool(
         True,
@@ -258,7 +291,9 @@ class Registry(LoggingConfigurable):
             self._auth.set_credentials(*(credentials or (None, None)))
             self._client_credentials = credentials
         if self._client is None:
-            auth = RegistryAuth(*credentials) if credentials else RegistryAuth()
+            auth = RegistryAuth(
+                *(credentials or (None, None)), token_realm_hosts=self.token_realm_hosts
+            )
             self._auth = auth
             self._client_credentials = credentials
             verify: bool | str = self.verify_tls

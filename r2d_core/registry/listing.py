@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -36,12 +37,16 @@ from .models import (
     RegistryImage,
     parse_created,
 )
-from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .names import _check_reference, _check_repository, _is_digest
+from .untrusted import check_digest, checked_header, verify
 
 if TYPE_CHECKING:
     from .client import RegistryClient
 
 __all__ = ["Listing"]
+
+# the client's logger: listing warnings read as the registry client's
+log = logging.getLogger("r2d_core.registry.client")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -185,7 +190,9 @@ class Listing:
         """Every tag of every repository starting with ``prefix``, sorted by (repository, tag).
 
         Tags that vanish while listing (deleted meanwhile) are left out rather than failing the
-        listing; every other error propagates.
+        listing, and so are tags and repositories whose answers are broken or hostile
+        (:class:`UpstreamError`: too large, not JSON, not matching their digest), with a warning;
+        an unreachable registry, refused credentials and every other error propagate.
         """
         repositories = await self._listing_catalog(prefix)
         images: list[RegistryImage] = []
@@ -258,6 +265,10 @@ class Listing:
                 tags = await self.tags(repository)
             except NotFound:
                 tags = []  # the catalog still lists repositories whose images were all deleted
+            except UpstreamError as e:
+                # a hostile tag list (never-ending, too large, not JSON) costs only its repository
+                log.warning("Leaving the repository %s out of the listing: %s", repository, e)
+                return []
             # the service's build records (r2d_core.registry.artifacts) are no image versions
             fresh = [t for t in tags if not is_artifact_tag(t)]
             before = (
@@ -278,6 +289,11 @@ class Listing:
         except NotFound:
             if self._tag_digests.pop_value((repository, tag)) is not None:
                 self.listing_changed = True
+            return None
+        except UpstreamError as e:
+            # one tag whose manifest or config is broken or hostile (too large, not matching
+            # its digest, 100 000 deep): left out, not the whole listing of everyone's images
+            log.warning("Leaving %s:%s out of the listing: %s", repository, tag, e)
             return None
         if known is None or known[1] != image.digest:
             self.listing_changed = True  # a new tag, or one that moved: the snapshot is behind
@@ -323,16 +339,11 @@ class Listing:
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
         body = response.content
-        computed = _sha256(body)
-        if header and header.startswith("sha256:") and header != computed:
-            raise UpstreamError(
-                f"the registry's digest header for {repository}:{tag} does not match the "
-                "manifest it sent"
-            )
-        if computed == digest:
+        new_digest = checked_header(response, body, f"{repository}:{tag}")
+        if new_digest == digest or check_digest(body, digest):
             self._tag_digests.put((repository, tag), (time.monotonic(), digest))
             return None
-        manifest = Manifest.parse(body, header or computed, response.headers.get("Content-Type"))
+        manifest = Manifest.parse(body, new_digest, response.headers.get("Content-Type"))
         self._manifests.put(manifest.digest, manifest)
         self._tag_digests.put((repository, tag), (time.monotonic(), manifest.digest))
         return manifest
@@ -498,8 +509,7 @@ class Listing:
             what=f"reading the image config of {repository}",
             repository=repository,
         )
-        if digest.startswith("sha256:") and _sha256(response.content) != digest:
-            raise UpstreamError(f"the registry sent an image config of {repository} not matching")
+        verify(response.content, digest, f"an image config of {repository}")
         config = ImageConfig.parse(response.content)
         self._configs.put(digest, config)
         return config

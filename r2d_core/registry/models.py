@@ -6,13 +6,13 @@ dataclasses, tuples) and safe to share between callers out of the client's diges
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import UpstreamError
+from .untrusted import loads
 
 __all__ = [
     "DOCKER_MANIFEST",
@@ -45,6 +45,10 @@ _SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+#: label text one image may have (ours take a few kB, at most ~30 kB with a long appendix):
+#: summaries are cached per digest, so a registry serving 4 MiB of labels per tag would
+#: otherwise fill memory through the cache; above this an image has no labels (it is not ours)
+MAX_LABEL_BYTES = 64 * 1024
 
 
 def parse_created(value: Any) -> datetime | None:
@@ -123,20 +127,19 @@ class Manifest:
     @classmethod
     def parse(cls, body: bytes, digest: str, content_type: str | None = None) -> Manifest:
         """Parse a manifest body; ``content_type`` is the response's, used when the body has none."""
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise UpstreamError("the registry sent a manifest that is not JSON") from None
+        data = loads(body, "a manifest")
         if not isinstance(data, dict):
             raise UpstreamError("the registry sent a manifest that is not a JSON object")
         media_type = data.get("mediaType") or (content_type or "").split(";")[0].strip()
+        if not isinstance(media_type, str):
+            raise UpstreamError("the registry sent a manifest whose mediaType is not a string")
         if not media_type and data.get("schemaVersion") == 1:
             media_type = DOCKER_SCHEMA1_SIGNED
         if not media_type:
             # An OCI manifest may omit mediaType; its shape tells which it is.
             media_type = OCI_INDEX if "manifests" in data else OCI_MANIFEST
         if media_type in INDEX_MEDIA_TYPES:
-            children = data.get("manifests") or []
+            children = _list(data.get("manifests"), "manifests")
             return cls(
                 digest=digest,
                 media_type=media_type,
@@ -149,7 +152,9 @@ class Manifest:
             digest=digest,
             media_type=media_type,
             config=Descriptor.from_json(config) if config is not None else None,
-            layers=tuple(Descriptor.from_json(layer) for layer in data.get("layers") or []),
+            layers=tuple(
+                Descriptor.from_json(layer) for layer in _list(data.get("layers"), "layers")
+            ),
         )
 
 
@@ -164,10 +169,7 @@ class ImageConfig:
 
     @classmethod
     def parse(cls, body: bytes) -> ImageConfig:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise UpstreamError("the registry sent an image config that is not JSON") from None
+        data = loads(body, "an image config")
         if not isinstance(data, dict):
             raise UpstreamError("the registry sent an image config that is not a JSON object")
         return cls.from_dict(data)
@@ -178,12 +180,24 @@ class ImageConfig:
         labels = inner.get("Labels") if isinstance(inner.get("Labels"), dict) else {}
         arch = data.get("architecture")
         os_ = data.get("os")
+        labels = {str(k): str(v) for k, v in labels.items()}
+        if sum(len(k) + len(v) for k, v in labels.items()) > MAX_LABEL_BYTES:
+            labels = {}
         return cls(
-            labels={str(k): str(v) for k, v in labels.items()},
+            labels=labels,
             created=parse_created(data.get("created")),
             architecture=arch if isinstance(arch, str) and arch else None,
             os=os_ if isinstance(os_, str) and os_ else None,
         )
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    """A manifest's list field (absent: empty); anything but a list is a broken manifest."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UpstreamError(f"the registry sent a manifest whose {name} is not a list")
+    return value
 
 
 def _schema1_config(data: dict[str, Any]) -> ImageConfig | None:
@@ -193,8 +207,8 @@ def _schema1_config(data: dict[str, Any]) -> ImageConfig | None:
         return None
     first = history[0].get("v1Compatibility") if isinstance(history[0], dict) else None
     try:
-        v1 = json.loads(first) if isinstance(first, str) else None
-    except ValueError:
+        v1 = loads(first, "a schema1 manifest") if isinstance(first, str) else None
+    except UpstreamError:
         return None
     return ImageConfig.from_dict(v1) if isinstance(v1, dict) else None
 

@@ -84,7 +84,7 @@ async def read_snapshot(client: RegistryClient, repository: str) -> int:
         if manifest.get("artifactType") != SNAPSHOT_TYPE:
             return 0
         digest = str(layer["digest"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return 0
     blob = await client.blob(repository, digest, max_bytes=MAX_SNAPSHOT)
     try:
@@ -93,7 +93,7 @@ async def read_snapshot(client: RegistryClient, repository: str) -> int:
         if inflater.unconsumed_tail:
             raise UpstreamError("the listing snapshot is too large")
         rows: Any = json.loads(text)
-    except (ValueError, zlib.error):
+    except (ValueError, zlib.error, RecursionError):  # RecursionError: 100 000 nested arrays
         return 0
     if not isinstance(rows, list):
         return 0
