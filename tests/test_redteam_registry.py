@@ -432,7 +432,8 @@ async def test_token_realm_downgrades_and_foreign_hosts_are_refused(realm):
             )
         )
         auth = RegistryAuth("svc", "s3cret-pw")
-        async with RegistryClient("https://registry.test", auth=auth) as c:
+        # respx intercepts httpx's own connection pool only (the default pool is aiohttp's)
+        async with RegistryClient("https://registry.test", auth=auth, http_pool="httpx") as c:
             with pytest.raises(RegistryAuthError):
                 await c.tags("r2d-a")
         assert not tokens.called

@@ -146,14 +146,10 @@ async def test_snapshot_row_with_a_wrong_digest_is_rechecked_on_the_first_listin
     assert image.digest == digest and image.labels == LABELS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual, documented: a snapshot row with the tag's real digest and forged labels is "
-    "believed (summaries are content-addressed and never re-read); the snapshot repository must "
-    "be writable only by the service (docs/explanation/security-registry.md). Left to the "
-    "listing's owner (x1-listing): verify imported summaries once, lazily.",
-)
 async def test_snapshot_row_with_the_real_digest_and_forged_labels(registry):
+    """A snapshot row with the tag's real digest and forged labels: a conditional request cannot
+    tell (the digest is right), so the listing believes it until the snapshot's summaries are
+    verified (the catalog runs verify_imported in the background after its first listing)."""
     digest, _ = registry.put_image("r2d-a", "v1", LABELS)
     forged = [
         [
@@ -170,9 +166,35 @@ async def test_snapshot_row_with_the_real_digest_and_forged_labels(registry):
     put_snapshot(registry, rows_blob(forged))
     async with client(registry) as c:
         await read_snapshot(c, "r2d")
-        for _ in range(3):
-            [image] = await c.list_images("r2d-")
+        [image] = await c.list_images("r2d-")
+        assert image.labels != LABELS  # the window the docs name
+        assert await c.verify_imported() == (1, 1)
+        [image] = await c.list_images("r2d-")
     assert image.labels == LABELS
+
+
+async def test_a_snapshot_row_that_cannot_be_verified_is_not_believed(registry, caplog):
+    """The row's manifest answers 100 000 deep when verified: the forged summary is dropped (with
+    a warning), and the next listing reads the tag afresh instead of keeping the snapshot's
+    word (before, one such answer ended the verification of every other row too)."""
+    digest, _ = registry.put_image("r2d-a", "v1", LABELS)
+    put_snapshot(
+        registry,
+        rows_blob([["r2d-a", "v1", digest, DOCKER_MANIFEST, {"x": "forged"}, None, "amd64", 1]]),
+    )
+    async with client(registry) as c:
+        await read_snapshot(c, "r2d")
+        await c.list_images("r2d-")
+
+        @registry.route("GET", r"^/v2/r2d-a/manifests/sha256:")
+        def deep(h, match):
+            h.send(200, deep_json(), {}, DOCKER_MANIFEST)
+
+        assert await c.verify_imported() == (1, 0)
+        registry.routes.clear()  # the tag answers again: read afresh, not from the snapshot
+        [image] = await asyncio.wait_for(c.list_images("r2d-"), 30)
+    assert image.labels == LABELS
+    assert "Could not verify" in caplog.text
 
 
 @pytest.mark.parametrize("attack", ["deep manifest", "endless tag list", "digest mismatch"])

@@ -467,6 +467,13 @@ class Listing:
                     fresh = await self._fetch_summary(repository, manifest)
                 except NotFound:
                     return  # deleted meanwhile: the next listing drops the tag
+                except UpstreamError as e:
+                    # cannot be checked (hostile or broken answer): the snapshot's word is not
+                    # kept; the next listing reads the tag afresh (and leaves it out if it fails)
+                    log.warning("Could not verify %s in %s: %s", digest, repository, e)
+                    self._summaries.pop(digest)
+                    self.listing_changed = True
+                    return
                 finally:
                     self._unverified.discard(digest)
             if self._summaries.get(digest) != fresh:

@@ -116,10 +116,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session_now()
         timeout = request.extensions.get("timeout") or {}
-        try:
-            data: bytes | httpx.AsyncByteStream | None = request.content or None
-        except httpx.RequestNotRead:
-            data = request.stream  # type: ignore[assignment]
+        # The body in memory (registry request bodies are ours and small: manifests, records,
+        # logs). Not the stream: a redirected request carries the first one's stream unread,
+        # and aiohttp would send even an empty stream as a chunked body, which a GET must not
+        # have (found by the hostile registry's redirect loop: "Bad request syntax ('0')").
+        data: bytes | None = await request.aread() or None
         headers = [(k, v) for k, v in request.headers.multi_items() if k != "transfer-encoding"]
         try:
             response = await session.request(
