@@ -69,6 +69,9 @@ class StoredRecord:
     digest: str
     record: dict[str, Any]  # descriptor of the record blob
     log: dict[str, Any] | None  # descriptor of the log blob
+    #: the digest of the image manifest it is attached to; None for a build that left no image
+    #: in the registry (failed, cancelled, not pushed): what ``keep_failed_records`` bounds
+    subject: str | None = None
 
 
 def _descriptor(media_type: str, digest: str, size: int) -> dict[str, Any]:
@@ -202,8 +205,10 @@ class ArtifactStore:
         ]
 
     # ---- finding and reading -----------------------------------------------------------------
-    async def find(self, repositories: list[str]) -> list[StoredRecord]:
-        """Every record artifact in ``repositories`` (manifests read, blobs not)."""
+    async def find(self, repositories: list[str], *, more_than: int = 0) -> list[StoredRecord]:
+        """Every record artifact in ``repositories`` (manifests read, blobs not); with
+        ``more_than``, only in repositories with more record tags than that (one tags request
+        each decides, no manifest read where there are fewer)."""
 
         async def in_repository(repository: str) -> list[StoredRecord]:
             try:
@@ -211,6 +216,8 @@ class ArtifactStore:
             except NotFound:
                 return []
             wanted = [t for t in tags if t.startswith(RECORD_TAG_PREFIX)]
+            if len(wanted) <= more_than:
+                return []
             found = await asyncio.gather(*(self._stored(repository, t) for t in wanted))
             return [f for f in found if f is not None]
 
@@ -236,6 +243,8 @@ class ArtifactStore:
         by_type = {layer.get("mediaType"): layer for layer in layers if isinstance(layer, dict)}
         if RECORD_MEDIA_TYPE not in by_type:
             return None
+        subject = data.get("subject")
+        subject_digest = subject.get("digest") if isinstance(subject, dict) else None
         return StoredRecord(
             repository=repository,
             build_id=str(annotations.get(f"{_ANNOTATION}id", tag[len(RECORD_TAG_PREFIX) :])),
@@ -244,6 +253,7 @@ class ArtifactStore:
             digest=_sha256(body),
             record=by_type[RECORD_MEDIA_TYPE],
             log=by_type.get(LOG_MEDIA_TYPE),
+            subject=subject_digest if isinstance(subject_digest, str) else None,
         )
 
     async def read(self, stored: StoredRecord, *, max_log_bytes: int) -> tuple[bytes, bytes | None]:
