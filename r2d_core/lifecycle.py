@@ -8,6 +8,9 @@ and build containers this service has forgotten):
 * **keep_versions** — the newest N versions of each image (owner, name) stay; when a build of a
   new version succeeds (after its push), older ones are deleted locally and from the registry.
 * **max_unused_days** — a version unused for D days is deleted (see :func:`last_used`).
+* **keep_failed_records**, **max_failed_record_days** — records in the registry of builds that
+  left no image there (failed, timed out, cancelled, not pushed) are bounded per image, by count
+  and by age (:mod:`r2d_core.record_retention`).
 * **max_images_per_owner**, **max_bytes_per_owner** — a build that would add an image beyond the
   owner's limit is refused (409 :class:`~r2d_core.errors.QuotaExceeded`) before it is queued.
 * **min_free_bytes**, **min_free_percent** — the disk guard: with less free space in the engine's
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Any as AnyTrait
 from traitlets import Callable
 
-from . import metrics, pruning
+from . import metrics, pruning, record_retention
 from .diskspace import DiskSpace, estimate_space, statvfs_space
 from .errors import InsufficientStorage, NotFound, QuotaExceeded, R2DError
 from .lifecycle_config import LifecycleSettings
@@ -99,6 +102,7 @@ class LifecyclePolicy(LifecycleSettings):
         self._auto_path: str | None = None
         self._auto_resolved = False
         self._unmeasurable = ""
+        self._stopped = False
 
     @property
     def _m(self) -> BuildManager:
@@ -111,6 +115,7 @@ class LifecyclePolicy(LifecycleSettings):
         self.log.info("Lifecycle policy: %s", self.describe())
 
     async def stop(self) -> None:
+        self._stopped = True
         for pending in list(self._pending):
             pending.cancel()
         if self._task is not None:
@@ -134,6 +139,10 @@ class LifecyclePolicy(LifecycleSettings):
             rules.append(f"keep {self.keep_versions} versions per image")
         if self.max_unused_days:
             rules.append(f"drop versions unused for {self.max_unused_days:g} days")
+        if self.keep_failed_records:
+            rules.append(f"keep {self.keep_failed_records} failed builds' records per image")
+        if self.max_failed_record_days:
+            rules.append(f"drop failed builds' records after {self.max_failed_record_days:g} days")
         if self.max_images_per_owner:
             rules.append(f"at most {self.max_images_per_owner} images per owner")
         if self.max_bytes_per_owner:
@@ -436,6 +445,7 @@ class LifecyclePolicy(LifecycleSettings):
             ("unused", self.drop_unused),
             ("build_containers", self.prune_build_containers),
             ("dangling_images", self.prune_dangling),
+            ("failed_records", self.prune_failed_records),
         )
         for name, step in steps:
             try:
@@ -495,6 +505,52 @@ class LifecyclePolicy(LifecycleSettings):
             max_age=self.max_build_age_days * DAY,
             owners=owners,
         )
+
+    async def prune_failed_records(
+        self, owners: Iterable[str] | None = None, repositories: Iterable[str] | None = None
+    ) -> int:
+        """Apply ``keep_failed_records`` and ``max_failed_record_days`` to the registry's records
+        of builds that left no image (of ``owners``; in ``repositories``, else in all of ours)."""
+        archive = self._m.archive
+        if not archive.registry.configured or not (
+            self.keep_failed_records or self.max_failed_record_days
+        ):
+            return 0
+        if repositories is None:
+            repositories = await archive.registry.client().catalog(archive.registry_prefix())
+        return await record_retention.prune_records(
+            archive.store(),
+            self.log,
+            repositories,
+            keep=self.keep_failed_records,
+            max_days=self.max_failed_record_days,
+            now=self.now(),
+            owners=owners,
+        )
+
+    def record_stored(self, repository: str, build: Build) -> None:
+        """A record of a build that left no image was stored in ``repository``: bound that
+        image's records now, in a task (a look at its tag list; more only when over the count)."""
+        if not self.keep_failed_records or self._stopped:
+            return
+
+        async def prune() -> list[str]:
+            try:
+                await record_retention.prune_records(
+                    self._m.archive.store(),
+                    self.log,
+                    [repository],
+                    keep=self.keep_failed_records,
+                    max_days=0,
+                    now=self.now(),
+                )
+            except R2DError as e:
+                self.log.warning("Lifecycle: after build %s: records: %s", build.id, e)
+            return []
+
+        task = asyncio.create_task(prune())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def prune_dangling(self, owners: Iterable[str] | None = None) -> int:
         """Remove untagged images with our labels (of ``owners``; none a container uses)."""

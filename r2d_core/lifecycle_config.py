@@ -48,6 +48,42 @@ class LifecycleSettings(LoggingConfigurable):
     def _default_max_unused_days(self) -> float:
         return env_value("R2D_MAX_UNUSED_DAYS", float, 0.0)
 
+    keep_failed_records = Int(
+        config=True,
+        help="""Build records (and logs) kept in the registry per image (owner, name) for builds
+        that left no image there: failed, timed out, cancelled, or built without their push
+        (records of pushed versions go with their version). Older ones, newest first by build
+        time, are deleted after each such build and every ``prune_interval``. Default
+        ``c.BuildManager.build_history`` (200: no more than a restore could ever show); 0 keeps
+        all; env ``R2D_KEEP_FAILED_RECORDS``.""",
+    )
+
+    @default("keep_failed_records")
+    def _default_keep_failed_records(self) -> int:
+        manager = getattr(self, "manager", None)
+        return env_value("R2D_KEEP_FAILED_RECORDS", int, getattr(manager, "build_history", 200))
+
+    max_failed_record_days = Float(
+        config=True,
+        help="""Delete those records (builds that left no image in the registry) once they are
+        older than this many days, by build time; checked every ``prune_interval``. Default
+        ``max_unused_days`` (the same idea: what nobody used for that long goes; 0 = off);
+        env ``R2D_MAX_FAILED_RECORD_DAYS``.""",
+    )
+
+    @default("max_failed_record_days")
+    def _default_max_failed_record_days(self) -> float:
+        return env_value("R2D_MAX_FAILED_RECORD_DAYS", float, self.max_unused_days)
+
+    @validate("keep_failed_records", "max_failed_record_days")
+    def _check_not_negative(self, proposal: Any) -> Any:
+        if proposal["value"] < 0:
+            raise TraitError(
+                f"LifecyclePolicy.{proposal['trait'].name} must be 0 (no limit) or more, "
+                f"not {proposal['value']}"
+            )
+        return proposal["value"]
+
     # ---- quotas ---------------------------------------------------------------------------------
     max_images_per_owner = Int(
         config=True,

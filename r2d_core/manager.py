@@ -47,6 +47,7 @@ from .models import (
 )
 from .netpolicy import NetPolicy
 from .options import options_digest, validate_annotations
+from .record_retention import delete_image_records
 from .refs import resolve_ref
 from .runner import BuildRunner, recovered_build
 from .scheduler import Scheduler
@@ -93,6 +94,7 @@ class BuildManager(BuildManagerConfig):
             image_for=self.catalog.image_for,
         )
         self.catalog.archive = self.archive
+        self.archive.on_unattached = self.lifecycle.record_stored
         self.runner = BuildRunner(
             settings=self,
             engine=self.engine,
@@ -164,7 +166,7 @@ class BuildManager(BuildManagerConfig):
         """Stop following builds. Build containers keep running; child processes are stopped."""
         self._stopping = True
         await self.lifecycle.stop()
-        await self.archive.stop()
+        self.archive.stopping()  # no more retries; builds the stop cancels are still stored
         if self._restore_task is not None:
             self._restore_task.cancel()
         if self._reconnect_task is not None:
@@ -183,6 +185,7 @@ class BuildManager(BuildManagerConfig):
         if self.builder.kind == "local":
             for build in list(self._builds.values()):
                 self.runner.finish_cancelled(build, "stopped with the service")
+        await self.archive.stop()  # flush records still waiting, within record_flush_timeout
         await self.engine.close()
         await self.registry.aclose()
 
@@ -247,6 +250,8 @@ class BuildManager(BuildManagerConfig):
             del self._builds[build_id]
         build = recovered_build(recovered, self._new_log())
         self._builds[build.id] = build
+        if not recovered.running:
+            self.archive.ended_before_start(build.id)  # its record may be missing: stored then
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
         self.scheduler.hold(build, active=recovered.running)
@@ -522,16 +527,48 @@ class BuildManager(BuildManagerConfig):
         rebuilding = self.scheduler.forced_rebuilds(owner, name, tag)
         for build in rebuilding:
             build.restore_previous = False
+        repositories = self._repositories_of(owner, name) if tag is None else set()
         try:
             result = await self.catalog.delete_image(owner, name, tag)
         except NotFound:
-            if not rebuilding:
+            # no version; its builds' records may remain (failed builds): those go all the same
+            if not (rebuilding or await self._delete_records(repositories, everything=True)):
                 raise
             result = {"deleted": [], "errors": []}
+        else:
+            if tag is None:
+                await self._delete_records(repositories, everything=not result["errors"])
         for build in rebuilding:
             if build.image not in result["deleted"]:
                 result["deleted"].append(build.image)
         return result
+
+    def _repositories_of(self, owner: str, name: str) -> set[str]:
+        """The registry repositories ``owner``'s image ``name`` lives in (one, by the naming
+        template; more only with ``{sha}`` before the tag): from its versions, its builds in
+        memory and the template."""
+        images = {b.image for b in self._builds.values() if b.owner == owner and b.name == name}
+        with contextlib.suppress(NotFound):
+            images |= {v.reference for v in self.catalog.group(owner, name).versions}
+        with contextlib.suppress(R2DError):
+            images.add(self.image_for(owner, name, "0" * 40))
+        locations = (self.catalog.registry_location(image) for image in images if image)
+        return {location[0] for location in locations if location is not None}
+
+    async def _delete_records(self, repositories: set[str], *, everything: bool) -> int:
+        """A whole image was deleted: its build records in the registry go too (those of failed
+        and cancelled builds, which no version holds). Returns how many; failures are logged."""
+        if not (repositories and self.registry.configured):
+            return 0
+        for repository in repositories:
+            await self.archive.forget_repository(repository)
+        try:
+            return await delete_image_records(
+                self.archive.store(), self.log, repositories, everything=everything
+            )
+        except R2DError as e:
+            self.log.warning("Could not delete the build records of %s: %s", repositories, e)
+            return 0
 
     # ---- health -----------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:

@@ -321,6 +321,16 @@ class BuildManagerConfig(LoggingConfigurable):
             )
         return proposal["value"]
 
+    record_flush_timeout = Float(
+        10.0,
+        config=True,
+        help="""Seconds a stopping service spends storing the build records (and logs) still
+        waiting for the registry: uploads in flight, those waiting for a retry after an outage,
+        and those of builds the stop cancels. What is not stored by then is lost, except for
+        builds whose containers remain (``DockerBuilder``): the next start stores their records.
+        Keep it under the time your process manager waits before killing (JupyterHub sends
+        SIGTERM 30 s after SIGINT). Default 10.""",
+    )
     ref_timeout = Float(
         30.0,
         config=True,
