@@ -126,10 +126,11 @@ class BuildArchive:
 
     def build_done(self, build: Build) -> None:
         """``build`` ended: store its record and log in a task (never blocks the caller)."""
+        ended_before = build.id in self._ended_before
+        self._ended_before.discard(build.id)
         if self._closed or not self.wanted(build):
             return
-        if build.id in self._ended_before:
-            self._ended_before.discard(build.id)
+        if ended_before:
             if self.stored_ids is None:
                 # the registry's records are not known yet: decided when the restore has read them
                 self._unchecked[build.id] = build
@@ -266,7 +267,7 @@ class BuildArchive:
         """Flush: wait for the uploads in flight and try every pending one once more, within
         ``record_flush_timeout`` seconds; what is still not stored then is lost (logged)."""
         self.stopping()
-        deadline = max(0.0, self.settings.record_flush_timeout)
+        deadline = max(0.0, getattr(self.settings, "record_flush_timeout", 10.0))
 
         async def flush() -> None:
             await self.idle()

@@ -250,7 +250,7 @@ class BuildManager(BuildManagerConfig):
             del self._builds[build_id]
         build = recovered_build(recovered, self._new_log())
         self._builds[build.id] = build
-        if not recovered.running:
+        if not recovered.running and build.push:
             self.archive.ended_before_start(build.id)  # its record may be missing: stored then
         if recovered.running:
             self.log.info("Following build %s of %s again after a restart", build.id, build.image)
