@@ -1,6 +1,6 @@
 """Build records and logs as OCI artifacts in the registry (issue 13).
 
-Layout, per build that was to push and ended ``built`` or ``failed``:
+Layout, per build that was to push and ended (``built``, ``failed``, ``cancelled``):
 
 * one **OCI image manifest** with ``artifactType`` :data:`ARTIFACT_TYPE`, the empty config
   (``application/vnd.oci.empty.v1+json``, ``{}``) and two layers: the record
@@ -14,7 +14,8 @@ Layout, per build that was to push and ended ``built`` or ``failed``:
   for registries without the referrers API such as distribution 2.8) lists the artifact;
 * every artifact is also tagged ``r2d-build-<build id>`` in the image's repository: that is how a
   service on a fresh engine finds the records (tags/list), for failed builds (no image, no
-  subject) too. Listings skip both tag kinds (:mod:`.artifacts_tags`).
+  subject) too. Listings skip both tag kinds (:mod:`.artifacts_tags`). Records without a
+  subject are bounded by the lifecycle policy (:mod:`r2d_core.record_retention`).
 
 Deleting an image version deletes what its fallback index lists, the index itself and the
 artifacts' blobs (the shared empty config stays).
