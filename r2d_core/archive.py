@@ -235,9 +235,8 @@ class BuildArchive:
         """Every version of the image in ``repository`` is being deleted: let the uploads into it
         end first and retry none of them (so no record comes back after the delete)."""
         mine = {ref for ref in self._tasks.values() if self._repository_of(ref) == repository}
-        mine |= {
-            b.image for b in self.pending.values() if self._repository_of(b.image) == repository
-        }
+        waiting = [*self.pending.values(), *self._unchecked.values()]
+        mine |= {b.image for b in waiting if self._repository_of(b.image) == repository}
         for image in mine:
             await self.forget_image(image)
 
@@ -255,6 +254,9 @@ class BuildArchive:
             if build.image == image:
                 del self.pending[build_id]
                 build.record_error = None
+        for build_id, build in list(self._unchecked.items()):
+            if build.image == image:
+                del self._unchecked[build_id]
 
     def stopping(self) -> None:
         """The service is stopping: no more retry loop; builds that end now (cancelled by the

@@ -2,8 +2,9 @@
 
 A service that runs for months must bound what accumulates on the Docker engine and in the
 registry. :class:`LifecyclePolicy` (``c.LifecyclePolicy.*``) holds every rule; all of them are off
-by default except two that only remove what nobody can use (untagged images carrying our labels,
-and build containers this service has forgotten):
+by default except three that only remove what nobody can use (untagged images carrying our
+labels, build containers this service has forgotten, and registry records of failed builds
+beyond the ``build_history`` newest of an image, which no restore could show):
 
 * **keep_versions** — the newest N versions of each image (owner, name) stay; when a build of a
   new version succeeds (after its push), older ones are deleted locally and from the registry.

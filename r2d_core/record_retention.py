@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from . import metrics
-from .errors import R2DError
+from .errors import NotFound, R2DError
 from .models import parse_time
 from .registry.artifacts import ArtifactStore, StoredRecord
 
@@ -78,6 +78,14 @@ async def _delete(
     return True
 
 
+async def _exists(store: ArtifactStore, repository: str, digest: str) -> bool:
+    try:
+        await store.client.digest(repository, digest)
+    except NotFound:
+        return False
+    return True
+
+
 async def prune_records(
     store: ArtifactStore,
     log: logging.Logger,
@@ -124,13 +132,18 @@ async def delete_image_records(
     everything: bool,
 ) -> int:
     """An image was deleted (all its versions): delete its records in ``repositories`` — those
-    of builds that left no image, and with ``everything`` (no version is left) any record still
-    attached to a manifest that is gone. Returns how many went; failures are logged."""
+    of builds that left no image, and with ``everything`` (every version went) any record still
+    attached to a manifest that is gone (a version deleted by other means; one a build pushed
+    meanwhile keeps its record). Returns how many went; failures are logged."""
     deleted = 0
     for record in await store.find(sorted(set(repositories))):
-        if record.subject is not None and not everything:
-            continue
+        if record.subject is not None:
+            if not everything or await _exists(store, record.repository, record.subject):
+                continue
         try:
+            if record.subject is not None:
+                # and the gone manifest's referrers fallback index (``sha256-<hex>``)
+                await store.delete_for_image(record.repository, record.subject)
             await store.delete_artifact(record.repository, record.digest)
         except R2DError as e:
             log.warning(

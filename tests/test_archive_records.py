@@ -315,11 +315,37 @@ async def test_deleting_an_image_deletes_its_failed_records_one_version_keeps_th
             await m.submit(repo=git_server.url("fails"), owner="pia", name="both", push=True)
         ).build
         await wait_done(failed2)
-        await m.archive.idle()
+        # at once: the failed build's record may still be on its way; it must not come back
         result = await m.delete_image("pia", "both")
         assert result == {"deleted": [built2.image], "errors": []}
+        await m.archive.idle()
         async with client_for(registry) as client:
             assert await client.tags(path_of(built2.image)) == []
+    finally:
+        await m.stop()
+
+
+@pytest.mark.parametrize("registry", ["htpasswd"], indirect=True)
+async def test_a_whole_image_delete_removes_records_whose_version_went_by_other_means(
+    registry, docker_host, local_images, git_server
+):
+    m = BuildManager(config=config_for(registry, docker_host))
+    await m.start()
+    try:
+        built = (
+            await m.submit(repo=git_server.url("hello"), owner="pia", name="dangling", push=True)
+        ).build
+        await wait_done(built)
+        await m.archive.idle()
+        path = path_of(built.image)
+        async with client_for(registry) as client:
+            # an administrator deletes the version in the registry directly
+            await client.delete_manifest(path, await client.digest(path, built.sha))
+            assert await client.tags(path) != []  # its record and fallback index remain
+        result = await m.delete_image("pia", "dangling")  # the local image is still listed
+        assert result == {"deleted": [built.image], "errors": []}
+        async with client_for(registry) as client:
+            assert await client.tags(path) == []
     finally:
         await m.stop()
 
