@@ -2,12 +2,16 @@
 
 A service that runs for months must bound what accumulates on the Docker engine and in the
 registry. :class:`LifecyclePolicy` (``c.LifecyclePolicy.*``) holds every rule; all of them are off
-by default except two that only remove what nobody can use (untagged images carrying our labels,
-and build containers this service has forgotten):
+by default except three that only remove what nobody can use (untagged images carrying our
+labels, build containers this service has forgotten, and registry records of failed builds
+beyond the ``build_history`` newest of an image, which no restore could show):
 
 * **keep_versions** — the newest N versions of each image (owner, name) stay; when a build of a
   new version succeeds (after its push), older ones are deleted locally and from the registry.
 * **max_unused_days** — a version unused for D days is deleted (see :func:`last_used`).
+* **keep_failed_records**, **max_failed_record_days** — records in the registry of builds that
+  left no image there (failed, timed out, cancelled, not pushed) are bounded per image, by count
+  and by age (:mod:`r2d_core.record_retention`).
 * **max_images_per_owner**, **max_bytes_per_owner** — a build that would add an image beyond the
   owner's limit is refused (409 :class:`~r2d_core.errors.QuotaExceeded`) before it is queued.
 * **min_free_bytes**, **min_free_percent** — the disk guard: with less free space in the engine's
@@ -30,14 +34,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Callable, Float, Int, TraitError, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
+from traitlets import Callable
 
-from . import metrics, pruning
+from . import metrics, pruning, record_retention
 from .diskspace import DiskSpace, estimate_space, statvfs_space
 from .errors import InsufficientStorage, NotFound, QuotaExceeded, R2DError
+from .lifecycle_config import LifecycleSettings
 from .models import Build, ImageGroup, ImageVersion
-from .sizes import ByteSize, env_bool, env_value, format_bytes, parse_bytes
+from .sizes import format_bytes
 
 if TYPE_CHECKING:
     from .manager import BuildManager
@@ -78,179 +82,9 @@ def unused_versions(
     return [v for v in versions if last_used(v, requested) < cutoff]
 
 
-class LifecyclePolicy(LoggingConfigurable):
-    """Retention, quotas, the disk guard and pruning (``c.LifecyclePolicy.*``)."""
-
-    # ---- retention ------------------------------------------------------------------------------
-    keep_versions = Int(
-        config=True,
-        help="""Versions kept per image (owner, name), newest first by build time; when a build of
-        a new version succeeds (and after its push), older versions are deleted locally and from
-        the registry. Default 0 (keep all); env ``R2D_KEEP_VERSIONS``.""",
-    )
-
-    @default("keep_versions")
-    def _default_keep_versions(self) -> int:
-        return env_value("R2D_KEEP_VERSIONS", int, 0)
-
-    max_unused_days = Float(
-        config=True,
-        help="""Delete versions unused for this many days: not built, requested (a build request
-        answered with it, or joining its build) or running in a container on the engine since.
-        "Last requested" is kept in memory; after a restart the image's build time is the floor,
-        so a restart can only make an image look *older*, never keep one forever. Checked every
-        ``prune_interval``. Default 0 (off); env ``R2D_MAX_UNUSED_DAYS``.""",
-    )
-
-    @default("max_unused_days")
-    def _default_max_unused_days(self) -> float:
-        return env_value("R2D_MAX_UNUSED_DAYS", float, 0.0)
-
-    # ---- quotas ---------------------------------------------------------------------------------
-    max_images_per_owner = Int(
-        config=True,
-        help="""Images one owner may have; every built version counts (each is a separate image
-        in Docker and the registry), and so do their builds in progress. A build that would add
-        one more is refused with 409 before it is queued. With ``keep_versions``, a new version
-        of an image at its limit replaces the oldest and adds nothing. Default 0 (no limit); env
-        ``R2D_MAX_IMAGES_PER_OWNER``.""",
-    )
-
-    @default("max_images_per_owner")
-    def _default_max_images(self) -> int:
-        return env_value("R2D_MAX_IMAGES_PER_OWNER", int, 0)
-
-    max_bytes_per_owner = ByteSize(
-        config=True,
-        help="""Bytes one owner's images may take (e.g. ``"20G"``), as Docker reports image sizes
-        (layers shared with other images count for each), registry-only versions by their
-        registry size. A new build is refused with 409 while the owner is at or over it (its
-        size is not known before it is built). Default 0 (no limit); env
-        ``R2D_MAX_BYTES_PER_OWNER``.""",
-    )
-
-    @default("max_bytes_per_owner")
-    def _default_max_bytes(self) -> int:
-        return env_value("R2D_MAX_BYTES_PER_OWNER", parse_bytes, 0)
-
-    # ---- disk guard -----------------------------------------------------------------------------
-    min_free_bytes = ByteSize(
-        config=True,
-        help="""The disk guard: new builds are refused (503, naming the free space) while the
-        engine's data root has less free space than this (e.g. ``"10G"``; like conda-store's
-        ``storage_threshold``). Requests answered with an existing image still work. Default 0
-        (off); env ``R2D_MIN_FREE_BYTES``.""",
-    )
-
-    @default("min_free_bytes")
-    def _default_min_free_bytes(self) -> int:
-        return env_value("R2D_MIN_FREE_BYTES", parse_bytes, 0)
-
-    min_free_percent = Float(
-        config=True,
-        help="""The disk guard as a share of the data root's size (e.g. 10 for 10 %); with
-        ``min_free_bytes`` too, the larger demand holds. Needs the total size: a local path
-        (``data_root_path``) or ``data_root_size``. Default 0 (off); env
-        ``R2D_MIN_FREE_PERCENT``.""",
-    )
-
-    @default("min_free_percent")
-    def _default_min_free_percent(self) -> float:
-        return env_value("R2D_MIN_FREE_PERCENT", float, 0.0)
-
-    @validate("min_free_percent")
-    def _check_percent(self, proposal: Any) -> float:
-        if not 0 <= proposal["value"] < 100:
-            raise TraitError(f"min_free_percent must be from 0 to 100, not {proposal['value']}")
-        return proposal["value"]
-
-    data_root_path = Unicode(
-        config=True,
-        help="""A path on the filesystem of the engine's data root, as this process sees it
-        (e.g. ``/var/lib/docker``, or where it is mounted into the service's container); its free
-        space is measured with ``statvfs``. Default empty: with ``data_root_size`` set, an
-        estimate; else the engine's ``DockerRootDir`` when the engine is reached through a local
-        unix socket and that directory exists here (a service on the engine's host, as with
-        TLJH); else the disk guard cannot measure (a warning says so) and refuses nothing.
-        Env ``R2D_DATA_ROOT_PATH``.""",
-    )
-
-    @default("data_root_path")
-    def _default_data_root_path(self) -> str:
-        return os.environ.get("R2D_DATA_ROOT_PATH", "")
-
-    data_root_size = ByteSize(
-        config=True,
-        help="""The size of the engine's data root, for a service that cannot see that filesystem
-        (e.g. z2jh, the engine on a node): free space is then estimated as this minus what the
-        engine's ``/system/df`` reports (images, containers, volumes, build cache). The estimate
-        misses whatever else fills that disk (logs, other programs); ``data_root_path`` wins when
-        both are set. Default 0 (no estimate);
-        env ``R2D_DATA_ROOT_SIZE``.""",
-    )
-
-    @default("data_root_size")
-    def _default_data_root_size(self) -> int:
-        return env_value("R2D_DATA_ROOT_SIZE", parse_bytes, 0)
-
-    disk_check_ttl = Float(
-        30.0,
-        config=True,
-        help="""Seconds a free-space measurement is reused by the disk guard (``/system/df``
-        is costly on a large engine). Default 30; env ``R2D_DISK_CHECK_TTL``.""",
-    )
-
-    @default("disk_check_ttl")
-    def _default_disk_check_ttl(self) -> float:
-        return env_value("R2D_DISK_CHECK_TTL", float, 30.0)
-
-    # ---- pruning --------------------------------------------------------------------------------
-    prune_interval = Float(
-        config=True,
-        help="""Seconds between runs of the periodic lifecycle task (retention, unused versions,
-        stale build containers, dangling images, build cache); the first run comes one interval
-        after the start. 0 turns the periodic task off (the build-time checks stay). Default 3600;
-        env ``R2D_PRUNE_INTERVAL``.""",
-    )
-
-    @default("prune_interval")
-    def _default_prune_interval(self) -> float:
-        return env_value("R2D_PRUNE_INTERVAL", float, 3600.0)
-
-    max_build_age_days = Float(
-        config=True,
-        help="""Finished builds older than this many days are forgotten and their build containers
-        (which hold their logs) removed, even within ``BuildManager.build_history``. Default 0
-        (only ``build_history`` bounds them); env ``R2D_MAX_BUILD_AGE_DAYS``.""",
-    )
-
-    @default("max_build_age_days")
-    def _default_max_build_age(self) -> float:
-        return env_value("R2D_MAX_BUILD_AGE_DAYS", float, 0.0)
-
-    prune_dangling_images = Bool(
-        config=True,
-        help="""Remove untagged images that carry this service's labels (never anybody else's
-        images on the engine; never one a container uses). Harmless, so on by default; env
-        ``R2D_PRUNE_DANGLING_IMAGES=0`` turns it off.""",
-    )
-
-    @default("prune_dangling_images")
-    def _default_prune_dangling(self) -> bool:
-        return env_value("R2D_PRUNE_DANGLING_IMAGES", env_bool, True)
-
-    build_cache_max_bytes = ByteSize(
-        config=True,
-        help="""Keep at most this much BuildKit cache (e.g. ``"20G"``): beyond it, the engine drops
-        its least recently used cache (``POST /build/prune?keep-storage=N``), after each build and
-        every ``prune_interval``. The cache belongs to the whole engine, so this also prunes
-        cache of builds not made by this service. Default 0 (off); env
-        ``R2D_BUILD_CACHE_MAX_BYTES``.""",
-    )
-
-    @default("build_cache_max_bytes")
-    def _default_build_cache_max(self) -> int:
-        return env_value("R2D_BUILD_CACHE_MAX_BYTES", parse_bytes, 0)
+class LifecyclePolicy(LifecycleSettings):
+    """Retention, quotas, the disk guard and pruning (``c.LifecyclePolicy.*``; the settings are
+    in :mod:`r2d_core.lifecycle_config`)."""
 
     #: the clock (``time.time``); tests move it to make images old
     now = Callable(time.time)
@@ -269,6 +103,7 @@ class LifecyclePolicy(LoggingConfigurable):
         self._auto_path: str | None = None
         self._auto_resolved = False
         self._unmeasurable = ""
+        self._stopped = False
 
     @property
     def _m(self) -> BuildManager:
@@ -281,6 +116,7 @@ class LifecyclePolicy(LoggingConfigurable):
         self.log.info("Lifecycle policy: %s", self.describe())
 
     async def stop(self) -> None:
+        self._stopped = True
         for pending in list(self._pending):
             pending.cancel()
         if self._task is not None:
@@ -304,6 +140,10 @@ class LifecyclePolicy(LoggingConfigurable):
             rules.append(f"keep {self.keep_versions} versions per image")
         if self.max_unused_days:
             rules.append(f"drop versions unused for {self.max_unused_days:g} days")
+        if self.keep_failed_records:
+            rules.append(f"keep {self.keep_failed_records} failed builds' records per image")
+        if self.max_failed_record_days:
+            rules.append(f"drop failed builds' records after {self.max_failed_record_days:g} days")
         if self.max_images_per_owner:
             rules.append(f"at most {self.max_images_per_owner} images per owner")
         if self.max_bytes_per_owner:
@@ -606,6 +446,7 @@ class LifecyclePolicy(LoggingConfigurable):
             ("unused", self.drop_unused),
             ("build_containers", self.prune_build_containers),
             ("dangling_images", self.prune_dangling),
+            ("failed_records", self.prune_failed_records),
         )
         for name, step in steps:
             try:
@@ -665,6 +506,52 @@ class LifecyclePolicy(LoggingConfigurable):
             max_age=self.max_build_age_days * DAY,
             owners=owners,
         )
+
+    async def prune_failed_records(
+        self, owners: Iterable[str] | None = None, repositories: Iterable[str] | None = None
+    ) -> int:
+        """Apply ``keep_failed_records`` and ``max_failed_record_days`` to the registry's records
+        of builds that left no image (of ``owners``; in ``repositories``, else in all of ours)."""
+        archive = self._m.archive
+        if not archive.registry.configured or not (
+            self.keep_failed_records or self.max_failed_record_days
+        ):
+            return 0
+        if repositories is None:
+            repositories = await archive.registry.client().catalog(archive.registry_prefix())
+        return await record_retention.prune_records(
+            archive.store(),
+            self.log,
+            repositories,
+            keep=self.keep_failed_records,
+            max_days=self.max_failed_record_days,
+            now=self.now(),
+            owners=owners,
+        )
+
+    def record_stored(self, repository: str, build: Build) -> None:
+        """A record of a build that left no image was stored in ``repository``: bound that
+        image's records now, in a task (a look at its tag list; more only when over the count)."""
+        if not self.keep_failed_records or self._stopped:
+            return
+
+        async def prune() -> list[str]:
+            try:
+                await record_retention.prune_records(
+                    self._m.archive.store(),
+                    self.log,
+                    [repository],
+                    keep=self.keep_failed_records,
+                    max_days=0,
+                    now=self.now(),
+                )
+            except R2DError as e:
+                self.log.warning("Lifecycle: after build %s: records: %s", build.id, e)
+            return []
+
+        task = asyncio.create_task(prune())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def prune_dangling(self, owners: Iterable[str] | None = None) -> int:
         """Remove untagged images with our labels (of ``owners``; none a container uses)."""

@@ -52,8 +52,9 @@ BUILDS_IN_PROGRESS = Gauge("r2d_builds_in_progress", "Builds running now", regis
 LIFECYCLE_DELETED = Counter(
     "r2d_lifecycle_deleted_total",
     "Objects the lifecycle policy deleted, by kind (image, build_container, build, "
-    "dangling_image, build_cache) and reason (keep_versions, unused, build_history, "
-    "max_build_age, orphaned, dangling, cache_size)",
+    "dangling_image, build_cache, build_record) and reason (keep_versions, unused, "
+    "build_history, max_build_age, orphaned, dangling, cache_size, keep_failed_records, "
+    "max_failed_record_days)",
     ["kind", "reason"],
     registry=REGISTRY,
 )

@@ -1,8 +1,9 @@
 """Build records and their logs as bytes: what the registry keeps of a build (issue 13).
 
 A **record** is a small JSON document of what a build was: id, owner, name, repository URL, ref,
-sha, image, options and annotations (when the build has them), who asked, its times, outcome,
-error, failed step and push error. Never credentials: the record is made from an explicit list of
+sha, image, options and annotations (when the build has them), who asked, its times, state,
+outcome (``built``, ``failed``, ``cancelled`` or ``timed_out``: a build a time limit stopped,
+whose state is ``failed``), error, failed step, push error and why the service stopped it. Never credentials: the record is made from an explicit list of
 fields, not from the build object as a whole (:data:`RECORD_FIELDS`).
 
 A **log** is the kept log (head, truncation marker, tail; see :mod:`r2d_core.logs`) as gzipped
@@ -37,6 +38,7 @@ __all__ = [
     "decode_record",
     "encode_log",
     "encode_record",
+    "outcome",
 ]
 
 RECORD_MEDIA_TYPE = "application/vnd.repo2docker-service.build.record.v1+json"
@@ -63,6 +65,7 @@ RECORD_FIELDS = (
     "failed_step",
     "push_error",
     "exit_code",
+    "stop_reason",
 )
 #: optional attributes other features add to builds (per-build options, annotations)
 OPTIONAL_FIELDS = ("options", "annotations")
@@ -78,10 +81,19 @@ def encode_record(build: Build) -> bytes:
         if value:
             record[name] = _plain(value)
     record["state"] = build.state.value
+    record["outcome"] = outcome(build)
     record["created"] = iso(build.created)
     record["started"] = iso(build.started)
     record["finished"] = iso(build.finished)
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def outcome(build: Build) -> str:
+    """How a build ended, for people and tools reading records: its state, but ``timed_out`` for
+    a build a time limit stopped (its state is ``failed``, its ``stop_reason`` says which limit)."""
+    if build.state == BuildState.FAILED and build.stop_reason:
+        return "timed_out"
+    return build.state.value
 
 
 def _plain(value: Any) -> Any:
@@ -140,6 +152,7 @@ def build_from_record(record: dict[str, Any], log: LogBuffer) -> Build:
         error=optional("error"),
         failed_step=optional("failed_step"),
         push_error=optional("push_error"),
+        stop_reason=optional("stop_reason"),
         exit_code=exit_code,
         recovered=True,
         log=log,

@@ -302,6 +302,10 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                 },
                 "delete": {
                     "summary": "Delete an image (all versions, or `tag`)",
+                    "description": "Deletes the versions locally and in the registry, with their "
+                    "build records. Without `tag`, the registry records of the image's builds "
+                    "that left no image (failed, timed out, cancelled) go too, also when no "
+                    "version is left (the answer then lists none); 404 when there is neither.",
                     "parameters": [
                         owner_param,
                         name_param,

@@ -10,6 +10,7 @@ saved to ``docs/_static/screenshots/`` (standalone adapter only) for the tutoria
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -578,6 +579,49 @@ async def test_reload_of_a_finished_build_replays_the_log_once(ui, expect, git_s
             page.locator(f'[data-testid="build-row"][data-build-id="{finished_id}"]')
         ).to_have_attribute("data-state", state)
     await ui.screenshot(page, "builds.png")
+    await page.close()
+
+
+async def test_build_page_shows_a_missing_record_until_it_is_stored(ui, expect, git_server):
+    """``record_error`` (the registry was down when the build's record was to be stored) shows
+    on the build page and goes once the API no longer reports it (the page looks again every
+    10 s). The suite's hubs have no registry, so the field is set in the API's answers (the
+    build itself, its log and the page are real)."""
+    r = await ui.api(
+        "alice",
+        "POST",
+        "api/builds",
+        json={"repo": git_server.url("hello"), "ref": "v2", "name": unique("rec")},
+    )
+    assert r.status_code == 202, r.text
+    build_id = r.json()["id"]
+    await ui.wait_build("alice", build_id)
+    error = (
+        "the build's record and log are not in the registry yet (cannot reach the registry at "
+        "http://127.0.0.1:1); the service retries until it succeeds"
+    )
+    answer = {"record_error": error}
+
+    async def with_record_error(route: Any) -> None:
+        response = await route.fetch()
+        body = await response.text()
+        if answer["record_error"]:
+            value = json.dumps(answer["record_error"])
+            body = re.sub(r'"record_error":\s*null', f'"record_error": {value}', body)
+        await route.fulfill(response=response, body=body)
+
+    page = await ui.page("alice", f"#/builds/{build_id}")
+    await page.route(re.compile(rf"/api/builds/{build_id}(/logs)?([?].*)?$"), with_record_error)
+    await page.reload()
+    await page.locator(".r2d-view").wait_for()
+    await expect(page.get_by_test_id("log-status")).to_have_attribute("data-status", "complete")
+    notice = page.get_by_test_id("record-error")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_contain_text("not in the registry yet")
+    await expect(page.get_by_test_id("record-error-text")).to_have_text(error)
+    await expect(page.get_by_test_id("build-success")).to_be_visible()  # the build is built
+    answer["record_error"] = None  # the retry stored it
+    await expect(notice).to_have_count(0, timeout=25_000)
     await page.close()
 
 

@@ -28,6 +28,19 @@ def _load(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def _own_traits(cls: type) -> dict:
+    """The class's own settings, and those of its project bases that the reference does not
+    list on their own (a settings base class such as ``BuildManagerConfig``, split out of a
+    long module: its traits are configured, and documented, under the class that uses them)."""
+    listed = set(CLASSES)
+    traits = {}
+    for base in reversed(cls.__mro__):
+        path = f"{base.__module__}.{base.__qualname__}"
+        if base is cls or (base.__module__.startswith("r2d_") and path not in listed):
+            traits.update(base.class_own_traits(config=True))
+    return traits
+
+
 def render() -> str:
     out = [
         "# Configuration reference",
@@ -47,7 +60,7 @@ def render() -> str:
         doc = inspect.getdoc(cls)
         if doc:
             out += [doc.split("\n\n")[0], ""]
-        traits = cls.class_own_traits(config=True)
+        traits = _own_traits(cls)
         if not traits:
             out += ["(no settings of its own)", ""]
         for name, trait in sorted(traits.items()):

@@ -1,6 +1,6 @@
 """Build records and logs as OCI artifacts in the registry (issue 13).
 
-Layout, per build that was to push and ended ``built`` or ``failed``:
+Layout, per build that was to push and ended (``built``, ``failed``, ``cancelled``):
 
 * one **OCI image manifest** with ``artifactType`` :data:`ARTIFACT_TYPE`, the empty config
   (``application/vnd.oci.empty.v1+json``, ``{}``) and two layers: the record
@@ -14,7 +14,8 @@ Layout, per build that was to push and ended ``built`` or ``failed``:
   for registries without the referrers API such as distribution 2.8) lists the artifact;
 * every artifact is also tagged ``r2d-build-<build id>`` in the image's repository: that is how a
   service on a fresh engine finds the records (tags/list), for failed builds (no image, no
-  subject) too. Listings skip both tag kinds (:mod:`.artifacts_tags`).
+  subject) too. Listings skip both tag kinds (:mod:`.artifacts_tags`). Records without a
+  subject are bounded by the lifecycle policy (:mod:`r2d_core.record_retention`).
 
 Deleting an image version deletes what its fallback index lists, the index itself and the
 artifacts' blobs (the shared empty config stays).
@@ -89,6 +90,9 @@ class StoredRecord:
     digest: str
     record: dict[str, Any]  # descriptor of the record blob
     log: dict[str, Any] | None  # descriptor of the log blob
+    #: the digest of the image manifest it is attached to; None for a build that left no image
+    #: in the registry (failed, cancelled, not pushed): what ``keep_failed_records`` bounds
+    subject: str | None = None
 
 
 def _descriptor(media_type: str, digest: str, size: int) -> dict[str, Any]:
@@ -226,8 +230,10 @@ class ArtifactStore:
         ]
 
     # ---- finding and reading -----------------------------------------------------------------
-    async def find(self, repositories: list[str]) -> list[StoredRecord]:
-        """Every record artifact in ``repositories`` (manifests read, blobs not)."""
+    async def find(self, repositories: list[str], *, more_than: int = 0) -> list[StoredRecord]:
+        """Every record artifact in ``repositories`` (manifests read, blobs not); with
+        ``more_than``, only in repositories with more record tags than that (one tags request
+        each decides, no manifest read where there are fewer)."""
 
         async def in_repository(repository: str) -> list[StoredRecord]:
             try:
@@ -241,6 +247,8 @@ class ArtifactStore:
                 log.warning("Skipping the build records in %s: %s", repository, e)
                 return []
             wanted = [t for t in tags if t.startswith(RECORD_TAG_PREFIX)]
+            if len(wanted) <= more_than:
+                return []
             found = await asyncio.gather(*(self._stored(repository, t) for t in wanted))
             return [f for f in found if f is not None]
 
@@ -281,6 +289,8 @@ class ArtifactStore:
             value = annotations.get(name, default)
             return value if isinstance(value, str) else default
 
+        subject = data.get("subject")
+        subject_digest = subject.get("digest") if isinstance(subject, dict) else None
         return StoredRecord(
             repository=repository,
             build_id=text(f"{_ANNOTATION}id", tag[len(RECORD_TAG_PREFIX) :]),
@@ -289,6 +299,7 @@ class ArtifactStore:
             digest=_sha256(body),
             record=by_type[RECORD_MEDIA_TYPE],
             log=by_type.get(LOG_MEDIA_TYPE),
+            subject=subject_digest if isinstance(subject_digest, str) else None,
         )
 
     async def read(self, stored: StoredRecord, *, max_log_bytes: int) -> tuple[bytes, bytes | None]:

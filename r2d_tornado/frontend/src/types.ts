@@ -97,6 +97,10 @@ export interface Build extends Identity {
   /** the whole log's size and what the kept log omits (its middle, once over the limit) */
   log?: { lines: number; bytes: number; omitted_lines: number; omitted_bytes: number };
   requested_by: string | null;
+  /** found again after a restart (in its build container, or from its record in the registry) */
+  recovered?: boolean;
+  /** why the build's record and log are not (yet) in the registry; the service retries */
+  record_error?: string | null;
   can_cancel: boolean;
   logs_url?: string;
   /** set on a 202 answer when an identical build was already queued or running */

@@ -172,6 +172,32 @@ function outcome(build: Build): Child {
   return null;
 }
 
+/** a pushed build whose record and log could not be stored in the registry (yet) */
+function recordNotice(build: Build): Child {
+  if (!build.done || !build.record_error) return null;
+  return alertBox(
+    "warning",
+    "record-error",
+    h(
+      "div",
+      { class: "fw-semibold" },
+      icon("warning", "me-2"),
+      "This build's record and log are not in the registry yet",
+    ),
+    h(
+      "p",
+      { class: "mb-0 small", "data-testid": "record-error-text" },
+      stripAnsi(build.record_error),
+    ),
+    h(
+      "p",
+      { class: "mb-0 small text-body-secondary" },
+      "The service keeps trying. Until it succeeds, a service started on an empty Docker engine " +
+        "will not show this build in its history.",
+    ),
+  );
+}
+
 type Connection = "connecting" | "live" | "reconnecting" | "complete" | "lost";
 
 const CONNECTION: Record<Connection, { cls: string; text: string }> = {
@@ -416,10 +442,32 @@ export const buildLogView: View = async (ctx, route, el, scope) => {
           )
         : null,
     );
-    replace(result, outcome(build));
+    replace(result, outcome(build), recordNotice(build));
+    watchRecord();
     // the interesting end of the failure, not its start
     const last = result.querySelector('[data-testid="last-lines"]');
     if (last) last.scrollTop = last.scrollHeight;
+  }
+
+  // The record of a build that was to push is stored after the build is done (record_error is
+  // set later, and cleared by a retry): look again shortly after the end, then every 10 s for as
+  // long as it says the record is missing.
+  let recordTimer = 0;
+  let recordChecks = 0;
+  scope.defer(() => window.clearTimeout(recordTimer));
+  function watchRecord(): void {
+    if (recordTimer || !scope.alive || !build.done) return;
+    const early = build.push && recordChecks < 2;
+    if (!build.record_error && !early) return;
+    const delay = build.record_error ? 10_000 : recordChecks === 0 ? 2_000 : 8_000;
+    recordTimer = window.setTimeout(() => {
+      recordTimer = 0;
+      recordChecks += 1;
+      void loadBuild(ctx, id).then(
+        (next) => scope.alive && update(next),
+        () => undefined,
+      );
+    }, delay);
   }
 
   async function cancel(): Promise<void> {
