@@ -207,13 +207,13 @@ async def test_credentials_reach_the_build_container_without_a_copy_before_its_s
     import json
 
     from r2d_core.models import Credentials
-    from tests.test_manager import _assert_no_secret_in_build_container, _docker, _private_server
-    from tests.test_refs import PASSWORD, USER
+    from tests.harness.githttp import PASSWORD, USER, GitHTTPServer
+    from tests.test_manager import _assert_no_secret_in_build_container, _docker
 
     root = tmp_path / "git-root"
     root.mkdir()
     (root / "hello.git").symlink_to(git_server.repos["hello"].path)
-    server = _private_server(str(root))
+    server = GitHTTPServer(root).start()
     build = None
     try:
         m = await make_manager("docker", allowed_repo_patterns=[r"^http://127\.0\.0\.1:\d+/"])
@@ -224,7 +224,7 @@ async def test_credentials_reach_the_build_container_without_a_copy_before_its_s
         m.engine.put_archive = no_copy
         build = (
             await m.submit(
-                repo=f"http://127.0.0.1:{server.server_address[1]}/hello.git",
+                repo=server.url("hello.git"),
                 ref="v1",
                 owner="stdin",
                 name="private",
@@ -242,5 +242,4 @@ async def test_credentials_reach_the_build_container_without_a_copy_before_its_s
         assert PASSWORD.encode() not in _docker(docker_host, "logs", name)
         await m.builder.forget(build)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()

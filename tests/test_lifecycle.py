@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 import pytest
 from traitlets import TraitError
@@ -438,15 +439,21 @@ async def test_the_periodic_task_runs_every_prune_interval(
 ):
     # only a rule that touches nothing but our own garbage: the engine is the session's
     m = await lifecycle_manager(prune_interval=0.3)
-    dockerd.docker("create", "--name", "r2d-periodic-src", local_images["busybox"], "true")
+    cli = partial(asyncio.to_thread, dockerd.docker, timeout=60)  # not on the manager's loop
+    await cli("create", "--name", "r2d-periodic-src", local_images["busybox"], "true")
     try:
-        dangling = dockerd.docker(
+        committed = await cli(
             "commit", "--change", f"LABEL {LABEL_PREFIX}owner=periodic", "r2d-periodic-src"
-        ).stdout.strip()
+        )
+        dangling = committed.stdout.strip()
     finally:
-        dockerd.docker("rm", "r2d-periodic-src")
+        await cli("rm", "r2d-periodic-src")
+    # asked through the engine API, on the loop: a docker CLI call would block the event loop
+    # the manager's periodic task runs on (once, in a full run, a `docker image inspect` then
+    # waited 5 minutes on an engine that was waiting for the manager to read; killing the CLI
+    # made the loop below take "no answer" for "pruned")
     deadline = time.monotonic() + 30
-    while dockerd.docker("image", "inspect", dangling, check=False).returncode == 0:
+    while (await asyncio.wait_for(m.engine.inspect_image(dangling), 30)) is not None:
         assert time.monotonic() < deadline, "the periodic task never pruned the dangling image"
         await asyncio.sleep(0.2)
     await m.stop()
