@@ -34,6 +34,10 @@ class _Registry:
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
 
+    @property
+    def timeout(self) -> float:  # the restore's deadline is a multiple of it
+        return self._client.timeout
+
     def client(self) -> RegistryClient:
         return self._client
 

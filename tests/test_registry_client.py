@@ -470,3 +470,15 @@ async def test_bench_list_small():
     assert by_name[(snapshot, "requests")] == 1 + 2 + 3 + 6
     batch = "registry: list 6 tags, revalidated, batch 64 (partial: 64 re-checked)"
     assert by_name[(batch, "requests")] == 1 + 3 + 6
+
+
+async def test_bench_restore_small():
+    """``./dev bench archive`` keeps working (it broke once unnoticed: its stand-in for the
+    Registry config lacked the timeout the restore's deadline is made of)."""
+    require_registry_binary()
+    from tests.bench_archive import bench_restore
+
+    rows = await bench_restore(records=4, repos=2, lines=3)
+    by_name = {(r["benchmark"], r["unit"]): r["value"] for r in rows}
+    assert by_name[("archive: restore 4 records + logs on start", "requests")] == 1 + 2 + 4
+    assert by_name[("archive: restore 4 records + logs (3 lines) on start", "ms")] > 0
