@@ -46,14 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Instance, Int, List, Unicode, default, validate
+from traitlets import Bool, Float, Instance, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .engine import DockerEngine
-from .errors import NotFound, Unavailable, UpstreamError
+from .errors import Unavailable
 from .fetch import SPEC_ENV
 from .logs import LineSplitter
-from .models import Build, Credentials, build_labels, parse_labels, parse_time
+from .models import Build, Credentials, build_labels
 from .options import repo2docker_option_args
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "LABELS_ENV",
     "BuildProcess",
     "Builder",
-    "DockerBuilder",
     "LocalProcessBuilder",
     "RecoveredBuild",
     "build_environment",
@@ -72,7 +71,7 @@ __all__ = [
 LABELS_ENV = "R2D_IMAGE_LABELS"
 
 #: the stdlib-only modules the fetch stage runs from, in import order (shipped into containers)
-FETCH_MODULES = ("urls", "netpolicy", "fetch")
+FETCH_MODULES = ("urls", "netpolicy", "gitfetch", "fetch")
 
 
 @functools.lru_cache(maxsize=1)
@@ -460,213 +459,11 @@ class LocalProcessBuilder(Builder):
         return _LocalProcess(proc, workdir)
 
 
-# ------------------------------------------------------------------------------------------------
-class _ContainerProcess(BuildProcess):
-    def __init__(self, engine: DockerEngine, container_id: str, follow: bool = True) -> None:
-        self.engine = engine
-        self.container_id = container_id
-        self.follow = follow
-        self._exit: asyncio.Task[int] | None = None
+def __getattr__(name: str) -> Any:
+    # DockerBuilder lives in its own module, which imports this one; it is still named
+    # ``r2d_core.builders.DockerBuilder`` in configuration (``BuildManager.builder_class``)
+    if name == "DockerBuilder":
+        from .docker_builder import DockerBuilder
 
-    def _wait_task(self) -> asyncio.Task[int]:
-        """The engine's ``wait`` for this container, asked once while the log is read (so the
-        exit status is there when the log ends, not one more request later); asked again after
-        it failed (lost contact)."""
-        task = self._exit
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._exit = asyncio.ensure_future(self.engine.wait_container(self.container_id))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return task
-
-    def output(self) -> AsyncIterator[str]:
-        self._wait_task()
-        return self.engine.container_output(self.container_id, follow=self.follow)
-
-    async def wait(self) -> int:
-        return await self._wait_task()
-
-    async def cancel(self) -> None:
-        await self.engine.kill_container(self.container_id)
-
-    reattachable = True
-
-    async def exists(self) -> bool:
-        try:
-            await self.engine.inspect_container(self.container_id)
-        except NotFound:
-            return False
-        return True
-
-    async def oom_killed(self) -> bool:
-        info = await self.engine.inspect_container(self.container_id)
-        return bool(info.get("State", {}).get("OOMKilled"))
-
-
-class DockerBuilder(Builder):
-    """Run repo2docker in a container on the engine, with the engine's socket mounted.
-
-    The build container is labelled like the image it makes, so a restarted service finds it, reads
-    its whole log again from Docker and follows it to the end.
-    """
-
-    kind = "docker"
-    _config_dir = "/tmp/repo2docker-service"  # nosec B108  # inside the build container, made for this build alone
-
-    image = Unicode(
-        "quay.io/jupyterhub/repo2docker:2026.4.0",
-        config=True,
-        help="""Image with ``jupyter-repo2docker``, the docker CLI and its buildx plugin. Default
-        ``quay.io/jupyterhub/repo2docker:2026.4.0``. Env: ``R2D_REPO2DOCKER_IMAGE``.""",
-    )
-
-    @default("image")
-    def _default_image(self) -> str:
-        return os.environ.get("R2D_REPO2DOCKER_IMAGE", "quay.io/jupyterhub/repo2docker:2026.4.0")
-
-    python = Unicode(
-        "python3",
-        config=True,
-        help="""Python interpreter (3.8 or newer) of :attr:`image` that runs the fetch stage
-        (standard library only). Default ``python3`` (on the ``PATH`` of repo2docker's
-        images).""",
-    )
-
-    fetch_uid = Int(
-        65534,
-        allow_none=True,
-        config=True,
-        help="""uid (and gid) git runs as in the build container's fetch stage (default 65534,
-        ``nobody``): git, which parses what remote servers send, then cannot use the engine
-        socket mounted for repo2docker. None: git runs as the image's user (root).""",
-    )
-
-    network_mode = Unicode(
-        "",
-        config=True,
-        help="""Network mode of the build container (it fetches the repository): e.g. ``host``.
-        Default: empty, the engine's default network. Env: ``R2D_BUILD_CONTAINER_NETWORK``.""",
-    )
-
-    @default("network_mode")
-    def _default_network_mode(self) -> str:
-        return os.environ.get("R2D_BUILD_CONTAINER_NETWORK", "")
-
-    docker_socket = Unicode(
-        config=True,
-        help="""Host path of the engine's socket, mounted into build containers at
-        ``/var/run/docker.sock``. Default: the socket of ``DockerEngine.host``.""",
-    )
-
-    @default("docker_socket")
-    def _default_docker_socket(self) -> str:
-        return self.engine.socket_path if self.engine else "/var/run/docker.sock"
-
-    extra_host_config = Dict(
-        config=True,
-        help="""Extra Docker ``HostConfig`` for build containers (e.g. ``{"Memory": 4294967296}``).
-        Default: none.""",
-    )
-
-    async def start(self, build: Build) -> BuildProcess:
-        credentials = build.credentials
-        spec = self.fetch_spec(
-            build,
-            self._config_dir,
-            ["jupyter-repo2docker"],
-            credentials_stdin=credentials is not None,
-        )
-        spec["git_uid"] = self.fetch_uid
-        # printed by the bootstrap before it compiles the fetch stage (which then does not)
-        spec["announce"] = f"Fetching {build.repo} at {build.sha}"
-        env = [
-            "DOCKER_HOST=unix:///var/run/docker.sock",
-            "PYTHONUNBUFFERED=1",
-            f"{SPEC_ENV}={json.dumps(spec)}",
-        ]
-        host_config: dict[str, Any] = {
-            "Binds": [f"{self.docker_socket}:/var/run/docker.sock"],
-            "AutoRemove": False,
-        }
-        if self.network_mode:
-            host_config["NetworkMode"] = self.network_mode
-        host_config.update(self.extra_host_config)
-        labels = build_labels(build, "build")
-        config = {
-            "Image": self.image,
-            "Cmd": [self.python, "-I", "-c", fetch_bootstrap()],
-            "Env": env,
-            "Labels": labels,
-            "HostConfig": host_config,
-            "AttachStdout": False,
-            "AttachStderr": False,
-            "Tty": False,
-            # credentials: on stdin, closed after the one write (not in Env, Cmd, Labels, files)
-            **({"OpenStdin": True, "StdinOnce": True} if credentials is not None else {}),
-        }
-        container_id = await self.engine.create_container(config, name=f"r2d-build-{build.id}")
-        try:
-            steps = [self.engine.start_container(container_id)]
-            if credentials is not None:  # at once: the fetch stage waits for them
-                steps.append(self.engine.write_stdin(container_id, _credentials_json(credentials)))
-            for result in await asyncio.gather(*steps, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
-        except BaseException:
-            await self.engine.remove_container(container_id)
-            raise
-        return _ContainerProcess(self.engine, container_id)
-
-    async def recover(self) -> list[RecoveredBuild]:
-        ours = [
-            (summary, fields)
-            for summary in await self.engine.list_build_containers()
-            if (fields := parse_labels(summary.get("Labels"))) is not None
-        ]
-        # a few inspects at a time, not one after the other: a restart with hundreds of finished
-        # build containers answers its first request sooner (the engine serves them in parallel)
-        limit = asyncio.Semaphore(8)
-
-        async def inspect(container_id: str) -> dict[str, Any] | None:
-            async with limit:
-                try:
-                    return await self.engine.inspect_container(container_id)
-                except NotFound:
-                    return None  # removed since the listing
-
-        infos = await asyncio.gather(*(inspect(summary["Id"]) for summary, _ in ours))
-        recovered = []
-        for (summary, fields), info in zip(ours, infos, strict=True):
-            if info is None:
-                continue
-            state = info.get("State", {})
-            if state.get("Status") == "created":
-                # never started (the previous process stopped between create and start): it
-                # has no log worth keeping, and may hold a credentials file the fetch stage
-                # would have deleted first thing
-                await self.engine.remove_container(summary["Id"])
-                continue
-            running = bool(state.get("Running"))
-            recovered.append(
-                RecoveredBuild(
-                    fields=fields,
-                    process=_ContainerProcess(self.engine, summary["Id"], follow=running),
-                    running=running,
-                    started=parse_time(state.get("StartedAt")),
-                    finished=None if running else parse_time(state.get("FinishedAt")),
-                    exit_code=None if running else state.get("ExitCode"),
-                    oom_killed=bool(state.get("OOMKilled")),
-                )
-            )
-        return recovered
-
-    async def forget(self, build: Build) -> None:
-        # Right after a kill the engine may still hold the container's filesystem ("device or
-        # resource busy"): try again briefly rather than leave a dead container behind.
-        for attempt in range(10):
-            try:
-                await self.engine.remove_container(f"r2d-build-{build.id}")
-                return
-            except UpstreamError:
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(0.5)
+        return DockerBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
