@@ -133,6 +133,11 @@ class DockerBuilder(Builder):
         Default: none.""",
     )
 
+    def entry_point(self, command: list[str]) -> str | None:
+        # the image's jupyter-repo2docker is repo2docker's console script; if the image's
+        # `python` cannot import it, the fetch stage execs the command instead
+        return self.repo2docker_entry if list(command) == ["jupyter-repo2docker"] else None
+
     async def start(self, build: Build) -> BuildProcess:
         credentials = build.credentials
         spec = self.fetch_spec(
