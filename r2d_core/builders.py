@@ -138,6 +138,10 @@ class BuildProcess(ABC):
         """Whether the kernel's OOM killer ended it (asked once it exited with an error)."""
         return False
 
+    #: the secret of the fetch stage's exit line (:data:`r2d_core.fetch.EXIT_PHASE`): the build
+    #: ends on that line, before the engine reports the process's exit; None: wait for the exit
+    exit_nonce: str | None = None
+
 
 @dataclass
 class RecoveredBuild:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,14 @@ __all__ = ["DockerBuilder"]
 
 # ------------------------------------------------------------------------------------------------
 class _ContainerProcess(BuildProcess):
-    def __init__(self, engine: DockerEngine, container_id: str, follow: bool = True) -> None:
+    def __init__(
+        self,
+        engine: DockerEngine,
+        container_id: str,
+        follow: bool = True,
+        exit_nonce: str | None = None,
+    ) -> None:
+        self.exit_nonce = exit_nonce
         self.engine = engine
         self.container_id = container_id
         self.follow = follow
@@ -147,6 +155,10 @@ class DockerBuilder(Builder):
             credentials_stdin=credentials is not None,
         )
         spec["git_uid"] = self.fetch_uid
+        # the build ends on the stage's exit line, not ~40 ms later when the engine has taken the
+        # container down; known to this process and the stage only (not after a restart: then
+        # the engine's exit status is waited for)
+        nonce = spec["exit_nonce"] = secrets.token_urlsafe(16)
         # printed by the bootstrap before it compiles the fetch stage (which then does not)
         spec["announce"] = f"Fetching {build.repo} at {build.sha}"
         env = [
@@ -185,7 +197,7 @@ class DockerBuilder(Builder):
         except BaseException:
             await self.engine.remove_container(container_id)
             raise
-        return _ContainerProcess(self.engine, container_id)
+        return _ContainerProcess(self.engine, container_id, exit_nonce=nonce)
 
     async def recover(self) -> list[RecoveredBuild]:
         ours = [

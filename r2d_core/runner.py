@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from .builders import Builder, BuildProcess, RecoveredBuild
 from .catalog import ImageCatalog
 from .engine import DockerEngine
 from .errors import R2DError, Unavailable
+from .fetch import EXIT_PHASE
 from .logs import LogBuffer
 from .models import Build, BuildState, label_options, parse_time, short_error
 from .naming import parse_reference
@@ -33,6 +35,23 @@ _STEP_RE = re.compile(r"^#\d+ \[[^\]]+\] \S")
 # BuildKit has tagged the image ("#12 naming to docker.io/library/r2d-x:abc done"): repo2docker
 # only exits after this
 _NAMED_RE = re.compile(r"^#\d+ naming to \S+ done$")
+
+
+def _exit_line(raw: str) -> tuple[str, int] | None:
+    """(nonce, status) of a fetch stage exit line (:data:`~r2d_core.fetch.EXIT_PHASE`), else
+    None (any other line, a forged one of another shape included)."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("phase") != EXIT_PHASE:
+        return None
+    nonce, status = record.get("nonce"), record.get("status")
+    if not isinstance(nonce, str) or type(status) is not int or not 0 <= status <= 255:
+        return ("", 0)  # hidden like a real one, never trusted
+    return nonce, status
+
+
 #: a log stream that breaks again and again although the engine answers is given up on
 _MAX_FRUITLESS_REATTACHES = 10
 #: a build whose process the kernel killed for memory (live, or found again after a restart)
@@ -245,6 +264,13 @@ class BuildRunner:
                         continue
                     seen += 1
                     build.last_output = time.monotonic()
+                    if EXIT_PHASE in raw and (exit_line := _exit_line(raw)) is not None:
+                        # the fetch stage's own last line: not part of the log; with our nonce,
+                        # the build's end (the engine reports the exit tens of ms later)
+                        nonce, status = exit_line
+                        if process.exit_nonce and secrets.compare_digest(nonce, process.exit_nonce):
+                            return status, None
+                        continue
                     self.handle_line(build, raw)
                     if probe and "naming to " in raw and build.id not in self._probes:
                         self._probe_image(build, raw)

@@ -135,7 +135,8 @@ async def test_built_image_is_inspected_once_before_repo2docker_exits(
     builder,
 ):
     """The outcome needs the image's inspect: it is asked once, as soon as BuildKit has named
-    the image, while repo2docker winds down, not one more round trip after its exit."""
+    the image, while repo2docker winds down, not one more round trip after its exit (the
+    process's exit, or for the DockerBuilder the fetch stage's exit line)."""
     m = await make_manager(builder)
     inspected: list[float] = []
     exited: list[float] = []
@@ -156,6 +157,15 @@ async def test_built_image_is_inspected_once_before_repo2docker_exits(
             return code
 
         process.wait = waiting
+        output = process.output
+
+        async def outputting() -> Any:
+            async for raw in output():
+                if '"phase": "r2d-exit"' in raw:  # the Docker build ends on this line
+                    exited.append(time.monotonic())
+                yield raw
+
+        process.output = outputting
         return process
 
     m.builder.start = starting
