@@ -92,7 +92,7 @@ def prune(env: dict[str, str]) -> None:
 
 async def bench_build(ctx: dict[str, Any], runs: int = 5) -> None:
     """Median build time through the BuildManager vs the bare CLI, per builder."""
-    from tests.harness import repo2docker_config
+    from tests.harness import bare_cli_argv, repo2docker_config
 
     git = ctx["git"]
     env = {**os.environ, "DOCKER_HOST": ctx["docker_host"]}
@@ -101,27 +101,13 @@ async def bench_build(ctx: dict[str, Any], runs: int = 5) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(repo2docker_config(network="none"))
         config_file = f.name
-    cli = [
-        sys.executable,
-        "-m",
-        "repo2docker",
-        "--config",
-        config_file,
-        "--json-logs",
-        "--no-run",
-        "--user-id",
-        "1000",
-        "--user-name",
-        "jovyan",
-    ]
-
     cli_times = []
     for _i in range(runs):
         prune(env)
         image = f"bench-cli-{secrets.token_hex(3)}:{sha}"
         t0 = time.perf_counter()
         subprocess.run(
-            [*cli, "--image-name", image, "--ref", sha, url],
+            bare_cli_argv(config_file, image, sha, url),
             env=env,
             check=True,
             capture_output=True,

@@ -55,13 +55,14 @@ import secrets
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from typing import Any
 
 import httpx
+
+from tests.harness.images import bare_cli_argv
 
 Row = dict[str, Any]
 
@@ -102,7 +103,7 @@ class Events:
 
 class ChildExit:
     """When the local builder's build process (a child of the service: the fetch stage, which
-    ``exec``s repo2docker) exits: found once by its parent, then its state polled every 2 ms
+    runs repo2docker in its process or ``exec``s it) exits: found once by its parent, then its state polled every 2 ms
     (``Z``, a zombie, is the moment it exited)."""
 
     def __init__(self, service_pid: int) -> None:
@@ -123,7 +124,10 @@ class ChildExit:
                     cmd = f.read()
             except OSError:
                 continue
-            if int(fields[1]) == self.service_pid and b"repo2docker" in cmd:
+            # the fetch stage, which runs repo2docker in its process (or execs it)
+            if int(fields[1]) == self.service_pid and (
+                b"r2d_core.fetch" in cmd or b"repo2docker" in cmd
+            ):
                 return int(pid)
         return None
 
@@ -152,22 +156,7 @@ async def run_cli(env: dict[str, str], config_file: str, url: str, sha: str) -> 
     image = f"bench-cli-{secrets.token_hex(3)}:{sha}"
     t0 = time.time()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "repo2docker",
-        "--config",
-        config_file,
-        "--json-logs",
-        "--no-run",
-        "--user-id",
-        "1000",
-        "--user-name",
-        "jovyan",
-        "--image-name",
-        image,
-        "--ref",
-        sha,
-        url,
+        *bare_cli_argv(config_file, image, sha, url),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -36,6 +36,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -113,6 +114,15 @@ def repo2docker_config(network: str = "none") -> str:
             "",
         ]
     )
+
+
+def bare_cli_argv(config_file: str, image: str, sha: str, url: str) -> list[str]:
+    """The bare ``repo2docker`` CLI building ``url`` at ``sha`` as the service's builds do (same
+    config file, JSON logs, no run, the same user): what the benches compare the service with."""
+    return [
+        sys.executable, "-m", "repo2docker", "--config", config_file, "--json-logs", "--no-run",
+        "--user-id", "1000", "--user-name", "jovyan", "--image-name", image, "--ref", sha, url,
+    ]  # fmt: skip
 
 
 def debian_mirror() -> str:
