@@ -11,7 +11,7 @@ import httpx
 
 from ..errors import UpstreamError
 from .models import MANIFEST_ACCEPT
-from .names import _check_reference, _check_repository, _is_digest, _sha256
+from .names import _check_reference, _check_repository, _sha256
 from .untrusted import loads, verify
 
 if TYPE_CHECKING:
@@ -62,19 +62,7 @@ class ArtifactIO:
         self: RegistryClient, repository: str, reference: str, *, accept: str = MANIFEST_ACCEPT
     ) -> bytes:
         """A manifest's bytes as stored (checked against its digest when asked by digest)."""
-        _check_repository(repository)
-        _check_reference(reference)
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Accept": accept},
-            what=f"reading the manifest {repository}:{reference}",
-            repository=repository,
-        )
-        body = response.content
-        if _is_digest(reference):
-            verify(body, reference, f"a manifest of {repository}")
-        return body
+        return (await self._get_manifest(repository, reference, accept))[1]
 
     async def put_manifest(
         self: RegistryClient, repository: str, reference: str, body: bytes, media_type: str

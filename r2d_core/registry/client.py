@@ -461,6 +461,25 @@ class RegistryClient(Listing, ArtifactIO):
         )
         return [t for t in tags if ":" not in t and _valid(_check_reference, t)]
 
+    async def _get_manifest(
+        self, repository: str, reference: str, accept: str
+    ) -> tuple[httpx.Response, bytes]:
+        """One manifest GET: the answer and its body, checked against the digest when asked by
+        digest (by tag, the caller checks the digest header: see :meth:`manifest`)."""
+        _check_repository(repository)
+        _check_reference(reference)
+        response = await self._request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": accept},
+            what=f"reading the manifest {repository}:{reference}",
+            repository=repository,
+        )
+        body = response.content
+        if _is_digest(reference):
+            verify(body, reference, f"a manifest for {repository}@{reference}")
+        return response, body
+
     async def manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest ``reference`` (a tag or digest) of ``repository``; by digest from cache."""
         _check_repository(repository)
@@ -469,16 +488,8 @@ class RegistryClient(Listing, ArtifactIO):
             cached = self._manifests.get(reference)
             if cached is not None:
                 return cached
-        response = await self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            headers={"Accept": MANIFEST_ACCEPT},
-            what=f"reading the manifest {repository}:{reference}",
-            repository=repository,
-        )
-        body = response.content
+        response, body = await self._get_manifest(repository, reference, MANIFEST_ACCEPT)
         if _is_digest(reference):
-            verify(body, reference, f"a manifest for {repository}@{reference}")
             digest = reference
         else:
             digest = checked_header(response, body, f"{repository}:{reference}")
