@@ -440,7 +440,8 @@ def build_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 class LocalProcessBuilder(Builder):
     """Run the build as a child process of the service: ``python -I -m r2d_core.fetch`` fetches
-    into a temporary directory (removed afterwards), then ``exec``s :attr:`command`."""
+    into a temporary directory (removed afterwards), then runs repo2docker (in its own process,
+    see :attr:`Builder.in_process`, or by ``exec``-ing :attr:`command`)."""
 
     kind = "local"
 

@@ -4,9 +4,10 @@ repo2docker never talks to the repository's server. This module (standard librar
 with a bare ``python3`` inside the repo2docker image for the
 :class:`~r2d_core.builders.DockerBuilder`, and as ``python -m r2d_core.fetch`` for the
 :class:`~r2d_core.builders.LocalProcessBuilder`) clones the canonical repository URL into a local
-directory, checks out the resolved commit, fetches the submodules it allows, and then ``exec``s
+directory, checks out the resolved commit, fetches the submodules it allows, and then runs
 ``jupyter-repo2docker`` on that directory (repo2docker's local content provider: no ``--ref``, no
-network fetch by repo2docker). The build stays one process (one container), so restart recovery
+network fetch by repo2docker): in this process, imported while git clones (:class:`Preload`,
+``spec["entry"]``), or by ``exec``-ing the command. The build stays one process (one container), so restart recovery
 (labels, logs read again from Docker) works as before.
 
 Credentials: read from stdin first thing (a pipe for the LocalProcessBuilder, the container's
