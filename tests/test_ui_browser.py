@@ -689,6 +689,51 @@ async def test_older_builds_appends_the_next_page_until_there_is_none(ui, expect
     await page.close()
 
 
+async def test_build_list_marks_a_build_whose_record_is_missing(ui, expect, git_server):
+    """The list shows a build's ``record_error`` as text in its row (the API reports it for one
+    build here: the suite's hubs have no registry), and no marker on the other rows."""
+    builds = (await ui.api("alice", "GET", "api/builds", params={"owner": "alice"})).json()
+    done = [b["id"] for b in builds["builds"] if b["done"]]
+    if len(done) < 2:
+        for _ in range(2 - len(done)):
+            r = await ui.api(
+                "alice",
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("quick"), "name": unique("rec"), "force": True},
+            )
+            assert r.status_code == 202, r.text
+            await ui.wait_build("alice", r.json()["id"])
+            done.append(r.json()["id"])
+    marked, other = done[0], done[1]
+    error = "cannot reach the registry at http://127.0.0.1:1 <b>(retrying)</b>"
+
+    async def with_record_error(route: Any) -> None:
+        response = await route.fetch()
+        data = await response.json()
+        for build in data.get("builds", []):
+            if build["id"] == marked:
+                build["record_error"] = error
+        await route.fulfill(response=response, json=data)
+
+    page = await (await ui.context("alice")).new_page()
+    page.on("pageerror", lambda e: ui.page_errors.append(f"alice: {e}"))
+    await page.route(re.compile(r"/api/builds([?].*)?$"), with_record_error)
+    await page.goto(ui.url("#/builds?owner=alice"))
+    await page.locator(".r2d-view").wait_for()
+    row = page.locator(f'[data-testid="build-row"][data-build-id="{marked}"]')
+    marker = row.get_by_test_id("build-record-error")
+    await expect(marker).to_be_visible()
+    await expect(marker).to_contain_text("Record not in the registry")
+    # the message as text (markup in it stays text)
+    await expect(marker.get_by_test_id("build-record-error-text")).to_have_text(error)
+    await expect(row.locator("b")).to_have_count(0)
+    others = page.locator(f'[data-testid="build-row"][data-build-id="{other}"]')
+    await expect(others).to_be_visible()
+    await expect(page.get_by_test_id("build-record-error")).to_have_count(1)
+    await page.close()
+
+
 # ---- build options: the "Advanced" section -------------------------------------------------------
 async def test_advanced_section_shows_what_the_admin_allows_and_builds_with_it(
     ui, expect, git_server

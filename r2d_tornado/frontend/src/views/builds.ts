@@ -21,7 +21,7 @@ import {
   stateBadge,
   timeEl,
 } from "../ui";
-import { duration, hashFor } from "../util";
+import { duration, hashFor, stripAnsi } from "../util";
 
 /** how often the list is fetched again while a build is in progress */
 const POLL_MS = 2000;
@@ -57,6 +57,22 @@ export async function cancelBuild(ctx: Parameters<View>[0], id: string): Promise
   } catch (err) {
     return errorMessage(err);
   }
+}
+
+/** the marker of a build whose record (and log) could not be stored in the registry yet: the
+ * service's message as text (the build page says more) */
+export function recordError(b: Build): HTMLElement | null {
+  if (!b.done || !b.record_error) return null;
+  return h(
+    "div",
+    {
+      class: "r2d-record-error small text-warning-emphasis mt-1",
+      "data-testid": "build-record-error",
+    },
+    icon("warning", "me-1"),
+    h("span", { class: "fw-semibold" }, "Record not in the registry: "),
+    h("span", { "data-testid": "build-record-error-text" }, stripAnsi(b.record_error)),
+  );
 }
 
 export const buildsView: View = async (ctx, route, el, scope) => {
@@ -140,6 +156,7 @@ export const buildsView: View = async (ctx, route, el, scope) => {
               "push",
             )
           : null,
+        recordError(b),
       ),
       h("td", { class: "r2d-source" }, sourceEl(b.repo, b.ref)),
       h("td", null, shaEl(b.sha)),
