@@ -125,12 +125,15 @@ class LifecyclePolicy(LifecycleSettings):
                 await self._task
             self._task = None
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, int | float]:
         """The per-owner limits and retention callers may plan with (0: none), for ``GET api/``."""
         return {
             "keep_versions": self.keep_versions,
             "max_images_per_owner": self.max_images_per_owner,
             "max_bytes_per_owner": self.max_bytes_per_owner,
+            # how long a failed build's record (and log) stays readable in the registry
+            "keep_failed_records": self.keep_failed_records,
+            "max_failed_record_days": self.max_failed_record_days,
         }
 
     def describe(self) -> str:

@@ -54,7 +54,7 @@ LIFECYCLE_DELETED = Counter(
     "Objects the lifecycle policy deleted, by kind (image, build_container, build, "
     "dangling_image, build_cache, build_record) and reason (keep_versions, unused, "
     "build_history, max_build_age, orphaned, dangling, cache_size, keep_failed_records, "
-    "max_failed_record_days)",
+    "max_failed_record_days; image_deleted: build records deleted with a whole image)",
     ["kind", "reason"],
     registry=REGISTRY,
 )

@@ -10,7 +10,8 @@ So, per image (owner, name: one repository), the policy keeps the newest
 
 :func:`records_to_drop` is the pure rule; :func:`prune_records` and :func:`delete_image_records`
 apply it through an :class:`~r2d_core.registry.artifacts.ArtifactStore`. Every deletion is logged
-and counted in ``r2d_lifecycle_deleted_total{kind="build_record"}``.
+and counted in ``r2d_lifecycle_deleted_total{kind="build_record"}`` (with the rule as ``reason``,
+or ``image_deleted`` when they went with a whole image a user deleted).
 """
 
 from __future__ import annotations
@@ -159,5 +160,6 @@ async def delete_image_records(
             record.build_id,
             record.repository,
         )
+        metrics.LIFECYCLE_DELETED.labels("build_record", "image_deleted").inc()
         deleted += 1
     return deleted

@@ -10,7 +10,7 @@ from tornado import web
 
 from r2d_core.errors import Forbidden
 
-from .handlers import Identity
+from .base import Identity
 from .lazyimport import lazy_modules
 
 # jupyterhub.services.auth imports jupyterhub.scopes, which imports the Hub's database layer

@@ -34,7 +34,7 @@ from r2d_core.errors import Forbidden, InvalidRequest, R2DError, Unauthorized, h
 from r2d_core.models import Build, BuildState
 from r2d_core.providers import ProviderSpec, RepoProviders
 
-from .handlers import R2DHandler, StreamingHandler
+from .base import R2DHandler, StreamingHandler
 
 __all__ = ["ROUTES", "BinderBuildHandler", "binder_event"]
 

@@ -154,7 +154,36 @@ def openapi_document(base_url: str = "/services/repo2docker/") -> dict[str, Any]
                                 "url": nullable_string,
                             },
                         },
-                        "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "limits": {
+                            "type": "object",
+                            "description": "the admin's limits callers may plan with (0: none)",
+                            "properties": {
+                                **{
+                                    name: {"type": "integer"}
+                                    for name in (
+                                        "max_concurrent_builds",
+                                        "max_builds_per_owner",
+                                        "max_queued_builds",
+                                        "max_queued_builds_per_owner",
+                                        "keep_versions",
+                                        "max_images_per_owner",
+                                        "max_bytes_per_owner",
+                                    )
+                                },
+                                "keep_failed_records": {
+                                    "type": "integer",
+                                    "description": "records (and logs) kept in the registry per "
+                                    "image of builds that left no image there "
+                                    "(c.LifecyclePolicy.keep_failed_records)",
+                                },
+                                "max_failed_record_days": {
+                                    "type": "number",
+                                    "description": "days such a record is kept, by build time "
+                                    "(c.LifecyclePolicy.max_failed_record_days)",
+                                },
+                            },
+                            "additionalProperties": {"type": "number"},
+                        },
                         "user": {"type": "object", "properties": {"name": string, "kind": string}},
                         "permissions": _ref("Permissions"),
                         "scopes": {"type": "object", "additionalProperties": string},

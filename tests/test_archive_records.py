@@ -295,10 +295,12 @@ async def test_deleting_an_image_deletes_its_failed_records_one_version_keeps_th
         assert result == {"deleted": [built.image], "errors": []}
         assert await record_tags(registry, path) == [record_tag(failed.id)]
 
-        # the whole image (no version left): its failed builds' records go
+        # the whole image (no version left): its failed builds' records go, counted
+        before = deleted_count("build_record", "image_deleted")
         assert await m.delete_image("pia", "gone") == {"deleted": [], "errors": []}
         async with client_for(registry) as client:
             assert await client.tags(path) == []
+        assert deleted_count("build_record", "image_deleted") - before == 1
         from r2d_core.errors import NotFound
 
         with pytest.raises(NotFound):
@@ -342,10 +344,12 @@ async def test_a_whole_image_delete_removes_records_whose_version_went_by_other_
             # an administrator deletes the version in the registry directly
             await client.delete_manifest(path, await client.digest(path, built.sha))
             assert await client.tags(path) != []  # its record and fallback index remain
+        before = deleted_count("build_record", "image_deleted")
         result = await m.delete_image("pia", "dangling")  # the local image is still listed
         assert result == {"deleted": [built.image], "errors": []}
         async with client_for(registry) as client:
             assert await client.tags(path) == []
+        assert deleted_count("build_record", "image_deleted") - before == 1
     finally:
         await m.stop()
 

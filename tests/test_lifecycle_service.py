@@ -17,6 +17,8 @@ async def quota_callers(request, docker_host, local_images, git_server):
     hub = adapter_hub(docker_host, request.param)
     hub.config.service_config += (
         "\nc.LifecyclePolicy.max_images_per_owner = 1\nc.LifecyclePolicy.keep_versions = 1\n"
+        "c.LifecyclePolicy.keep_failed_records = 7\n"
+        "c.LifecyclePolicy.max_failed_record_days = 2.5\n"
     )
     with running(hub):
         callers = Callers(hub)
@@ -34,6 +36,24 @@ async def delete_all(caller, owner: str) -> None:
         if image["owner"] == owner:
             d = await caller.request("DELETE", f"api/images/{owner}/{image['name']}")
             assert d.status_code == 200, d.text
+
+
+async def test_api_info_shows_the_failed_record_retention(quota_callers):
+    """How long a failed build's record stays in the registry is a limit ``GET api/`` shows next
+    to the others (as the admin set it, a fraction of a day included), as the document says."""
+    import jsonschema
+
+    alice = await quota_callers.token("alice")
+    r = await alice.request("GET", "api/")
+    assert r.status_code == 200, r.text
+    limits = r.json()["limits"]
+    assert limits["keep_failed_records"] == 7
+    assert limits["max_failed_record_days"] == 2.5
+    assert limits["keep_versions"] == 1 and limits["max_images_per_owner"] == 1
+    document = (await alice.request("GET", "api/openapi.json")).json()
+    schema = document["components"]["schemas"]["Info"]["properties"]["limits"]
+    assert {"keep_failed_records", "max_failed_record_days"} <= set(schema["properties"])
+    jsonschema.validate(limits, schema)
 
 
 async def test_per_owner_limit_and_retention_through_the_api(quota_callers, git_server):

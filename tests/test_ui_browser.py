@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -622,6 +622,115 @@ async def test_build_page_shows_a_missing_record_until_it_is_stored(ui, expect, 
     await expect(page.get_by_test_id("build-success")).to_be_visible()  # the build is built
     answer["record_error"] = None  # the retry stored it
     await expect(notice).to_have_count(0, timeout=25_000)
+    await page.close()
+
+
+async def alice_builds_for_pages(ui: UI, git_server: Any, at_least: int) -> list[str]:
+    """Ids of alice's builds, newest first, as the API's pages give them (at least
+    ``at_least``: quick builds of the fixture repository are added when there are fewer)."""
+
+    async def listed() -> list[str]:
+        r = await ui.api("alice", "GET", "api/builds", params={"owner": "alice", "limit": 500})
+        assert r.status_code == 200 and r.json()["next"] is None, r.text
+        return [b["id"] for b in r.json()["builds"]]
+
+    while len(await listed()) < at_least:
+        r = await ui.api(
+            "alice",
+            "POST",
+            "api/builds",
+            json={"repo": git_server.url("quick"), "name": unique("page"), "force": True},
+        )
+        assert r.status_code == 202, r.text
+        await ui.wait_build("alice", r.json()["id"])
+    return await listed()
+
+
+async def test_older_builds_appends_the_next_page_until_there_is_none(ui, expect, git_server):
+    """``#/builds?limit=2``: pages of two; "Older builds" sends the ``next`` cursor of the last
+    answer as ``before``, appends that page (keyboard focus on its first build), and is gone
+    once the API says there is no next page."""
+    expected = await alice_builds_for_pages(ui, git_server, 5)
+    pages: list[dict[str, Any]] = []
+
+    async def record(response: Any) -> None:
+        url = urlsplit(response.url)
+        if url.path.endswith("/api/builds") and response.request.method == "GET":
+            before = parse_qs(url.query).get("before", [None])[0]
+            pages.append({"before": before, "next": (await response.json())["next"]})
+
+    page = await (await ui.context("alice")).new_page()
+    page.on("pageerror", lambda error: ui.page_errors.append(f"alice: {error}"))
+    page.on("response", record)
+    await page.goto(ui.url("#/builds?owner=alice&limit=2"))
+    await page.locator(".r2d-view").wait_for()
+    rows = page.get_by_test_id("build-row")
+    older = page.get_by_test_id("older-builds")
+    await expect(rows).to_have_count(2)
+    shown = 2
+    while shown < len(expected):
+        await expect(older).to_be_visible()
+        await expect(older).to_have_text("Older builds")
+        await older.click()
+        first_new = expected[shown]
+        shown = min(shown + 2, len(expected))
+        await expect(rows).to_have_count(shown)
+        await expect(page.locator(f'[data-key="open-{first_new}"]')).to_be_focused()
+    await expect(older).to_have_count(0)
+    ids = await rows.evaluate_all("rs => rs.map(r => r.dataset.buildId)")
+    assert ids == expected
+    # each older page was asked for with a cursor an earlier answer gave, the last one has none
+    given: set[str] = set()
+    for answer in pages:
+        assert answer["before"] is None or answer["before"] in given, pages
+        given.add(answer["next"])
+    assert len([a for a in pages if a["before"]]) >= len(expected) // 2 - 1, pages
+    assert pages[-1]["next"] is None, pages
+    await page.close()
+
+
+async def test_build_list_marks_a_build_whose_record_is_missing(ui, expect, git_server):
+    """The list shows a build's ``record_error`` as text in its row (the API reports it for one
+    build here: the suite's hubs have no registry), and no marker on the other rows."""
+    builds = (await ui.api("alice", "GET", "api/builds", params={"owner": "alice"})).json()
+    done = [b["id"] for b in builds["builds"] if b["done"]]
+    if len(done) < 2:
+        for _ in range(2 - len(done)):
+            r = await ui.api(
+                "alice",
+                "POST",
+                "api/builds",
+                json={"repo": git_server.url("quick"), "name": unique("rec"), "force": True},
+            )
+            assert r.status_code == 202, r.text
+            await ui.wait_build("alice", r.json()["id"])
+            done.append(r.json()["id"])
+    marked, other = done[0], done[1]
+    error = "cannot reach the registry at http://127.0.0.1:1 <b>(retrying)</b>"
+
+    async def with_record_error(route: Any) -> None:
+        response = await route.fetch()
+        data = await response.json()
+        for build in data.get("builds", []):
+            if build["id"] == marked:
+                build["record_error"] = error
+        await route.fulfill(response=response, json=data)
+
+    page = await (await ui.context("alice")).new_page()
+    page.on("pageerror", lambda e: ui.page_errors.append(f"alice: {e}"))
+    await page.route(re.compile(r"/api/builds([?].*)?$"), with_record_error)
+    await page.goto(ui.url("#/builds?owner=alice"))
+    await page.locator(".r2d-view").wait_for()
+    row = page.locator(f'[data-testid="build-row"][data-build-id="{marked}"]')
+    marker = row.get_by_test_id("build-record-error")
+    await expect(marker).to_be_visible()
+    await expect(marker).to_contain_text("Record not in the registry")
+    # the message as text (markup in it stays text)
+    await expect(marker.get_by_test_id("build-record-error-text")).to_have_text(error)
+    await expect(row.locator("b")).to_have_count(0)
+    others = page.locator(f'[data-testid="build-row"][data-build-id="{other}"]')
+    await expect(others).to_be_visible()
+    await expect(page.get_by_test_id("build-record-error")).to_have_count(1)
     await page.close()
 
 

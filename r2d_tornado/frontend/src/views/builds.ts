@@ -1,4 +1,5 @@
-// #/builds: recent builds, newest first; polls every 2 s while any build is still in progress.
+// #/builds: recent builds, newest first, a page at a time ("Older builds" appends the next page,
+// following the API's `next` cursor); polls every 2 s while any build is still in progress.
 
 import { errorMessage } from "../api";
 import type { View } from "../context";
@@ -20,10 +21,33 @@ import {
   stateBadge,
   timeEl,
 } from "../ui";
-import { duration, hashFor } from "../util";
+import { duration, hashFor, stripAnsi } from "../util";
 
 /** how often the list is fetched again while a build is in progress */
 const POLL_MS = 2000;
+/** builds per page (the API's default page); `#/builds?limit=N` asks for N (1 to MAX_PAGE) */
+const PAGE = 100;
+/** the most a page holds (r2d_core.pages.MAX_LIMIT) */
+const MAX_PAGE = 500;
+
+/** one page of `GET api/builds`: `next` is the `before` of the next (older) page, null: none */
+interface BuildsPage {
+  builds: Build[];
+  next: string | null;
+}
+
+/** the page size a `#/builds` URL asks for (`?limit=`), else PAGE */
+export function pageSize(query: URLSearchParams): number {
+  const n = Number(query.get("limit"));
+  return Number.isInteger(n) && n >= 1 && n <= MAX_PAGE ? n : PAGE;
+}
+
+/** `older` appended to `builds`, without a build shown twice (a page may overlap the last one
+ * when the history changed between the two requests) */
+function appendPage(builds: Build[], older: Build[]): Build[] {
+  const seen = new Set(builds.map((b) => b.id));
+  return [...builds, ...older.filter((b) => !seen.has(b.id))];
+}
 
 /** Cancel a build; returns the error message, or null when the server accepted it. */
 export async function cancelBuild(ctx: Parameters<View>[0], id: string): Promise<string | null> {
@@ -33,6 +57,22 @@ export async function cancelBuild(ctx: Parameters<View>[0], id: string): Promise
   } catch (err) {
     return errorMessage(err);
   }
+}
+
+/** the marker of a build whose record (and log) could not be stored in the registry yet: the
+ * service's message as text (the build page says more) */
+export function recordError(b: Build): HTMLElement | null {
+  if (!b.done || !b.record_error) return null;
+  return h(
+    "div",
+    {
+      class: "r2d-record-error small text-warning-emphasis mt-1",
+      "data-testid": "build-record-error",
+    },
+    icon("warning", "me-1"),
+    h("span", { class: "fw-semibold" }, "Record not in the registry: "),
+    h("span", { "data-testid": "build-record-error-text" }, stripAnsi(b.record_error)),
+  );
 }
 
 export const buildsView: View = async (ctx, route, el, scope) => {
@@ -50,6 +90,11 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     "data-testid": "builds-status",
   });
   let builds: Build[] = [];
+  /** the cursor of the page after the last one shown (null: the list is complete) */
+  let next: string | null = null;
+  /** pages shown: a refresh fetches as many again, so older builds loaded stay in the list */
+  let pages = 1;
+  let loadingOlder = false;
   let shown = "";
   let loaded = false;
   // one poll at a time: a Refresh click replaces the pending poll, and only the newest answer counts
@@ -111,6 +156,7 @@ export const buildsView: View = async (ctx, route, el, scope) => {
               "push",
             )
           : null,
+        recordError(b),
       ),
       h("td", { class: "r2d-source" }, sourceEl(b.repo, b.ref)),
       h("td", null, shaEl(b.sha)),
@@ -159,11 +205,42 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     );
   }
 
-  function draw(): void {
-    // Keep keyboard focus on the same control across a redraw.
-    const focusKey = (document.activeElement as HTMLElement | null)
+  function olderControl(): HTMLElement | null {
+    if (!next) return null;
+    return h(
+      "div",
+      { class: "d-flex justify-content-center align-items-center gap-2 mt-3" },
+      h(
+        "button",
+        {
+          type: "button",
+          class: "btn btn-sm btn-outline-secondary",
+          "data-testid": "older-builds",
+          "data-key": "older-builds",
+          disabled: loadingOlder,
+          "aria-busy": loadingOlder ? "true" : null,
+          onclick: () => void loadOlder(),
+        },
+        loadingOlder
+          ? h("span", {
+              class: "spinner-border spinner-border-sm me-1",
+              "aria-hidden": "true",
+            })
+          : null,
+        loadingOlder ? "Loading older builds…" : "Older builds",
+      ),
+    );
+  }
+
+  function focusedKey(): string | null | undefined {
+    return (document.activeElement as HTMLElement | null)
       ?.closest?.("[data-key]")
       ?.getAttribute("data-key");
+  }
+
+  function draw(focus?: string): void {
+    // Keep keyboard focus on the same control across a redraw (or on `focus`).
+    const focusKey = focus ?? focusedKey();
     disposeTooltips(body);
     if (!builds.length) {
       replace(
@@ -218,22 +295,38 @@ export const buildsView: View = async (ctx, route, el, scope) => {
           ),
         ),
       ),
+      olderControl(),
     );
     if (focusKey) body.querySelector<HTMLElement>(`[data-key="${CSS.escape(focusKey)}"]`)?.focus();
   }
 
+  async function fetchPage(before: string | null): Promise<BuildsPage> {
+    const q = route.query;
+    const answer = await ctx.api.get<Partial<BuildsPage>>("builds", {
+      owner: q.get("owner"),
+      state: q.get("state"),
+      limit: pageSize(q),
+      before,
+    });
+    return { builds: answer.data.builds ?? [], next: answer.data.next ?? null };
+  }
+
+  /** the pages shown so far, fetched again from the newest (a new build moves the rest down: a
+   * build may move onto the next page, never out of the list's order) */
   async function load(): Promise<void> {
     window.clearTimeout(timer);
     const mine = ++seq;
+    let fresh: Build[] = [];
+    let cursor: string | null = null;
     try {
-      const q = route.query;
-      const answer = await ctx.api.get<{ builds: Build[] }>("builds", {
-        owner: q.get("owner"),
-        state: q.get("state"),
-        limit: 500, // the most a page holds (r2d_core.pages.MAX_LIMIT); history is 200 by default
-      });
-      if (mine !== seq) return;
-      builds = answer.data.builds ?? [];
+      let fetched = 0;
+      do {
+        const page = await fetchPage(cursor);
+        if (mine !== seq) return;
+        fresh = appendPage(fresh, page.builds);
+        cursor = page.next;
+        fetched += 1;
+      } while (cursor && fetched < pages);
     } catch (err) {
       if (!scope.alive || mine !== seq) return;
       if (!loaded) replace(body, errorAlert(err));
@@ -243,11 +336,51 @@ export const buildsView: View = async (ctx, route, el, scope) => {
       return;
     }
     if (!scope.alive) return;
+    builds = fresh;
+    next = cursor;
     loaded = true;
-    const json = JSON.stringify(builds);
+    show();
+  }
+
+  /** "Older builds": the page after the last one shown, appended */
+  async function loadOlder(): Promise<void> {
+    if (!next || loadingOlder) return;
+    window.clearTimeout(timer); // a poll's answer would not have this page
+    const mine = ++seq;
+    // pressed from the keyboard: focus goes on to the first build of the page it adds (the
+    // button is disabled while it loads, and gone after the last page)
+    const focused = focusedKey() === "older-builds";
+    loadingOlder = true;
+    shown = "";
+    draw();
+    let page: BuildsPage;
+    try {
+      page = await fetchPage(next);
+    } catch (err) {
+      if (!scope.alive) return;
+      loadingOlder = false;
+      flash(notices, "warning", "older-error", `Could not load older builds: ${errorMessage(err)}`);
+      show();
+      return;
+    }
+    if (!scope.alive) return;
+    loadingOlder = false;
+    if (mine !== seq) {
+      show(); // a refresh started meanwhile: its list counts (press the button again)
+      return;
+    }
+    const before = builds.length;
+    builds = appendPage(builds, page.builds);
+    next = page.next;
+    pages += 1;
+    show(focused && builds[before] ? `open-${builds[before].id}` : undefined);
+  }
+
+  function show(focus?: string): void {
+    const json = JSON.stringify([builds, next, loadingOlder]);
     if (json !== shown) {
       shown = json;
-      draw();
+      draw(focus);
     } else {
       // the rows are the same, but running durations move on
       for (const b of builds) {

@@ -1,0 +1,107 @@
+"""A build's log as an event stream (``text/event-stream``) or as plain text: replayed in bounded
+chunks, then live, resumable with ``Last-Event-ID``, and a final ``done`` event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from r2d_core.errors import InvalidRequest
+from r2d_core.models import Build
+
+from .base import StreamingHandler, r2d_api
+
+__all__ = ["REPLAY_CHUNK", "BuildLogsHandler"]
+
+#: a log replay is written (and flushed) in chunks of about this many bytes of log text
+REPLAY_CHUNK = 64 * 1024
+
+
+class BuildLogsHandler(StreamingHandler):
+    """``text/event-stream`` of a build's log: replay, live, resumable, and a final ``done``."""
+
+    @r2d_api
+    async def get(self, build_id: str) -> None:
+        self.query("get /api/builds/{build_id}/logs")
+        build = self.manager.get_build(build_id)
+        await self.require("read", build.owner, hide=True)
+        since = self._since()
+        with self.ctx.stream_slot(self.identity.name):
+            if self.get_argument("format", "") == "text":
+                await self._text(build, since, self.get_argument("follow", "1") != "0")
+            else:
+                await self._events(build, since)
+
+    def _since(self) -> int:
+        last = self.request.headers.get("Last-Event-ID")
+        try:
+            if last is not None and last.strip():
+                return int(last) + 1
+            return max(0, int(self.get_argument("since", "0")))
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID and since must be line numbers") from None
+
+    async def _events(self, build: Build, cursor: int) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # no proxy buffering (nginx)
+        log = build.log
+        sent_state: str | None = None
+        while not self._closed:
+            # replay in chunks of at most REPLAY_CHUNK bytes, each written and flushed before the
+            # next is read: a connect never serialises the whole log, and a slow reader holds one
+            # chunk. The truncation marker is a log event of its own (with `omitted`), id = the
+            # last omitted line, so ids increase across the gap and a resume after it gets the tail.
+            chunk = log.read(cursor, REPLAY_CHUNK)
+            parts = []
+            for line in chunk:
+                event: dict[str, Any] = {
+                    "phase": line.phase,
+                    "message": line.message,
+                    "time": line.time,
+                }
+                if line.omitted is not None:
+                    event["omitted"] = line.omitted.to_dict()
+                parts.append(f"id: {line.n}\nevent: log\ndata: {json.dumps(event)}\n\n")
+                cursor = line.n + 1
+            if chunk and cursor < log.total:
+                if not await self._send("".join(parts)):
+                    break
+                continue
+            state = build.state.value
+            finished = log.closed and cursor >= log.total
+            if state != sent_state and not finished:
+                parts.append(f"event: state\ndata: {json.dumps(await self.build_json(build))}\n\n")
+                sent_state = state
+            if finished:
+                parts.append(f"event: done\ndata: {json.dumps(await self.build_json(build))}\n\n")
+                await self._send("".join(parts))
+                break
+            if parts and not await self._send("".join(parts)):
+                break
+            try:
+                await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
+            except asyncio.TimeoutError:
+                if not await self._send(": keepalive\n\n"):
+                    break
+        if not self._finished:
+            self.finish()
+
+    async def _text(self, build: Build, cursor: int, follow: bool) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        log = build.log
+        while not self._closed:
+            lines = log.read(cursor, REPLAY_CHUNK)  # in bounded chunks, like the event stream
+            if lines:
+                cursor = lines[-1].n + 1
+                if not await self._send("".join(line.message + "\n" for line in lines)):
+                    break
+                if cursor < log.total:
+                    continue
+            if not follow or (log.closed and cursor >= log.total):
+                break
+            await log.wait_for_change()
+        if not self._finished:
+            self.finish()
