@@ -487,10 +487,60 @@ async def test_blob_redirect_to_storage_is_followed_without_credentials(registry
             content_type="application/octet-stream",
         )
 
-    async with client(registry) as c:
+    # the storage is on a loopback address: an internal network, which the admin allows
+    async with client(registry, redirect_networks=["127.0.0.2/32"]) as c:
         assert await c.blob("r2d-a", digest, max_bytes=1024) == data
     [fetched] = foreign.requests
     assert fetched.authorization is None
+
+
+@pytest.mark.parametrize("target", ["foreign", "metadata", "unresolvable"])
+async def test_blob_redirect_to_an_internal_address_is_not_sent(registry, foreign, target):
+    """A hostile registry redirects a blob download into the service's own network (another
+    loopback service, the cloud metadata address, a name that does not resolve): refused before
+    anything is sent there, unless c.Registry.redirect_networks allows that network."""
+    location = {
+        "foreign": f"{foreign.url}/bucket/x",
+        "metadata": "http://169.254.169.254/latest/meta-data/iam/",
+        "unresolvable": "http://r2d-no-such-host.invalid/bucket/x",
+    }[target]
+
+    @registry.route("GET", r"^/v2/r2d-a/blobs/")
+    def redirect(h, match):
+        h.send(307, headers={"Location": location})
+
+    @foreign.route("GET", r"^/bucket/")
+    def storage(h, match):
+        h.send(200, b"secret of an internal service")
+
+    async with client(registry) as c:
+        with pytest.raises(UpstreamError) as info:
+            await bounded(c.blob("r2d-a", "sha256:" + "0" * 64, max_bytes=1024))
+    refused(info.value)
+    assert "c.Registry.redirect_networks" in str(info.value)
+    assert foreign.requests == []
+    # another network allowed is not this one
+    async with client(registry, redirect_networks=["10.0.0.0/8"]) as c:
+        with pytest.raises(UpstreamError):
+            await bounded(c.blob("r2d-a", "sha256:" + "0" * 64, max_bytes=1024))
+    assert foreign.requests == []
+
+
+async def test_blob_redirect_within_the_registry_is_followed(registry):
+    """A redirect to the registry's own origin (a mirror path) is not a hop elsewhere."""
+    data = b"a blob"
+    digest = sha256(data)
+
+    @registry.route("GET", r"^/v2/r2d-a/blobs/")
+    def redirect(h, match):
+        h.send(307, headers={"Location": f"{registry.url}/storage/{digest}"})
+
+    @registry.route("GET", r"^/storage/")
+    def storage(h, match):
+        h.send(200, data, content_type="application/octet-stream")
+
+    async with client(registry) as c:
+        assert await c.blob("r2d-a", digest, max_bytes=1024) == data
 
 
 async def test_blob_redirect_loop_ends(registry):

@@ -285,3 +285,24 @@ async def test_rotated_docker_config_credentials_reach_the_shared_client(
         await client.ping()
     finally:
         await registry.aclose()
+
+
+def test_redirect_networks_from_config_and_environment(monkeypatch):
+    monkeypatch.setenv("R2D_REGISTRY_REDIRECT_NETWORKS", "10.20.0.0/16, fd00::/8")
+    assert Registry().redirect_networks == ["10.20.0.0/16", "fd00::/8"]
+    monkeypatch.delenv("R2D_REGISTRY_REDIRECT_NETWORKS")
+    assert Registry().redirect_networks == []
+    c = Config()
+    c.Registry.redirect_networks = ["192.168.7.0/24"]
+    assert Registry(config=c).redirect_networks == ["192.168.7.0/24"]
+    with pytest.raises(TraitError, match=r"redirect_networks: .*CIDR"):
+        Registry(redirect_networks=["minio.internal"])
+
+
+async def test_redirect_networks_reach_the_client():
+    registry = Registry(url="http://127.0.0.1:5999", redirect_networks=["10.20.0.0/16"])
+    try:
+        assert registry.client()._redirect_policy.allows("10.20.3.4")
+        assert not registry.client()._redirect_policy.allows("10.21.3.4")
+    finally:
+        await registry.aclose()

@@ -28,6 +28,7 @@ from ..errors import (
     Unavailable,
     UpstreamError,
 )
+from ..netpolicy import AddressRefused, NetPolicy, NetPolicyError
 from .artifactio import ArtifactIO
 from .auth import RegistryAuth, RegistryAuthError, _pick, parse_retry_after
 from .listing import _LRU, Listing
@@ -109,6 +110,7 @@ class RegistryClient(Listing, ArtifactIO):
         http_pool: str = "aiohttp",
         event_hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] | None = None,
         total_timeout: float | None = None,
+        redirect_networks: Iterable[str] = (),
     ) -> None:
         self.url = validate_registry_url(url)
         #: what goes in front of image references (Docker Hub's API host is spelled docker.io)
@@ -127,8 +129,12 @@ class RegistryClient(Listing, ArtifactIO):
         self._auth = auth
         #: every HTTP request sent, token requests and retries included
         self.request_count = 0
+        #: where a blob download may be redirected: the registry's own origin, public addresses
+        #: and these networks (object storage on a private network)
+        self._redirect_policy = NetPolicy(redirect_networks)
+        self._origin = _origin(httpx.URL(self.url))
         hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = {
-            "request": [self._count],
+            "request": [self._count, self._check_hop],
             "response": [self._bound],
         }
         for name, extra in (event_hooks or {}).items():
@@ -175,6 +181,25 @@ class RegistryClient(Listing, ArtifactIO):
 
     async def _count(self, request: httpx.Request) -> None:
         self.request_count += 1
+
+    async def _check_hop(self, request: httpx.Request) -> None:
+        """A redirect hop (a blob download sent to object storage) to another origin goes only
+        to public addresses or :attr:`_redirect_policy`'s networks: a hostile registry must not
+        make the service send requests into its internal network (cloud metadata, local
+        services). Token requests are not hops (their realm has its own rule, see auth.py)."""
+        first = request.extensions.get("r2d_first_url")
+        if first is None or str(request.url) == first or _origin(request.url) == self._origin:
+            return
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        try:
+            await self._redirect_policy.resolve_checked(host, port)
+        except NetPolicyError as e:
+            why = "an internal network" if isinstance(e, AddressRefused) else "no address"
+            raise Refused(
+                f"a redirect to {clean(host, 100)!r}, which is on {why}: refused (allow object "
+                "storage on a private network with c.Registry.redirect_networks)"
+            ) from None
 
     async def _bound(self, response: httpx.Response) -> None:
         """Every answer (401s, redirects and token answers included) is read through a stream
@@ -224,7 +249,11 @@ class RegistryClient(Listing, ArtifactIO):
         # manifest or list (their content is not checked by a digest we know beforehand), not a
         # PUT (our records would go elsewhere). See docs/explanation/security-registry.md.
         follow = method in ("GET", "HEAD") and "/blobs/sha" in str(url)
-        extensions = {"r2d_max_bytes": max_bytes or self.max_response_bytes}
+        extensions: dict[str, Any] = {"r2d_max_bytes": max_bytes or self.max_response_bytes}
+        if follow:  # a hop is any request of this call to another URL (see _check_hop)
+            extensions["r2d_first_url"] = str(
+                self._http.build_request(method, url, params=params).url
+            )
         async with self._limit:
             try:
                 response = await asyncio.wait_for(
@@ -562,3 +591,8 @@ def _errors(response: httpx.Response) -> tuple[set[str], str]:
     codes = {str(e.get("code")) for e in errors if isinstance(e, dict)}
     messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
     return codes, clean("; ".join(messages), _ERROR_TEXT_MAX)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return (url.scheme, url.host.lower(), url.port or default)

@@ -20,6 +20,7 @@ from traitlets import (
 from traitlets.config import LoggingConfigurable
 
 from ..errors import InvalidRequest
+from ..netpolicy import parse_networks
 from .auth import RegistryAuth
 from .client import RegistryClient, reference_host, validate_registry_url
 from .dockerconfig import credentials_from_docker_config, default_docker_config_path
@@ -138,6 +139,32 @@ class Registry(LoggingConfigurable):
                     "host, e.g. auth.example.org (no scheme, port or path)"
                 )
         return hosts
+
+    redirect_networks = List(
+        Unicode(),
+        config=True,
+        help="""Networks (CIDR) a blob download may be redirected to although they are internal
+        (loopback, private, link-local or similar), e.g. ``["10.20.0.0/16"]`` for object storage
+        on a private network behind a registry that redirects blob downloads to it. Default none:
+        a redirect to another origin goes to public addresses only (a hostile registry cannot
+        point the service at its internal network); the registry's own origin is always allowed.
+        Env: ``R2D_REGISTRY_REDIRECT_NETWORKS`` (comma-separated).""",
+    )
+
+    @default("redirect_networks")
+    def _default_redirect_networks(self) -> list[str]:
+        value = os.environ.get("R2D_REGISTRY_REDIRECT_NETWORKS", "")
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+    @validate("redirect_networks")
+    def _check_redirect_networks(self, proposal: Any) -> list[str]:
+        try:
+            parse_networks(proposal["value"])
+        except ValueError as e:
+            raise TraitError(
+                f"c.Registry.redirect_networks: {e}; write CIDR networks, e.g. ['10.20.0.0/16']"
+            ) from None
+        return list(proposal["value"])
 
     verify_tls = Bool(
         True,
@@ -308,6 +335,7 @@ class Registry(LoggingConfigurable):
                 listing_ttl=self.listing_ttl,
                 revalidate_batch=self.revalidate_batch,
                 http_pool=self.http_pool.lower(),
+                redirect_networks=self.redirect_networks,
             )
         return self._client
 
