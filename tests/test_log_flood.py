@@ -88,7 +88,12 @@ async def test_flood_build_completes_with_marker(docker_host, local_images, git_
         assert any(line.get("omitted") for line in lines), "no truncation marker"
         marker = check_marker(lines, build.log.summary())
         messages = [line["message"] for line in lines]
-        assert any("output clipped, log limit" in message for message in messages), tail
+        # BuildKit clipped it first: far fewer of the 200,000 lines reached the service (~13,500
+        # on a quiet machine: 200 KiB/s for the step's second). Its "[output clipped, log limit
+        # 200KiB/s reached]" line is usually kept, but a step slowed by load resumes long enough
+        # after it that the line can fall in the omitted middle (a full CI run once did)
+        summary = build.log.summary()
+        assert summary["lines"] < FLOOD_LINES // 2, (summary, tail)
         assert any(message.endswith("r2d-flood 1") for message in messages[: lines.index(marker)])
         assert build.log.cost <= 256 * 1024 + 64 * 1024 * 4 + 1024
         assert build.to_dict()["log"]["omitted_lines"] == marker["omitted"]["lines"]
