@@ -166,15 +166,13 @@ class Preload:
     def __init__(self, entry: str) -> None:
         self.module, _, self.function = entry.partition(":")
         self.target: Callable[[], Any] | None = None
-        self.error: str | None = None
         self._thread = threading.Thread(target=self._import, name="r2d-preload", daemon=True)
         self._thread.start()
 
     def _import(self) -> None:
-        try:
+        # any failure leaves target None: the command is exec'd instead (see result)
+        with contextlib.suppress(Exception):
             self.target = getattr(importlib.import_module(self.module), self.function)
-        except Exception as e:  # any failure: exec the command instead
-            self.error = f"{type(e).__name__}: {e}"
 
     def result(self) -> Callable[[], Any] | None:
         """The entry point once imported, or None (then the command is ``exec``'d)."""

@@ -186,9 +186,10 @@ class RegistryClient(Listing, ArtifactIO):
         """A redirect hop (a blob download sent to object storage) to another origin goes only
         to public addresses or :attr:`_redirect_policy`'s networks: a hostile registry must not
         make the service send requests into its internal network (cloud metadata, local
-        services). Token requests are not hops (their realm has its own rule, see auth.py)."""
-        first = request.extensions.get("r2d_first_url")
-        if first is None or str(request.url) == first or _origin(request.url) == self._origin:
+        services). A call that follows redirects starts at the registry's own origin, so any of
+        its requests elsewhere is a hop; token requests are built by the auth flow without the
+        mark (their realm has its own rule, see auth.py)."""
+        if not request.extensions.get("r2d_redirects") or _origin(request.url) == self._origin:
             return
         host = request.url.host
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
@@ -250,10 +251,8 @@ class RegistryClient(Listing, ArtifactIO):
         # PUT (our records would go elsewhere). See docs/explanation/security-registry.md.
         follow = method in ("GET", "HEAD") and "/blobs/sha" in str(url)
         extensions: dict[str, Any] = {"r2d_max_bytes": max_bytes or self.max_response_bytes}
-        if follow:  # a hop is any request of this call to another URL (see _check_hop)
-            extensions["r2d_first_url"] = str(
-                self._http.build_request(method, url, params=params).url
-            )
+        if follow:  # its hops to other origins are checked (see _check_hop)
+            extensions["r2d_redirects"] = True
         async with self._limit:
             try:
                 response = await asyncio.wait_for(
