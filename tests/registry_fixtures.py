@@ -20,6 +20,7 @@ from tests.harness.registry import REGISTRY_BINARY, RegistryServer
 __all__ = [
     "registry_anonymous",
     "registry_config",
+    "registry_each",
     "registry_htpasswd",
     "registry_token",
     "require_registry_binary",
@@ -95,3 +96,9 @@ def registry_htpasswd() -> Iterator[RegistryServer]:
 @pytest.fixture(scope="module")
 def registry_token() -> Iterator[RegistryServer]:
     yield from serve_registry("token")
+
+
+@pytest.fixture(params=["anonymous", "htpasswd", "token"])
+def registry_each(request: pytest.FixtureRequest) -> RegistryServer:
+    """Each of the module's three registries in turn (the test runs once per auth mode)."""
+    return request.getfixturevalue(f"registry_{request.param}")

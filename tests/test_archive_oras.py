@@ -23,15 +23,6 @@ from tests.test_archive_registry import service_client  # noqa: E402
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture(params=["anonymous", "htpasswd", "token"])
-def mode_server(request, registry_anonymous, registry_htpasswd, registry_token) -> RegistryServer:
-    return {
-        "anonymous": registry_anonymous,
-        "htpasswd": registry_htpasswd,
-        "token": registry_token,
-    }[request.param]
-
-
 def oras_read(server: RegistryServer, repository: str, build_id: str, subject: str) -> tuple:
     backend = "basic" if server.mode == "htpasswd" else "token"
     registry = oras_provider.Registry(server.host, insecure=True, auth_backend=backend)
@@ -46,8 +37,8 @@ def oras_read(server: RegistryServer, repository: str, build_id: str, subject: s
     return manifest, record.content, index
 
 
-async def test_oras_reads_our_artifacts(mode_server: RegistryServer):
-    server = mode_server
+async def test_oras_reads_our_artifacts(registry_each: RegistryServer):
+    server = registry_each
     repository = unique("alice")
     async with server.pusher() as pusher:
         image = await pusher.push_image(repository, "v1")

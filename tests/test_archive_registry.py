@@ -28,13 +28,9 @@ from tests.registry_fixtures import unique
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture(params=["anonymous", "htpasswd", "token"])
-def server(request, registry_anonymous, registry_htpasswd, registry_token) -> RegistryServer:
-    return {
-        "anonymous": registry_anonymous,
-        "htpasswd": registry_htpasswd,
-        "token": registry_token,
-    }[request.param]
+@pytest.fixture
+def server(registry_each: RegistryServer) -> RegistryServer:
+    return registry_each
 
 
 def service_client(server: RegistryServer) -> RegistryClient:

@@ -29,13 +29,9 @@ from tests.test_registry_client import Recorder
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture(params=["anonymous", "htpasswd", "token"])
-def server(request, registry_anonymous, registry_htpasswd, registry_token) -> RegistryServer:
-    return {
-        "anonymous": registry_anonymous,
-        "htpasswd": registry_htpasswd,
-        "token": registry_token,
-    }[request.param]
+@pytest.fixture
+def server(registry_each: RegistryServer) -> RegistryServer:
+    return registry_each
 
 
 def _user(server: RegistryServer) -> str | None:
