@@ -30,8 +30,8 @@ from tests.harness import REPO2DOCKER_IMAGE
 from tests.harness.dockerd import Dockerd
 from tests.harness.registry import RegistryServer
 from tests.registry_fixtures import require_registry_binary
-from tests.test_archive_service import config_for, raw
-from tests.test_manager import wait_done, wait_for_line
+from tests.test_archive_service import config_for, pushed, raw
+from tests.test_manager import wait_for_line
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -201,10 +201,7 @@ async def test_failed_records_are_bounded_per_image_after_each_failed_build(
     before = deleted_count("build_record", "keep_failed_records")
     caplog.set_level(logging.INFO)
     try:
-        failed = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="broken", push=True)
-        ).build
-        await wait_done(failed)
+        failed = await pushed(m, git_server, "fails", "broken")
         assert failed.state == BuildState.FAILED
         await m.archive.idle()
         await m.lifecycle.settle()
@@ -231,14 +228,8 @@ async def test_old_failed_records_go_with_the_periodic_task_pushed_ones_stay(
     await m.start()
     before = deleted_count("build_record", "max_failed_record_days")
     try:
-        built = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="aged", push=True)
-        ).build
-        await wait_done(built)
-        failed = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="aged", push=True)
-        ).build
-        await wait_done(failed)
+        built = await pushed(m, git_server, "hello", "aged")
+        failed = await pushed(m, git_server, "fails", "aged")
         await m.archive.idle()
         path = path_of(built.image)
         assert await record_tags(registry, path) == sorted(
@@ -272,18 +263,9 @@ async def test_deleting_an_image_deletes_its_failed_records_one_version_keeps_th
     m = BuildManager(config=config_for(registry, docker_host))
     await m.start()
     try:
-        built = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="gone", push=True)
-        ).build
-        await wait_done(built)
-        failed = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="gone", push=True)
-        ).build
-        await wait_done(failed)
-        other = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="stays", push=True)
-        ).build
-        await wait_done(other)
+        built = await pushed(m, git_server, "hello", "gone")
+        failed = await pushed(m, git_server, "fails", "gone")
+        other = await pushed(m, git_server, "fails", "stays")
         await m.archive.idle()
         path = path_of(built.image)
         assert await record_tags(registry, path) == sorted(
@@ -309,14 +291,8 @@ async def test_deleting_an_image_deletes_its_failed_records_one_version_keeps_th
         assert await record_tags(registry, path_of(other.image)) == [record_tag(other.id)]
 
         # and an image with a version and failed builds, deleted at once
-        built2 = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="both", push=True)
-        ).build
-        await wait_done(built2)
-        failed2 = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="both", push=True)
-        ).build
-        await wait_done(failed2)
+        built2 = await pushed(m, git_server, "hello", "both")
+        await pushed(m, git_server, "fails", "both")  # a failed build of the same image
         # at once: the failed build's record may still be on its way; it must not come back
         result = await m.delete_image("pia", "both")
         assert result == {"deleted": [built2.image], "errors": []}
@@ -334,10 +310,7 @@ async def test_a_whole_image_delete_removes_records_whose_version_went_by_other_
     m = BuildManager(config=config_for(registry, docker_host))
     await m.start()
     try:
-        built = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="dangling", push=True)
-        ).build
-        await wait_done(built)
+        built = await pushed(m, git_server, "hello", "dangling")
         await m.archive.idle()
         path = path_of(built.image)
         async with client_for(registry) as client:
@@ -374,10 +347,7 @@ async def test_cancelled_and_timed_out_builds_are_restored_on_a_fresh_engine(
         await m.cancel(cancelled.id, by="pia")
         assert cancelled.state == BuildState.CANCELLED
         m.build_timeout = 4
-        timed_out = (
-            await m.submit(repo=git_server.url("slow"), owner="pia", name="late", push=True)
-        ).build
-        await wait_done(timed_out)
+        timed_out = await pushed(m, git_server, "slow", "late")
         assert timed_out.state == BuildState.FAILED and timed_out.stop_reason
         await m.archive.idle()
         assert cancelled.record_error is None and timed_out.record_error is None
@@ -431,10 +401,7 @@ async def test_a_graceful_stop_flushes_pending_records_and_local_builds_it_stops
     await m.start()
     try:
         _outage_at_record(m, registry, "flushed")
-        build = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="flushed", push=True)
-        ).build
-        await wait_done(build)
+        build = await pushed(m, git_server, "hello", "flushed")
         await m.archive.idle()
         assert build.state == BuildState.BUILT and build.push_error is None
         assert build.id in m.archive.pending and build.record_error
@@ -476,19 +443,13 @@ async def test_the_next_start_stores_a_lost_record_from_its_build_container_only
     m = BuildManager(config=docker_config())
     await m.start()
     try:
-        kept = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="kept", push=True)
-        ).build
-        await wait_done(kept)
+        kept = await pushed(m, git_server, "hello", "kept")
         await m.archive.idle()
         assert kept.record_error is None
         async with client_for(registry) as client:
             kept_digest = await client.digest(path_of(kept.image), record_tag(kept.id))
         _outage_at_record(m, registry, "lost")
-        lost = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="lost", push=True)
-        ).build
-        await wait_done(lost)
+        lost = await pushed(m, git_server, "hello", "lost")
         await m.archive.idle()
         assert lost.state == BuildState.BUILT and lost.push_error is None, lost.push_error
         assert lost.id in m.archive.pending

@@ -40,6 +40,13 @@ def config_for(registry: RegistryServer, docker_host: str) -> Config:
     return registry_config(docker_host, registry, image_cache_ttl=0)
 
 
+async def pushed(m, git_server, repo: str, name: str, owner: str = "pia"):
+    """A build of the fixture repository ``repo`` that pushes, once it is done."""
+    build = (await m.submit(repo=git_server.url(repo), owner=owner, name=name, push=True)).build
+    await wait_done(build)
+    return build
+
+
 def raw(build) -> str:
     return "".join(line.message + "\n" for line in build.log.lines())
 
@@ -58,14 +65,8 @@ async def test_restart_on_a_fresh_engine_restores_from_the_registry(
     m = BuildManager(config=config_for(registry, docker_host))
     await m.start()
     try:
-        built = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="kept", push=True)
-        ).build
-        await wait_done(built)
-        failed = (
-            await m.submit(repo=git_server.url("fails"), owner="pia", name="broken", push=True)
-        ).build
-        await wait_done(failed)
+        built = await pushed(m, git_server, "hello", "kept")
+        failed = await pushed(m, git_server, "fails", "broken")
         assert built.state == BuildState.BUILT and built.push_error is None
         assert failed.state == BuildState.FAILED
         await m.archive.idle()
@@ -148,10 +149,7 @@ async def test_registry_outage_during_the_record_upload_is_retried(
             original(build)
 
         m.archive.build_done = outage_then_upload
-        build = (
-            await m.submit(repo=git_server.url("hello"), owner="pia", name="outage", push=True)
-        ).build
-        await wait_done(build)
+        build = await pushed(m, git_server, "hello", "outage")
         await m.archive.idle()
         assert build.state == BuildState.BUILT and build.push_error is None
         assert build.record_error and "retries" in build.record_error
