@@ -635,15 +635,21 @@ async def alice_builds_for_pages(ui: UI, git_server: Any, at_least: int) -> list
         return [b["id"] for b in r.json()["builds"]]
 
     while len(await listed()) < at_least:
-        r = await ui.api(
-            "alice",
-            "POST",
-            "api/builds",
-            json={"repo": git_server.url("quick"), "name": unique("page"), "force": True},
-        )
-        assert r.status_code == 202, r.text
-        await ui.wait_build("alice", r.json()["id"])
+        await alice_quick_build(ui, git_server, "page")
     return await listed()
+
+
+async def alice_quick_build(ui: UI, git_server: Any, prefix: str) -> str:
+    """The id of a new build of the fixture ``quick`` repository for alice, once it is done."""
+    r = await ui.api(
+        "alice",
+        "POST",
+        "api/builds",
+        json={"repo": git_server.url("quick"), "name": unique(prefix), "force": True},
+    )
+    assert r.status_code == 202, r.text
+    await ui.wait_build("alice", r.json()["id"])
+    return r.json()["id"]
 
 
 async def test_older_builds_appends_the_next_page_until_there_is_none(ui, expect, git_server):
@@ -696,15 +702,7 @@ async def test_build_list_marks_a_build_whose_record_is_missing(ui, expect, git_
     done = [b["id"] for b in builds["builds"] if b["done"]]
     if len(done) < 2:
         for _ in range(2 - len(done)):
-            r = await ui.api(
-                "alice",
-                "POST",
-                "api/builds",
-                json={"repo": git_server.url("quick"), "name": unique("rec"), "force": True},
-            )
-            assert r.status_code == 202, r.text
-            await ui.wait_build("alice", r.json()["id"])
-            done.append(r.json()["id"])
+            done.append(await alice_quick_build(ui, git_server, "rec"))
     marked, other = done[0], done[1]
     error = "cannot reach the registry at http://127.0.0.1:1 <b>(retrying)</b>"
 
