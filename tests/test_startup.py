@@ -8,6 +8,14 @@ import sys
 import pytest
 
 
+def assert_prints_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (what a start imports is the point): it prints ok."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_request_schemas_do_not_load_the_iri_grammar():
     """jsonschema loads ``rfc3987_syntax`` (brought by JupyterHub's jupyter_events) when it is
     installed, which builds a grammar at import (~1 s); our schemas check no ``format``, so the
@@ -21,10 +29,7 @@ def test_request_schemas_do_not_load_the_iri_grammar():
         "import rfc3987_syntax\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_prints_ok(code)
 
 
 def test_the_service_starts_without_the_hubs_database_layer():
@@ -43,10 +48,7 @@ def test_the_service_starts_without_the_hubs_database_layer():
         "assert orm.User.__tablename__ == 'users' and 'alembic' in sys.modules\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_prints_ok(code)
 
 
 def test_lazy_modules_only_defers_modules_not_loaded_yet():
@@ -61,10 +63,7 @@ def test_lazy_modules_only_defers_modules_not_loaded_yet():
         "assert not any(type(f).__name__ == '_LazyFinder' for f in sys.meta_path)\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_prints_ok(code)
 
 
 def test_jsonschema_loads_at_the_first_request_with_something_to_validate():
@@ -87,10 +86,7 @@ def test_jsonschema_loads_at_the_first_request_with_something_to_validate():
         "assert 'jsonschema' in sys.modules\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_prints_ok(code)
 
 
 def test_every_request_schema_is_a_valid_schema():
