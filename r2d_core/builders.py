@@ -104,6 +104,11 @@ def fetch_bootstrap() -> str:
     )
 
 
+def _env_on(name: str) -> bool:
+    """A switch that is on unless the environment variable says ``0``/``false``/``no``/``off``."""
+    return os.environ.get(name, "1").lower() not in ("0", "false", "no", "off")
+
+
 def _credentials_json(credentials: Credentials) -> bytes:
     return json.dumps({"username": credentials.username, "password": credentials.password}).encode()
 
@@ -209,7 +214,7 @@ class Builder(LoggingConfigurable):
 
     @default("submodules")
     def _default_submodules(self) -> bool:
-        return os.environ.get("R2D_SUBMODULES", "1").lower() not in ("0", "false", "no", "off")
+        return _env_on("R2D_SUBMODULES")
 
     fetch_timeout = Float(
         600.0,
@@ -265,7 +270,7 @@ class Builder(LoggingConfigurable):
 
     @default("in_process")
     def _default_in_process(self) -> bool:
-        return os.environ.get("R2D_IN_PROCESS", "1").lower() not in ("0", "false", "no", "off")
+        return _env_on("R2D_IN_PROCESS")
 
     kind: str = "abstract"
 
