@@ -126,6 +126,16 @@ def component_schemas() -> dict[str, Any]:
                             "image of builds that left no image there "
                             "(c.LifecyclePolicy.keep_failed_records)",
                         },
+                        "max_unused_days": {
+                            "type": "number",
+                            "description": "days an image version may go unused before the "
+                            "lifecycle policy deletes it (c.LifecyclePolicy.max_unused_days)",
+                        },
+                        "max_build_age_days": {
+                            "type": "number",
+                            "description": "days a finished build and its log are remembered "
+                            "(c.LifecyclePolicy.max_build_age_days)",
+                        },
                         "max_failed_record_days": {
                             "type": "number",
                             "description": "days such a record is kept, by build time "
