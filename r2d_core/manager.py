@@ -561,6 +561,9 @@ class BuildManager(BuildManagerConfig):
         for build in rebuilding:
             if build.image not in result["deleted"]:
                 result["deleted"].append(build.image)
+        target = "image" if tag is None else "version"
+        metrics.IMAGE_DELETES.labels(target, "deleted").inc(len(result["deleted"]))
+        metrics.IMAGE_DELETES.labels(target, "failed").inc(len(result["errors"]))
         return result
 
     def _repositories_of(self, owner: str, name: str) -> set[str]:
