@@ -1,0 +1,76 @@
+"""Red-team cases against the REST API, its event streams and the BinderHub endpoint, through the
+Hub's proxy on both adapters (the standalone service and the TLJH plugin).
+
+Callers (tests/service_support.py): alice (``custom:repo2docker:build!user`` + delete!user),
+admin1 (build and delete everywhere), carol (read everything). What tests/test_redteam_service.py
+covers already is not repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.service_support import LOOPBACK_GIT, Callers, adapter_hub, running
+from tests.test_binder import provider_config
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+#: smart-HTTP repositories on loopback are allowed too (credentials are only sent over HTTP)
+HTTP_GIT = r"^http://127\.0\.0\.1:\d+/"
+
+
+@pytest.fixture(scope="module", params=["service", "tljh"])
+def rhub(request, docker_host, local_images, git_server):
+    hub = adapter_hub(docker_host, request.param, git_patterns=[*LOOPBACK_GIT, HTTP_GIT])
+    hub.config.service_config += provider_config(git_server)
+    with running(hub) as hub:
+        yield hub
+
+
+@pytest.fixture
+async def callers(rhub):
+    callers = Callers(rhub)
+    yield callers
+    await callers.aclose()
+
+
+# ---- JSON strings that are no Unicode --------------------------------------------------------------
+# JSON may spell a UTF-16 surrogate alone ("\ud800"); Python's parser turns it into a str that
+# cannot be encoded as UTF-8, so it broke wherever a value was encoded: the owner's image name
+# (escape_component), a smart-HTTP Basic auth header (httpx), the credentials handed to the fetch.
+@pytest.mark.parametrize(
+    ("who", "body"),
+    [
+        # a caller who may build for anyone names an owner with a lone surrogate: 500
+        ("admin1", {"repo": "{hello}", "owner": "x\ud800", "name": "x"}),
+        # any builder: credentials for an HTTP repository (the Authorization header): 500
+        ("alice", {"repo": "http://127.0.0.1:1/x", "credentials": {"password": "\udfff"}}),
+        (
+            "alice",
+            {
+                "repo": "http://127.0.0.1:1/x",
+                "credentials": {"username": "\ud83d", "password": "p"},
+            },
+        ),
+        # and a git:// build queued with such credentials (202) for its fetch stage to trip on
+        ("alice", {"repo": "{hello}", "credentials": {"password": "a\ud800b"}}),
+    ],
+)
+async def test_lone_surrogates_in_the_body_answer_400(callers, git_server, who, body):
+    caller = await callers.token(who)
+    if body["repo"] == "{hello}":
+        body = {**body, "repo": git_server.url("hello")}
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as a \\u escape
+    assert b"\\ud" in raw
+    r = await caller.request(
+        "POST", "api/builds", content=raw, headers={"Content-Type": "application/json"}
+    )
+    try:
+        assert r.status_code == 400, (r.status_code, r.text[:300])
+        assert r.json()["error"] == "invalid"
+        assert r.json()["field"] in ("owner", "credentials"), r.json()
+    finally:
+        if r.status_code == 202:
+            await caller.request("DELETE", f"api/builds/{r.json()['id']}")
