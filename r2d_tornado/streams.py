@@ -4,6 +4,7 @@ chunks, then live, resumable with ``Last-Event-ID``, and a final ``done`` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -102,6 +103,9 @@ class BuildLogsHandler(StreamingHandler):
                     continue
             if not follow or (log.closed and cursor >= log.total):
                 break
-            await log.wait_for_change()
+            # text has no keepalive: wake up now and then to notice a client that went away (a
+            # waiting build writes no line that would), so its stream slot is freed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
         if not self._finished:
             self.finish()

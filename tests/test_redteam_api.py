@@ -8,6 +8,7 @@ covers already is not repeated here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -74,3 +75,54 @@ async def test_lone_surrogates_in_the_body_answer_400(callers, git_server, who, 
     finally:
         if r.status_code == 202:
             await caller.request("DELETE", f"api/builds/{r.json()['id']}")
+
+
+# ---- event-stream slots ---------------------------------------------------------------------------
+async def _queue_behind_two(caller, git_server, prefix: str) -> list[dict]:
+    """Three slow builds of ``caller``'s: max_builds_per_owner = 2, so the third one waits."""
+    builds = []
+    for i in range(3):
+        r = await caller.request(
+            "POST",
+            "api/builds",
+            json={"repo": git_server.url("slow"), "name": f"{prefix}-{i}", "force": True},
+        )
+        assert r.status_code == 202, r.text
+        builds.append(r.json())
+    assert builds[2]["state"] == "queued", builds[2]
+    return builds
+
+
+async def test_a_closed_text_log_stream_frees_its_slot_while_the_build_waits(callers, git_server):
+    """``?format=text`` follows a log without keepalives (they would be log text): a client that
+    went away was noticed only at the log's next line. A waiting build writes none, so 20 closed
+    tabs kept the caller's 20 stream slots, and every request needing one answered 429, until
+    the builds ahead of it had finished."""
+    alice = await callers.token("alice")
+    builds = await _queue_behind_two(alice, git_server, "rt-text")
+    path = f"api/builds/{builds[2]['id']}/logs"
+    try:
+        streams = [
+            asyncio.create_task(alice.request("GET", path, params={"format": "text"}))
+            for _ in range(20)
+        ]
+        for _ in range(100):  # until the service holds all 20
+            r = await alice.request("GET", path, params={"format": "text", "follow": "0"})
+            if r.status_code == 429:
+                break
+            await asyncio.sleep(0.1)
+        assert r.status_code == 429, r.text
+        for stream in streams:  # the tabs close
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+        for _ in range(100):
+            r = await alice.request("GET", path, params={"format": "text", "follow": "0"})
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert r.status_code == 200, r.text
+        state = (await alice.request("GET", f"api/builds/{builds[2]['id']}")).json()["state"]
+        assert state == "queued"  # freed by the closed connections, not by the build starting
+    finally:
+        for build in builds:
+            await alice.request("DELETE", f"api/builds/{build['id']}")
