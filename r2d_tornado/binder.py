@@ -35,6 +35,7 @@ from r2d_core.models import Build, BuildState
 from r2d_core.providers import ProviderSpec, RepoProviders
 
 from .base import R2DHandler, StreamingHandler
+from .streams import REPLAY_CHUNK
 
 __all__ = ["ROUTES", "BinderBuildHandler", "binder_event"]
 
@@ -199,7 +200,10 @@ class BinderBuildHandler(StreamingHandler):
             # log lines, batched by phase into one event each (a newline after every line)
             batch: list[str] = []
             batch_phase = None
-            for line in log.lines(cursor):
+            # the replay in chunks of REPLAY_CHUNK, each sent before the next is read (as the
+            # API's event stream does): a client that does not read holds one chunk, not the log
+            replayed = log.read(cursor, REPLAY_CHUNK)
+            for line in replayed:
                 cursor = line.n + 1
                 phase = _PHASE_OF_LINE.get(line.phase, "building")
                 if batch and phase != batch_phase:
@@ -221,6 +225,8 @@ class BinderBuildHandler(StreamingHandler):
             if chunks and not await self._send("".join(chunks)):
                 return
             chunks = []
+            if replayed and cursor < log.total:
+                continue  # more of the replay
             try:
                 await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
             except asyncio.TimeoutError:

@@ -126,3 +126,60 @@ async def test_a_closed_text_log_stream_frees_its_slot_while_the_build_waits(cal
     finally:
         for build in builds:
             await alice.request("DELETE", f"api/builds/{build['id']}")
+
+
+async def test_binder_stream_replays_a_long_log_in_bounded_events(rhub, callers, git_server):
+    """Joining a running build on the BinderHub endpoint replayed its whole kept log (up to
+    max_log_bytes, 4 MiB) as one event, written at once: a client that does not read (20 of
+    them per caller) left each such event in the service's memory (the Hub's, in TLJH). The
+    event stream of ``api/builds/<id>/logs`` replays in chunks of REPLAY_CHUNK and waits for
+    each to be sent before reading the next; so must this one."""
+    import uuid
+
+    import httpx
+
+    from r2d_tornado.streams import REPLAY_CHUNK
+    from tests.harness.gitserver import _dockerfile
+
+    name = f"rt-long-{uuid.uuid4().hex[:8]}"
+    filler = "." * 60
+    # bursts under BuildKit's own output limit (200 KiB/s, beyond which it clips the step's log)
+    burst = f"seq 1 2000 | sed 's/^/r2d-long /; s/$/ {filler}/'; sleep 1"
+    run = f"for k in 1 2 3 4 5; do {burst}; done; printf 'r2d-long-%s\\n' end; sleep 60"
+    git_server.add_repo(name, {"Dockerfile": _dockerfile(run)})
+    alice = await callers.token("alice")
+    r = await alice.request("POST", "api/builds", json={"repo": git_server.url(name)})
+    assert r.status_code == 202, r.text
+    build = r.json()
+    try:
+        text = ""
+        for _ in range(300):  # the flood is in the log, the build sleeps
+            logs = await alice.request(
+                "GET", f"api/builds/{build['id']}/logs", params={"format": "text", "follow": "0"}
+            )
+            text = logs.text
+            if "r2d-long-end" in text:
+                break
+            await asyncio.sleep(0.2)
+        assert "r2d-long-end" in text and len(text) > 6 * REPLAY_CHUNK, len(text)
+        # (the marker is printed with printf: the RUN line in the log does not contain it)
+        token = await asyncio.to_thread(rhub.token_for, "alice")
+        sizes, first = [], ""
+        async with httpx.AsyncClient(timeout=60) as client:
+            async with client.stream(
+                "GET",
+                rhub.service_url + f"build/gh/r2d/{name}/main",
+                params={"build_only": "true"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        first = first or line
+                        sizes.append(len(line))
+                        if "r2d-long-end" in line:
+                            break
+        assert "Joining the running build" in first, first
+        assert len(sizes) > 3 and max(sizes) <= 2 * REPLAY_CHUNK, sizes[:10]
+    finally:
+        await alice.request("DELETE", f"api/builds/{build['id']}")
