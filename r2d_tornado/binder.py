@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -64,6 +65,10 @@ def _providers(handler: R2DHandler) -> RepoProviders:
         providers = RepoProviders(parent=manager)
         manager._r2d_binder_providers = providers  # type: ignore[attr-defined]
     return providers
+
+
+#: a ``?user_id=`` that is a number (a longer one is out of range anyway)
+_ASCII_INT = re.compile(r"[0-9]{1,12}")
 
 
 class BinderBuildHandler(StreamingHandler):
@@ -180,7 +185,10 @@ class BinderBuildHandler(StreamingHandler):
                 options[name] = values[0]
         user_id = self.get_query_arguments("user_id", strip=False)
         if user_id:
-            options["user_id"] = int(user_id[0]) if user_id[0].isdigit() else user_id[0]
+            # ASCII digits only: str.isdigit() is True for '²' (int() then fails) and for other
+            # scripts' digits; anything else goes on as a string for the policy to refuse
+            value = user_id[0]
+            options["user_id"] = int(value) if _ASCII_INT.fullmatch(value) else value
         build_args = self._query_pairs("build_arg")
         if build_args:
             options["build_args"] = build_args

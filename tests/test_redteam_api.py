@@ -183,3 +183,24 @@ async def test_binder_stream_replays_a_long_log_in_bounded_events(rhub, callers,
         assert len(sizes) > 3 and max(sizes) <= 2 * REPLAY_CHUNK, sizes[:10]
     finally:
         await alice.request("DELETE", f"api/builds/{build['id']}")
+
+
+# ---- the BinderHub endpoint's query options --------------------------------------------------------
+@pytest.mark.parametrize("user_id", ["\u00b2", "\u2460", "\u0661\u0660\u0660\u0660"])
+async def test_binder_user_id_that_only_looks_like_digits_is_refused(rhub, user_id):
+    """``?user_id=`` was parsed with ``int(v) if v.isdigit()``: ``'²'.isdigit()`` is True and
+    ``int('²')`` a ValueError, answered as a "failed" event with status 500 (and a traceback in
+    the log); Arabic-Indic digits became a uid."""
+    import httpx
+
+    token = await asyncio.to_thread(rhub.token_for, "alice")
+    async with httpx.AsyncClient(timeout=60) as client:
+        r = await client.get(
+            rhub.service_url + "build/gh/r2d/hello/main",
+            params={"build_only": "true", "user_id": user_id},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events and events[-1]["phase"] == "failed", r.text[:500]
+    assert events[-1].get("status_code") == 400, events[-1]
+    assert "user_id" in events[-1]["message"], events[-1]
