@@ -25,8 +25,7 @@ class BuildLogsHandler(StreamingHandler):
     @r2d_api
     async def get(self, build_id: str) -> None:
         self.query("get /api/builds/{build_id}/logs")
-        build = self.manager.get_build(build_id)
-        await self.require("read", build.owner, hide=True)
+        build = await self.readable_build(build_id)
         since = self._since()
         with self.ctx.stream_slot(self.identity.name):
             if self.get_argument("format", "") == "text":

@@ -204,3 +204,29 @@ async def test_binder_user_id_that_only_looks_like_digits_is_refused(rhub, user_
     assert events and events[-1]["phase"] == "failed", r.text[:500]
     assert events[-1].get("status_code") == 400, events[-1]
     assert "user_id" in events[-1]["message"], events[-1]
+
+
+# ---- what a 404 tells about builds of others -------------------------------------------------------
+async def test_another_owners_build_is_not_told_apart_from_no_build(callers, git_server):
+    """Build ids travel (a shared log link, a notebook, a screenshot). Asked for one of bob's,
+    alice got "bob has nothing here that you may see", and for an id that does not exist "no
+    build '...'": the answer said that the build exists and whose it is."""
+    alice = await callers.token("alice")
+    bob = await callers.token("bob")
+    r = await bob.request("POST", "api/builds", json={"repo": git_server.url("hello")})
+    assert r.status_code in (200, 202), r.text
+    if r.status_code == 200:  # built already (skipped): force one
+        r = await bob.request(
+            "POST", "api/builds", json={"repo": git_server.url("hello"), "force": True}
+        )
+    build_id = r.json()["id"]
+    missing = "0123456789ab" if build_id != "0123456789ab" else "ba9876543210"
+    try:
+        for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/logs")):
+            theirs = await alice.request(method, f"api/builds/{build_id}{suffix}")
+            nothing = await alice.request(method, f"api/builds/{missing}{suffix}")
+            assert theirs.status_code == nothing.status_code == 404, (theirs.text, nothing.text)
+            assert "bob" not in theirs.text, theirs.text
+            assert theirs.json() == json.loads(nothing.text.replace(missing, build_id))
+    finally:
+        await bob.request("DELETE", f"api/builds/{build_id}")
