@@ -230,3 +230,56 @@ async def test_another_owners_build_is_not_told_apart_from_no_build(callers, git
             assert theirs.json() == json.loads(nothing.text.replace(missing, build_id))
     finally:
         await bob.request("DELETE", f"api/builds/{build_id}")
+
+
+# ---- labels a repository writes itself ------------------------------------------------------------
+@pytest.fixture(scope="module", params=["service", "tljh"])
+def quota_hub(request, docker_host, local_images):
+    hub = adapter_hub(docker_host, request.param)
+    hub.config.service_config += "\nc.LifecyclePolicy.max_images_per_owner = 1\n"
+    with running(hub) as hub:
+        yield hub
+
+
+async def test_a_repositorys_own_labels_neither_hide_its_image_nor_annotate_it(
+    quota_hub, git_server
+):
+    """Image labels under ``repo2docker-service.`` are the service's record of an image; the
+    repository's Dockerfile may carry LABEL lines of its own. A ``--label`` of the service's
+    overrides a LABEL line with its key, but ``options`` was set only for builds with options
+    and annotations only for the keys a request sent. So a Dockerfile saying
+    ``LABEL repo2docker-service.options=...`` made its image's name disagree with its labels: the
+    image vanished from the index, hence from the owner's image quota (and pruning, and the
+    API's deletes): a user could fill the engine's disk past max_images_per_owner. And
+    ``LABEL repo2docker-service.annotation.tljh.mem_limit=64G`` became an annotation nobody
+    sent, which spawner hooks read."""
+    import uuid
+
+    from tests.harness.images import BUSYBOX_IMAGE
+    from tests.service_support import wait_build
+
+    name = f"rt-labels-{uuid.uuid4().hex[:8]}"
+    labels = (
+        'repo2docker-service.options="{\\"subdir\\": \\"x\\"}" '
+        "repo2docker-service.annotation.tljh.mem_limit=64G"
+    )
+    git_server.add_repo(
+        name, {"Dockerfile": f"FROM {BUSYBOX_IMAGE}\nLABEL {labels}\nRUN echo r2d-labels\n"}
+    )
+    callers = Callers(quota_hub)
+    bob = await callers.token("bob")
+    try:
+        r = await bob.request("POST", "api/builds", json={"repo": git_server.url(name)})
+        assert r.status_code == 202, r.text
+        build = await wait_build(bob, r.json()["id"])
+        assert build["state"] == "built", build
+        r = await bob.request("GET", f"api/images/bob/{name}")
+        assert r.status_code == 200, r.text
+        assert r.json()["annotations"] == {} and r.json()["options"] == {}, r.json()
+        # bob's one image counts: a second one is over his quota
+        r = await bob.request("POST", "api/builds", json={"repo": git_server.url("hello")})
+        assert r.status_code == 409 and r.json()["error"] == "quota_exceeded", r.text
+    finally:
+        # the engine is the session's: the other adapter's hub would count this image too
+        await bob.request("DELETE", f"api/images/bob/{name}")
+        await callers.aclose()
