@@ -40,7 +40,7 @@ async def callers(rhub):
 # ---- JSON strings that are no Unicode --------------------------------------------------------------
 # JSON may spell a UTF-16 surrogate alone ("\ud800"); Python's parser turns it into a str that
 # cannot be encoded as UTF-8, so it broke wherever a value was encoded: the owner's image name
-# (escape_component), a smart-HTTP Basic auth header (httpx), the credentials handed to the fetch.
+# (escape_component), a smart-HTTP Basic auth header (httpx).
 @pytest.mark.parametrize(
     ("who", "body"),
     [
@@ -55,7 +55,7 @@ async def callers(rhub):
                 "credentials": {"username": "\ud83d", "password": "p"},
             },
         ),
-        # and a git:// build queued with such credentials (202) for its fetch stage to trip on
+        # and a git:// build was queued (202), keeping such credentials for its fetch stage
         ("alice", {"repo": "{hello}", "credentials": {"password": "a\ud800b"}}),
     ],
 )
