@@ -283,7 +283,8 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         """The JSON body, within the size and depth limits, valid against request ``schema``."""
         length = self.request.headers.get("Content-Length", "")
         data = parse_json_body(
-            self.request.body, content_length=int(length) if length.isdigit() else None
+            self.request.body,
+            content_length=int(length) if length.isascii() and length.isdigit() else None,
         )
         return validate_body(schema, data)
 

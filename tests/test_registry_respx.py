@@ -103,6 +103,9 @@ def test_parse_retry_after():
     assert 100 < parse_retry_after(format_datetime(later, usegmt=True)) <= 120
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+    # digits of other scripts (str.isdigit() says yes, float() raises): not a number of seconds
+    for odd in ("\u00b2", "\u2460", "\u0663"):
+        assert parse_retry_after(odd) is None
 
 
 def test_auth_needs_both_credentials_and_hides_them():
