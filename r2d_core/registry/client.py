@@ -11,16 +11,16 @@ Listing (:meth:`list_images`) and its caches live in :mod:`r2d_core.registry.lis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from .. import aio
 from ..errors import (
     InvalidRequest,
     NotFound,
@@ -51,34 +51,6 @@ __all__ = ["RegistryClient", "reference_host", "validate_registry_url"]
 log = logging.getLogger(__name__)
 
 _ERROR_TEXT_MAX = 200
-
-
-@contextlib.asynccontextmanager
-async def _deadline_compat(seconds: float) -> AsyncIterator[None]:
-    """``asyncio.timeout`` for Python 3.10: the block's task is cancelled at the deadline and
-    :class:`asyncio.TimeoutError` raised; one timer, not the extra task ``wait_for`` makes for
-    every request."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if expired:
-            raise asyncio.TimeoutError from None
-        raise
-    finally:
-        timer.cancel()
-
-
-_deadline = getattr(asyncio, "timeout", _deadline_compat)
 
 
 class _NoCookies(httpx.Cookies):
@@ -314,7 +286,7 @@ class RegistryClient(Listing, ArtifactIO):
             url = self._absolute(url)
         async with self._limit:
             try:
-                async with _deadline(self.total_timeout):
+                async with aio.timeout(self.total_timeout):
                     response = await self._send(
                         method, url, headers, params, content, follow, extensions
                     )
