@@ -330,7 +330,8 @@ class BuildManagerConfig(LoggingConfigurable):
         30.0,
         config=True,
         help="""Seconds, in total, for resolving a ref: connecting, TLS and reading the whole ref
-        advertisement (capped at 4 MiB); a short sha looked up in a clone gets the same again.
+        advertisement (capped at 4 MiB); a short sha looked up in a clone (commits only, at most
+        256 MiB) gets the same again.
         A server that sends slowly is cut off at this deadline (error ``ref_timeout``, 504).
         Default 30.""",
     )

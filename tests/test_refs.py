@@ -57,6 +57,23 @@ async def test_short_sha_of_an_unadvertised_commit_uses_a_temporary_clone(git_se
     assert leftovers == []  # the temporary clone is removed
 
 
+async def test_the_clone_for_a_short_sha_is_bounded_in_bytes(git_server, monkeypatch):
+    # a hostile server may send a huge history (or ignore the commits-only filter): the clone
+    # stops at MAX_CLONE_BYTES with an error saying what to send instead
+    from r2d_core.refs import resolve
+
+    repo = git_server.repos["quick"]
+    old = repo.branches["main"]
+    git_server.add_commit("quick", {"again.txt": "and again\n"})
+    monkeypatch.setattr(resolve, "MAX_CLONE_BYTES", 64)
+    before = set(os.listdir("/tmp"))
+    with pytest.raises(InvalidRequest, match="history is larger than 0 MiB; give the full") as e:
+        await resolve_ref(git_server.url("quick"), old[:9], policy=LOOPBACK)
+    assert e.value.details["field"] == "ref"
+    leftovers = [d for d in set(os.listdir("/tmp")) - before if d.startswith("r2d-resolve-")]
+    assert leftovers == []  # removed all the same
+
+
 async def test_smart_http_with_credentials(http_git, git_server):
     url = f"{http_git}/hello"
     repo = git_server.repos["hello"]

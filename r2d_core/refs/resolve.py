@@ -4,11 +4,14 @@ for short shas no advertised ref starts with, each under one total deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import tempfile
 
 import httpx
 
+from .. import aio
 from ..errors import InvalidRequest, RefTimeout, Unavailable, UnknownRef
 from ..models import Credentials
 from ..netpolicy import NetPolicy, NetPolicyError
@@ -114,7 +117,7 @@ async def ls_remote(
     parsed = _parse(url)
     policy = policy if policy is not None else NetPolicy()
     try:
-        async with asyncio.timeout(timeout):
+        async with aio.timeout(timeout):
             if parsed.scheme == "git":
                 return await _ls_remote_git(parsed, policy)
             if parsed.scheme in ("http", "https"):
@@ -126,7 +129,7 @@ async def ls_remote(
                 f"git ls-remote {parsed}",
             )
             return parse_ls_remote(output)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise RefTimeout(
             f"the git server of {parsed} did not send its refs within {timeout:g} s"
         ) from None
@@ -148,26 +151,70 @@ async def ls_remote(
         raise _not_git() from None
 
 
+#: the most bytes the clone for a short sha may write (commits only, ``--filter=tree:0``; a
+#: server that ignores the filter sends everything, which this bounds)
+MAX_CLONE_BYTES = 256 * 1024 * 1024
+#: seconds between two measurements of the clone's size while git runs
+_CLONE_POLL = 0.25
+
+
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` (git renames and removes files meanwhile)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 async def _short_sha_from_clone(
-    url: RepoURL, ref: str, credentials: Credentials | None, policy: NetPolicy
+    url: RepoURL,
+    ref: str,
+    credentials: Credentials | None,
+    policy: NetPolicy,
+    max_bytes: int | None = None,
 ) -> str | None:
+    if max_bytes is None:
+        max_bytes = MAX_CLONE_BYTES
     addresses = await policy.resolve_checked(url.host, url.effective_port)
     env = _pinned_git_env(url, credentials, addresses)
     tmp = await asyncio.to_thread(tempfile.mkdtemp, prefix="r2d-resolve-")
+    too_large = InvalidRequest(
+        f"looking up {ref} in {url}: its history is larger than {max_bytes // 2**20} MiB; give "
+        "the full 40-character sha, or a branch or tag name",
+        field="ref",
+    )
     try:
-        await _run_git(
-            [
-                "clone",
-                "--bare",
-                "--filter=blob:none",
-                "--quiet",
-                "--",
-                _git_cli_url(url, addresses),
-                tmp,
-            ],
-            env,
-            f"git clone {url}",
+        # commits only: all rev-parse needs to expand a short sha to a commit
+        clone = asyncio.ensure_future(
+            _run_git(
+                [
+                    "clone",
+                    "--bare",
+                    "--filter=tree:0",
+                    "--quiet",
+                    "--",
+                    _git_cli_url(url, addresses),
+                    tmp,
+                ],
+                env,
+                f"git clone {url}",
+            )
         )
+        try:
+            while not clone.done():
+                await asyncio.wait({clone}, timeout=_CLONE_POLL)
+                if not clone.done() and await asyncio.to_thread(_tree_bytes, tmp) > max_bytes:
+                    raise too_large
+            clone.result()
+        finally:
+            if not clone.done():  # over the limit, or our deadline: git is killed (_run_git)
+                clone.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clone
+        if await asyncio.to_thread(_tree_bytes, tmp) > max_bytes:
+            raise too_large
         try:
             out = await _run_git(
                 ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
@@ -193,8 +240,8 @@ async def resolve_ref(
     """The full commit sha that ``ref`` names in the repository at ``url``.
 
     Branches, tags (annotated ones peeled) and ``HEAD`` come from the ref advertisement. A short
-    sha that no advertised ref starts with is looked up in a blob-less bare clone in a temporary
-    directory, removed afterwards. A full sha is taken as it is (repo2docker checks it out).
+    sha that no advertised ref starts with is looked up in a bare clone of the commits only
+    (at most :data:`MAX_CLONE_BYTES`) in a temporary directory, removed afterwards. A full sha is taken as it is (repo2docker checks it out).
     ``timeout`` bounds each of the two steps; ``policy`` decides which addresses may be reached.
     """
     if _FULL_SHA.match(ref):
@@ -207,9 +254,9 @@ async def resolve_ref(
         return sha
     if _SHORT_SHA.match(ref):
         try:
-            async with asyncio.timeout(timeout):
+            async with aio.timeout(timeout):
                 sha = await _short_sha_from_clone(parsed, ref, credentials, policy)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise RefTimeout(f"looking up {ref} in {parsed} took more than {timeout:g} s") from None
         except NetPolicyError as e:
             raise _refused(parsed, e) from None
