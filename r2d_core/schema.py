@@ -478,13 +478,15 @@ def validate_body(schema_name: str, data: Any) -> dict[str, Any]:
     return data
 
 
+#: an integer in a query string: ASCII digits (int() also takes " 5", "1_0" and other scripts'
+#: digits, which the handlers' own reading of the raw argument would not agree with)
+_QUERY_INT = re.compile(r"-?[0-9]{1,18}")
+
+
 def _coerce(value: str, schema: Mapping[str, Any]) -> Any:
-    if schema.get("type") == "integer":
-        try:
-            return int(value)
-        except ValueError:
-            return value  # the schema names the expected type
-    return value
+    if schema.get("type") == "integer" and _QUERY_INT.fullmatch(value):
+        return int(value)
+    return value  # not a number: the schema names the expected type
 
 
 def validate_query(

@@ -24,12 +24,13 @@ class BuildLogsHandler(StreamingHandler):
 
     @r2d_api
     async def get(self, build_id: str) -> None:
-        self.query("get /api/builds/{build_id}/logs")
+        query = self.query("get /api/builds/{build_id}/logs")
         build = await self.readable_build(build_id)
         since = self._since()
         with self.ctx.stream_slot(self.identity.name):
-            if self.get_argument("format", "") == "text":
-                await self._text(build, since, self.get_argument("follow", "1") != "0")
+            # the validated values, not the raw arguments ("00" is 0 for both)
+            if query.get("format") == "text":
+                await self._text(build, since, query.get("follow", 1) != 0)
             else:
                 await self._events(build, since)
 

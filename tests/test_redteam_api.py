@@ -128,6 +128,32 @@ async def test_a_closed_text_log_stream_frees_its_slot_while_the_build_waits(cal
             await alice.request("DELETE", f"api/builds/{build['id']}")
 
 
+async def test_query_numbers_are_ascii_digits_as_the_handler_reads_them(callers, git_server):
+    """The query validator took what int() takes (" 1", Arabic-Indic digits) while the text log
+    handler compared the raw argument with "0": ``follow=00`` passed as 0 and followed anyway
+    (until the build ended), ``follow=\u0661`` passed as 1."""
+    alice = await callers.token("alice")
+    r = await alice.request(
+        "POST", "api/builds", json={"repo": git_server.url("slow"), "name": "rt-q", "force": True}
+    )
+    assert r.status_code == 202, r.text
+    build = r.json()
+    path = f"api/builds/{build['id']}/logs"
+    try:
+        r = await asyncio.wait_for(
+            alice.request("GET", path, params={"format": "text", "follow": "00"}), 30
+        )
+        assert r.status_code == 200, r.text  # 0: the log so far, then the answer ends
+        for odd in ("\u0661", " 1", "1_0", "+1"):
+            r = await asyncio.wait_for(
+                alice.request("GET", path, params={"format": "text", "follow": odd}), 30
+            )
+            assert r.status_code == 400, (odd, r.status_code)
+            assert r.json()["field"] == "follow"
+    finally:
+        await alice.request("DELETE", f"api/builds/{build['id']}")
+
+
 async def test_binder_stream_replays_a_long_log_in_bounded_events(rhub, callers, git_server):
     """Joining a running build on the BinderHub endpoint replayed its whole kept log (up to
     max_log_bytes, 4 MiB) as one event, written at once: a client that does not read (20 of
