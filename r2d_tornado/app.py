@@ -35,6 +35,7 @@ try:
     from r2d_core.engine import DockerEngine
     from r2d_core.lifecycle import LifecyclePolicy
     from r2d_core.manager import BuildManager
+    from r2d_core.options import BuildOptions
     from r2d_core.providers import RepoProviders
     from r2d_core.registry.config import Registry
     from r2d_core.scopes import Authorizer, HubGroups
@@ -109,6 +110,7 @@ class R2DService(Application):
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
     classes = [
         BuildManager,
+        BuildOptions,
         DockerEngine,
         LocalProcessBuilder,
         DockerBuilder,

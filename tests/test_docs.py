@@ -69,6 +69,11 @@ def _reference():
     return traits_reference
 
 
+def _documented_classes() -> dict[str, type]:
+    ref = _reference()
+    return {cls.__name__: cls for cls in map(ref._load, ref.CLASSES)}
+
+
 def test_config_reference_shows_the_defaults_admins_get(monkeypatch):
     # settings whose default comes from a @default method (an env variable, another setting)
     monkeypatch.setenv("R2D_MAX_CONCURRENT_BUILDS", "7")  # the reference ignores the environment
@@ -88,3 +93,12 @@ def test_config_reference_shows_the_defaults_admins_get(monkeypatch):
     ):
         assert entry in text, entry
     assert sys.executable not in text
+
+
+def test_generate_config_lists_every_documented_class():
+    from r2d_tornado.app import R2DService
+
+    text = R2DService().generate_config_file()
+    for name in _documented_classes():
+        if name != "R2DPlugin":  # the TLJH plugin's own settings, not the service's
+            assert f"\n# {name}(" in text, f"r2d-service generate-config lacks {name}"
