@@ -3,6 +3,8 @@ what it tells a new admin (settings, variables, snippets, paths, recipes) holds 
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,44 @@ def test_generate_config_lists_every_documented_class():
     for name in _documented_classes():
         if name != "R2DPlugin":  # the TLJH plugin's own settings, not the service's
             assert f"\n# {name}(" in text, f"r2d-service generate-config lacks {name}"
+
+
+def test_external_service_starts_from_the_variables_the_tutorial_names():
+    """The JupyterHub tutorial's external service: the variables it lists (and no others) give
+    the service its token, prefix, OAuth client and callback, Hub API and listening address."""
+    text = (DOCS / "tutorials" / "jupyterhub.md").read_text()
+    section = text.split("## External service", 1)[1]
+    documented = sorted(
+        set(re.findall(r"`(JUPYTERHUB_[A-Z_]+)`", section)) - {"JUPYTERHUB_CLIENT_ID"}
+    )
+    values = {
+        "JUPYTERHUB_API_TOKEN": "0123456789abcdef0123456789abcdef",
+        "JUPYTERHUB_SERVICE_NAME": "repo2docker",
+        "JUPYTERHUB_SERVICE_PREFIX": "/services/repo2docker/",
+        "JUPYTERHUB_API_URL": "http://hub-host:8081/hub/api",
+        "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8585",
+    }
+    assert set(documented) <= set(values), documented
+    probe = (
+        "from r2d_tornado.app import R2DService\n"
+        "app = R2DService.instance()\n"
+        "app.initialize([])\n"
+        "a = app.hub_auth\n"
+        "print(a.api_token, a.api_url, a.oauth_client_id, a.oauth_redirect_uri, app.base_url,\n"
+        "      app.ip, app.port)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "R2D_"))}
+    env.update({name: values[name] for name in documented})
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "0123456789abcdef0123456789abcdef",
+        "http://hub-host:8081/hub/api",
+        "service-repo2docker",
+        "/services/repo2docker/oauth_callback",
+        "/services/repo2docker/",
+        "0.0.0.0",
+        "8585",
+    ]
