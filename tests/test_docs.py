@@ -106,6 +106,18 @@ def test_generate_config_lists_every_documented_class():
             assert f"\n# {name}(" in text, f"r2d-service generate-config lacks {name}"
 
 
+def test_docs_do_not_install_the_unpublished_distribution_by_name():
+    # repo2docker-service is not on PyPI: `pip install repo2docker-service` fails, or installs
+    # whatever someone else publishes under that name
+    by_name = re.compile(r"pip install[^\n`]*\srepo2docker-service\b(?![-/.\w])")
+    wrong = [
+        f"{page.relative_to(ROOT)}: {m.group(0)}"
+        for page in _pages()
+        for m in by_name.finditer(page.read_text())
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_external_service_starts_from_the_variables_the_tutorial_names():
     """The JupyterHub tutorial's external service: the variables it lists (and no others) give
     the service its token, prefix, OAuth client and callback, Hub API and listening address."""
