@@ -3,6 +3,8 @@ what it tells a new admin (settings, variables, snippets, paths, recipes) holds 
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import subprocess
@@ -62,6 +64,11 @@ def _pages() -> list[Path]:
     return [p for p in PAGES if p not in GENERATED]
 
 
+def _blocks(language: str) -> list[tuple[Path, str]]:
+    fence = re.compile(rf"^```{language}\n(.*?)^```", re.S | re.M)
+    return [(page, m.group(1)) for page in _pages() for m in fence.finditer(page.read_text())]
+
+
 def _reference():
     sys.path.insert(0, str(DOCS / "_ext"))
     try:
@@ -116,6 +123,57 @@ def test_docs_do_not_install_the_unpublished_distribution_by_name():
         for m in by_name.finditer(page.read_text())
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def _hub_config(*texts: str):
+    """``jupyterhub_config.py`` text loaded as JupyterHub loads it (a traitlets Python file)."""
+    from traitlets.config import Config
+
+    c = Config()
+    for text in texts:
+        exec(compile(text, "jupyterhub_config.py", "exec"), {"c": c, "get_config": lambda: c})
+    return c
+
+
+def test_role_recipes_go_with_the_generated_snippet():
+    """Each role of the roles-and-scopes page, added to the ``generate-hub-config`` snippet as the
+    page says, gives the Hub unique role names (else it does not start: "Role ... multiply
+    defined") and scopes JupyterHub accepts; a recipe showing a role of the snippet shows it as
+    the snippet has it."""
+    from r2d_tornado.hubconfig import hub_config_snippet
+
+    snippet = hub_config_snippet()
+    ours = {r["name"]: r for r in _hub_config(snippet).JupyterHub.load_roles}
+    lists = {}
+    for page, text in _blocks("python"):
+        if page.name != "scopes.md" or ("load_roles" not in text and not text.startswith("{")):
+            continue
+        if text.startswith("{"):  # a role of its own, to append
+            role = ast.literal_eval(text)
+            if role["name"] in ours:
+                assert role == ours[role["name"]], f"{role['name']} differs from the snippet's"
+                continue
+            text = f"c.JupyterHub.load_roles.append({text})"
+        roles = _hub_config(snippet, text).JupyterHub.load_roles
+        names = [r["name"] for r in roles]
+        assert len(names) == len(set(names)), f"{text}\ndefines a role twice: {names}"
+        lists.update({f"{text} ({r['name']})": r.get("scopes", []) for r in roles})
+    assert len(lists) > len(ours)
+    check = (
+        "import json, sys\nfrom jupyterhub import scopes\ndata = json.load(sys.stdin)\n"
+        "scopes.define_custom_scopes(data['custom'])\n"
+        "for where, names in data['lists'].items():\n"
+        "    scopes._check_scopes_exist(names, who_for=where)\n"
+    )
+    custom = _hub_config(snippet).JupyterHub.custom_scopes
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        input=json.dumps({"custom": custom, "lists": lists}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_external_service_starts_from_the_variables_the_tutorial_names():
