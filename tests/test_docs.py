@@ -4,6 +4,7 @@ what it tells a new admin (settings, variables, snippets, paths, recipes) holds 
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -113,6 +115,94 @@ def test_generate_config_lists_every_documented_class():
             assert f"\n# {name}(" in text, f"r2d-service generate-config lacks {name}"
 
 
+def test_docs_name_only_settings_that_exist():
+    classes = _documented_classes()
+    reference = re.compile(r"\b([A-Z][A-Za-z0-9]+)\.([a-z_][a-z0-9_]*)\b")
+    wrong = []
+    for page in _pages():
+        for m in reference.finditer(page.read_text()):
+            cls = classes.get(m.group(1))
+            if cls is None:
+                continue
+            trait = cls.class_traits().get(m.group(2))
+            if trait is None and not callable(getattr(cls, m.group(2), None)):
+                wrong.append(f"{page.relative_to(ROOT)}: {m.group(0)} does not exist")
+            elif trait is not None and not trait.metadata.get("config"):
+                wrong.append(f"{page.relative_to(ROOT)}: {m.group(0)} is not configurable")
+    assert not wrong, "\n".join(wrong)
+
+
+def _code_text(*folders: str) -> str:
+    return "\n".join(
+        p.read_text(errors="replace")
+        for folder in folders
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "node_modules" not in p.parts and p.suffix in (".py", ".sh", ".yaml", "")
+    )
+
+
+def test_docs_name_only_environment_variables_that_exist():
+    code = _code_text("r2d_core", "r2d_tornado", "r2d_tljh", "deploy")
+    harness = _code_text("tests/harness")
+    missing = set()
+    for page in _pages():
+        for name in set(re.findall(r"\bR2D_[A-Z0-9_]*[A-Z0-9]\b", page.read_text())):
+            if not re.search(rf"\b{name}\b", harness if name.startswith("R2D_HARNESS_") else code):
+                missing.add(f"{page.relative_to(ROOT)}: {name}")
+    assert not missing, sorted(missing)
+
+
+def test_docs_pair_each_setting_with_the_variable_it_reads():
+    """A table row whose first cell is a setting, or a line naming one setting, and one ``R2D_*``
+    variable: that setting's default reads that variable."""
+    classes = _documented_classes()
+    setting = re.compile(r"`(?:c\.)?([A-Z][A-Za-z0-9]+)\.([a-z_][a-z0-9_]*)`")
+    wrong = []
+    for page in _pages():
+        for line in page.read_text().splitlines():
+            names = set(re.findall(r"\bR2D_[A-Z0-9_]*[A-Z0-9]\b", line))
+            where = line.split("|")[1] if line.startswith("| `") else line
+            found = {m.groups() for m in setting.finditer(where) if m.group(1) in classes}
+            if not found and page.name == "lifecycle.md" and line.startswith("| `"):
+                found = {("LifecyclePolicy", where.strip().strip("`"))}  # its table: bare names
+            if len(names) != 1 or len(found) != 1:
+                continue
+            (env,), ((cls_name, trait),) = names, found
+            generator = classes[cls_name]._all_trait_default_generators.get(trait)
+            if env not in inspect.getsource(getattr(generator, "func", None) or (lambda: None)):
+                wrong.append(f"{page.relative_to(ROOT)}: {cls_name}.{trait} does not read {env}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_doc_snippets_parse():
+    for page, text in _blocks("python"):
+        ast.parse(text, filename=str(page))
+    for _page, text in _blocks("json"):
+        json.loads(text)
+    for _page, text in _blocks("yaml"):
+        yaml.safe_load(text)
+
+
+def test_docs_name_only_api_paths_the_service_serves():
+    from r2d_tornado.openapi import openapi_document
+
+    served = [("GET", re.compile("^/api/openapi\\.json$"))] + [
+        (method.upper(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"))
+        for path, operations in openapi_document()["paths"].items()
+        for method in operations
+    ]
+    # backquoted paths relative to the service prefix (not the Hub's, not the UI's #/ routes)
+    mention = re.compile(r"`(?:(GET|POST|DELETE) )?(/?(?:api/|builds/|build/[<{])[^`\s]*)`")
+    wrong = []
+    for page in _pages():
+        for m in mention.finditer(page.read_text()):
+            method, path = m.group(1), m.group(2).split("?")[0]
+            path = "/" + re.sub(r"<[^>]+>", "x", path.lstrip("/"))
+            if not any(p.match(path) and method in (None, verb) for verb, p in served):
+                wrong.append(f"{page.relative_to(ROOT)}: {m.group(0)}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_docs_do_not_install_the_unpublished_distribution_by_name():
     # repo2docker-service is not on PyPI: `pip install repo2docker-service` fails, or installs
     # whatever someone else publishes under that name
@@ -174,6 +264,29 @@ def test_role_recipes_go_with_the_generated_snippet():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_jupyterhub_tutorial_config_steps_load():
+    """Step 3 of the JupyterHub tutorial, below the snippet of step 2: the service entry gets
+    the config file's path; the service's config file loads into the classes that read it."""
+    from r2d_tornado.app import R2DService
+    from r2d_tornado.hubconfig import hub_config_snippet
+
+    blocks = [t for page, t in _blocks("python") if page.name == "jupyterhub.md"]
+    hub_steps = [t for t in blocks if "c.JupyterHub." in t]
+    c = _hub_config(hub_config_snippet(command="/opt/venv/bin/r2d-service"), *hub_steps)
+    (service,) = c.JupyterHub.services
+    assert service["environment"] == {
+        "R2D_BUILDER": "docker",
+        "R2D_CONFIG_FILE": "/etc/repo2docker-service/r2d_service_config.py",
+    }
+    service_config = _hub_config(*(t for t in blocks if t not in hub_steps))
+    assert service_config.BuildManager.max_builds_per_owner == 1
+    app = R2DService(config=service_config)
+    app.initialize([])
+    assert app.manager.builder.kind == "docker"
+    assert app.manager.engine.host == "unix:///var/run/docker.sock"
+    assert "buildpack-deps:jammy" in app.manager.builder.repo2docker_config
 
 
 def test_external_service_starts_from_the_variables_the_tutorial_names():
