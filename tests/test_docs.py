@@ -328,3 +328,26 @@ def test_external_service_starts_from_the_variables_the_tutorial_names():
         "0.0.0.0",
         "8585",
     ]
+
+
+def test_config_snippets_load_into_the_classes_they_configure():
+    """Every Python snippet, below the ``generate-hub-config`` snippet as the tutorials place
+    them, loads; each of our classes it configures takes the values (validators included: a
+    pattern that does not pin its host, a size that does not parse, ...). A snippet that needs
+    something of the admin's (a token, a file, a spawner) is left to the tests that have one."""
+    from r2d_tornado.hubconfig import hub_config_snippet
+
+    classes = _documented_classes()
+    snippet = hub_config_snippet()
+    loaded = 0
+    for _page, text in _blocks("python"):
+        try:
+            c = _hub_config(snippet, text)
+        except (NameError, ImportError, KeyError, OSError):
+            continue
+        for section in set(c) & set(classes):
+            configured = classes[section](config=c)
+            for name in c[section]:
+                getattr(configured, name)
+            loaded += 1
+    assert loaded >= 15
