@@ -351,3 +351,26 @@ def test_config_snippets_load_into_the_classes_they_configure():
                 getattr(configured, name)
             loaded += 1
     assert loaded >= 15
+
+
+def test_cache_settings_of_the_reference_take_effect():
+    """``R2DService.permissions_ttl`` is the default of the group and scope caches, and
+    ``c.HubGroups.ttl`` / ``c.HubOAuth.cache_max_age``, which the reference and
+    ``generate-config`` list, are not overridden by it when an admin sets them."""
+    probe = (
+        "import sys\nfrom traitlets.config import Config\nfrom r2d_tornado.app import R2DService\n"
+        "c = Config()\n"
+        "if sys.argv[1] == 'set':\n"
+        "    c.HubGroups.ttl = 120.0\n"
+        "    c.HubOAuth.cache_max_age = 90\n"
+        "app = R2DService.instance(config=c)\napp.initialize([])\n"
+        "print(app.groups.ttl, app.hub_auth.cache_max_age)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "R2D_"))}
+    env["JUPYTERHUB_API_TOKEN"] = "0123456789abcdef"
+    for arg, expected in (("set", "120.0 90"), ("unset", "30.0 30")):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, arg], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == expected.split()
