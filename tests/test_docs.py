@@ -374,3 +374,11 @@ def test_cache_settings_of_the_reference_take_effect():
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.split() == expected.split()
+
+
+def test_scopes_page_shows_what_generate_hub_config_singleuser_prints():
+    from r2d_tornado.hubconfig import hub_config_snippet
+
+    (shown,) = [t for p, t in _blocks("python") if p.name == "scopes.md" and "c.Spawner." in t]
+    printed = _hub_config(hub_config_snippet(singleuser=True)).Spawner
+    assert _hub_config(shown).Spawner == printed
