@@ -382,3 +382,22 @@ def test_scopes_page_shows_what_generate_hub_config_singleuser_prints():
     (shown,) = [t for p, t in _blocks("python") if p.name == "scopes.md" and "c.Spawner." in t]
     printed = _hub_config(hub_config_snippet(singleuser=True)).Spawner
     assert _hub_config(shown).Spawner == printed
+
+
+def test_metrics_reference_lists_every_metric_with_its_type_and_labels():
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from r2d_core import metrics
+
+    served = {}
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            name = metric._name + ("_total" if metric._type == "counter" else "")
+            served[name] = (metric._type, list(metric._labelnames))
+    documented = {}
+    for line in (DOCS / "reference" / "metrics.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`r2d_"):
+            labels = re.findall(r"`([a-z_]+)`(?: \(|$)", cells[2])
+            documented[cells[0].strip("`")] = (cells[1], labels)
+    assert documented == served
