@@ -401,3 +401,19 @@ def test_metrics_reference_lists_every_metric_with_its_type_and_labels():
             labels = re.findall(r"`([a-z_]+)`(?: \(|$)", cells[2])
             documented[cells[0].strip("`")] = (cells[1], labels)
     assert documented == served
+
+
+def test_jupyterhub_tutorial_names_what_the_snippet_replaces():
+    """Appended to an existing config, the snippet's assignments replace what was there: the
+    tutorial names each one (an idle culler configured above it would silently go)."""
+    from r2d_tornado.hubconfig import hub_config_snippet
+
+    assigned = set(re.findall(r"^c\.JupyterHub\.(\w+) = ", hub_config_snippet(), re.M))
+    text = (DOCS / "tutorials" / "jupyterhub.md").read_text()
+    paragraph = text[text.index("The snippet **assigns**") :].split("\n\n", 1)[0]
+    assert assigned == set(re.findall(r"`c\.JupyterHub\.(\w+)`", paragraph))
+    culler = {"name": "idle-culler", "command": ["cull"]}
+    existing = f"c.JupyterHub.services = [{culler!r}]\n"
+    assert culler not in _hub_config(existing, hub_config_snippet()).JupyterHub.services
+    moved = f"c.JupyterHub.services.append({culler!r})\n"
+    assert culler in _hub_config(hub_config_snippet(), moved).JupyterHub.services
