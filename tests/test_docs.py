@@ -417,3 +417,43 @@ def test_jupyterhub_tutorial_names_what_the_snippet_replaces():
     assert culler not in _hub_config(existing, hub_config_snippet()).JupyterHub.services
     moved = f"c.JupyterHub.services.append({culler!r})\n"
     assert culler in _hub_config(hub_config_snippet(), moved).JupyterHub.services
+
+
+def test_reference_help_texts_agree_with_the_code():
+    """What a setting's help (the reference's text) says of its default: a number or boolean
+    stated as the default is the default, and each environment variable it names is read by
+    its default (directly, or by a function of ours the default calls)."""
+    ref = _reference()
+    env_name = re.compile(r"\b((?:R2D|JUPYTERHUB|DOCKER)_[A-Z0-9_]*[A-Z0-9])\b")
+    # a number followed by a unit ("4 GiB") is left alone
+    stated = re.compile(
+        r"[Dd]efault:? `*(-?\d+(?:\.\d+)?|True|False)`*(?=[;,)]|$|\s(?![KMGT]i?B\b))"
+    )
+    wrong = []
+    for cls in _documented_classes().values():
+        for name, trait in ref._own_traits(cls).items():
+            help_text = " ".join((trait.help or "").split())
+            where = f"{cls.__name__}.{name}"
+            m = stated.search(help_text)
+            if m:
+                with ref._clean_environment():
+                    value = getattr(cls.__new__(cls), name)
+                word = m.group(1)
+                said = word == "True" if word in ("True", "False") else float(word)
+                if said != value:
+                    wrong.append(f"{where}: help says default {word}, it is {value!r}")
+            names = set(env_name.findall(help_text))
+            if not names:
+                continue
+            func = getattr(cls._all_trait_default_generators.get(name), "func", None)
+            source = inspect.getsource(func) if func else ""
+            for called in re.findall(r"\b([a-z_]+)\(", source):
+                target = func.__globals__.get(called)
+                if inspect.isfunction(target) and target.__module__.startswith("r2d_"):
+                    source += inspect.getsource(target)
+            wrong += [
+                f"{where}: its default does not read {n}"
+                for n in names
+                if not re.search(rf"\b{n}\b", source)
+            ]
+    assert not wrong, "\n".join(wrong)
