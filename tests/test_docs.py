@@ -457,3 +457,13 @@ def test_reference_help_texts_agree_with_the_code():
                 if not re.search(rf"\b{n}\b", source)
             ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_jupyterhub_tutorial_pulls_the_default_builder_image():
+    # the service never pulls it; a fresh engine without it fails every DockerBuilder build
+    from r2d_core.builders import DockerBuilder
+
+    text = (DOCS / "tutorials" / "jupyterhub.md").read_text()
+    default = DockerBuilder.class_traits()["image"].default()
+    assert re.findall(r"`docker pull ([^`]+)`", text) == [default]
+    assert f"(`{default}` by default)" in text
