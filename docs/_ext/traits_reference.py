@@ -88,7 +88,9 @@ def render() -> str:
         "",
         "Every setting is a traitlets trait: set it in `r2d_service_config.py` (the service), in a",
         "`jupyterhub_config.d` file (the TLJH plugin), or on the command line as",
-        "`--Class.trait=value`. This page is generated from the code.",
+        "`--Class.trait=value`. This page is generated from the code. Defaults are those of a",
+        "process with no `R2D_*`, `JUPYTERHUB_*` or `DOCKER_*` environment variable; a setting's",
+        "text names the variable that changes its default.",
         "",
     ]
     for path in CLASSES:
