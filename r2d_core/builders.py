@@ -56,6 +56,7 @@ from .fetch import SPEC_ENV
 from .logs import LineSplitter
 from .models import Build, Credentials, build_labels
 from .options import repo2docker_option_args
+from .sizes import env_bool, env_value
 
 __all__ = [
     "FETCH_MODULES",
@@ -106,7 +107,7 @@ def fetch_bootstrap() -> str:
 
 def _env_on(name: str) -> bool:
     """A switch that is on unless the environment variable says ``0``/``false``/``no``/``off``."""
-    return os.environ.get(name, "1").lower() not in ("0", "false", "no", "off")
+    return bool(env_value(name, env_bool, True))
 
 
 def _credentials_json(credentials: Credentials) -> bytes:

@@ -129,6 +129,10 @@ class LifecyclePolicy(LifecycleSettings):
         """The per-owner limits and retention callers may plan with (0: none), for ``GET api/``."""
         return {
             "keep_versions": self.keep_versions,
+            # days an image version may go unused (not built, requested or run) before the
+            # policy deletes it, and days a finished build (and its log) is remembered
+            "max_unused_days": self.max_unused_days,
+            "max_build_age_days": self.max_build_age_days,
             "max_images_per_owner": self.max_images_per_owner,
             "max_bytes_per_owner": self.max_bytes_per_owner,
             # how long a failed build's record (and log) stays readable in the registry

@@ -51,6 +51,7 @@ from .record_retention import delete_image_records
 from .refs import resolve_ref
 from .runner import BuildRunner, recovered_build
 from .scheduler import Scheduler
+from .sizes import check_settings
 from .validation import (
     default_name_for_repo,
     validate_name,
@@ -69,7 +70,9 @@ class BuildManager(BuildManagerConfig):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # settings read from the environment are checked now, not at the first build request
-        self.allowed_repo_patterns, self.allowed_networks  # noqa: B018
+        check_settings(
+            self, self.engine, self.lifecycle, self.builder, self.registry, self.build_options
+        )
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
@@ -558,6 +561,9 @@ class BuildManager(BuildManagerConfig):
         for build in rebuilding:
             if build.image not in result["deleted"]:
                 result["deleted"].append(build.image)
+        target = "image" if tag is None else "version"
+        metrics.IMAGE_DELETES.labels(target, "deleted").inc(len(result["deleted"]))
+        metrics.IMAGE_DELETES.labels(target, "failed").inc(len(result["errors"]))
         return result
 
     def _repositories_of(self, owner: str, name: str) -> set[str]:

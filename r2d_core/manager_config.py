@@ -24,23 +24,17 @@ from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .netpolicy import parse_networks
 from .options import BuildOptions
 from .registry.config import Registry
+from .sizes import env_bool, env_value, parse_bytes
 from .validation import DEFAULT_ALLOWED_REPO_PATTERNS, check_allowed_pattern
 
 __all__ = ["BuildManagerConfig"]
 
 
-def _env_int(name: str, fallback: int) -> int:
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        return fallback
-
-
-def _env_float(name: str, fallback: float) -> float:
-    try:
-        return float(os.environ[name])
-    except (KeyError, ValueError):
-        return fallback
+def _builder_kind(raw: str) -> str:
+    kind = raw.lower()
+    if kind not in ("local", "docker"):
+        raise ValueError(raw)
+    return kind
 
 
 class BuildManagerConfig(LoggingConfigurable):
@@ -60,7 +54,8 @@ class BuildManagerConfig(LoggingConfigurable):
     def _default_builder_class(self) -> type[Builder]:
         from .builders import DockerBuilder
 
-        return DockerBuilder if os.environ.get("R2D_BUILDER") == "docker" else LocalProcessBuilder
+        kind = env_value("R2D_BUILDER", _builder_kind, "local", expected="local or docker")
+        return DockerBuilder if kind == "docker" else LocalProcessBuilder
 
     image_prefix = Unicode(
         config=True,
@@ -159,7 +154,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_concurrent_builds")
     def _default_max(self) -> int:
-        return _env_int("R2D_MAX_CONCURRENT_BUILDS", 2)
+        return env_value("R2D_MAX_CONCURRENT_BUILDS", int, 2)
 
     max_builds_per_owner = Int(
         config=True,
@@ -168,7 +163,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_builds_per_owner")
     def _default_per_owner(self) -> int:
-        return _env_int("R2D_MAX_BUILDS_PER_OWNER", 1)
+        return env_value("R2D_MAX_BUILDS_PER_OWNER", int, 1)
 
     @validate("max_concurrent_builds", "max_builds_per_owner")
     def _check_positive(self, proposal: Any) -> int:
@@ -189,7 +184,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("always_push")
     def _default_always_push(self) -> bool:
-        return os.environ.get("R2D_ALWAYS_PUSH", "") in ("1", "true", "yes")
+        return bool(env_value("R2D_ALWAYS_PUSH", env_bool, False))
 
     max_queued_builds = Int(
         config=True,
@@ -199,7 +194,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_queued_builds")
     def _default_max_queued(self) -> int:
-        return _env_int("R2D_MAX_QUEUED_BUILDS", 100)
+        return env_value("R2D_MAX_QUEUED_BUILDS", int, 100)
 
     max_queued_builds_per_owner = Int(
         config=True,
@@ -210,7 +205,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_queued_builds_per_owner")
     def _default_max_queued_per_owner(self) -> int:
-        return _env_int("R2D_MAX_QUEUED_BUILDS_PER_OWNER", 10)
+        return env_value("R2D_MAX_QUEUED_BUILDS_PER_OWNER", int, 10)
 
     @validate("max_queued_builds", "max_queued_builds_per_owner")
     def _check_queue_limit(self, proposal: Any) -> int:
@@ -226,7 +221,7 @@ class BuildManagerConfig(LoggingConfigurable):
     max_log_bytes = Int(
         config=True,
         help="""Memory one build's log may hold, in bytes (default 4194304 = 4 MiB; env
-        R2D_MAX_LOG_BYTES). A longer log keeps its first quarter (the head) and its end (the tail)
+        R2D_MAX_LOG_BYTES, bytes or a size such as 8M). A longer log keeps its first quarter (the head) and its end (the tail)
         with a marker line between them that says how many lines and bytes were omitted. Each line
         is charged its text plus ~150 bytes of bookkeeping, so 4 MiB keeps ~15,000 lines of
         typical length: the whole log of almost every repo2docker build.""",
@@ -234,12 +229,12 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_log_bytes")
     def _default_max_log_bytes(self) -> int:
-        return _env_int("R2D_MAX_LOG_BYTES", 4 * 1024 * 1024)
+        return env_value("R2D_MAX_LOG_BYTES", parse_bytes, 4 * 1024 * 1024)
 
     max_total_log_bytes = Int(
         config=True,
         help="""Memory the logs of all remembered builds may hold together, in bytes (default
-        268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES; 0 = no limit beyond max_log_bytes per
+        268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES, e.g. 1G; 0 = no limit beyond max_log_bytes per
         build). When over, the oldest finished builds' logs are cut down to a shorter head and tail
         first (512 KiB, sparing the newest quarter of finished builds; then 32 KiB), running
         builds' logs last.""",
@@ -247,7 +242,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("max_total_log_bytes")
     def _default_max_total_log_bytes(self) -> int:
-        return _env_int("R2D_MAX_TOTAL_LOG_BYTES", 256 * 1024 * 1024)
+        return env_value("R2D_MAX_TOTAL_LOG_BYTES", parse_bytes, 256 * 1024 * 1024)
 
     max_log_line_bytes = Int(
         64 * 1024,
@@ -297,7 +292,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("build_timeout")
     def _default_build_timeout(self) -> float:
-        return _env_float("R2D_BUILD_TIMEOUT", 3600.0)
+        return env_value("R2D_BUILD_TIMEOUT", float, 3600.0)
 
     build_inactivity_timeout = Float(
         config=True,
@@ -308,7 +303,7 @@ class BuildManagerConfig(LoggingConfigurable):
 
     @default("build_inactivity_timeout")
     def _default_build_inactivity_timeout(self) -> float:
-        return _env_float("R2D_BUILD_INACTIVITY_TIMEOUT", 600.0)
+        return env_value("R2D_BUILD_INACTIVITY_TIMEOUT", float, 600.0)
 
     @validate("build_timeout", "build_inactivity_timeout")
     def _check_timeout(self, proposal: Any) -> float:

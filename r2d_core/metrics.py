@@ -58,6 +58,13 @@ LIFECYCLE_DELETED = Counter(
     ["kind", "reason"],
     registry=REGISTRY,
 )
+IMAGE_DELETES = Counter(
+    "r2d_image_deletes_total",
+    "Image versions deleted at a user's request (DELETE api/images/...), by what the request "
+    "named (version: one tag, image: all its versions) and result (deleted, failed)",
+    ["target", "result"],
+    registry=REGISTRY,
+)
 LIFECYCLE_RECLAIMED_BYTES = Counter(
     "r2d_lifecycle_reclaimed_bytes_total",
     "Bytes the lifecycle policy freed as the engine reports them, by kind",

@@ -13,6 +13,7 @@ from typing import Any
 
 from .logs import LogBuffer
 from .options import (
+    ANNOTATION_KEYS_LABEL,
     ANNOTATION_LABEL_PREFIX,
     annotations_from_labels,
     options_digest,
@@ -315,10 +316,17 @@ def build_labels(build: Build, kind: str) -> dict[str, str]:
         "requested-by": build.requested_by,
         "created": iso(build.created) or "",
     }
-    if build.options:
-        # canonical JSON (the digest is computed from it again when the label is read)
-        labels["options"] = json.dumps(build.options, sort_keys=True, separators=(",", ":"))
-        labels["options-digest"] = options_digest(build.options)
+    # The repository's Dockerfile may have LABEL lines under our prefix too; a --label of ours
+    # overrides only its own key. So these are set for every build, empty for none: a LABEL
+    # "options" would make the image's name disagree with its labels (hidden from the index and
+    # from the owner's quota), and the annotation keys say which annotation labels are the
+    # request's (any other is the repository's and ignored: options.annotations_from_labels).
+    # canonical JSON (the digest is computed from it again when the label is read)
+    labels["options"] = (
+        json.dumps(build.options, sort_keys=True, separators=(",", ":")) if build.options else ""
+    )
+    labels["options-digest"] = options_digest(build.options)
+    labels[ANNOTATION_KEYS_LABEL] = json.dumps(sorted(build.annotations), separators=(",", ":"))
     for key, value in build.annotations.items():
         labels[f"{ANNOTATION_LABEL_PREFIX}{key}"] = value
     if kind == "build":

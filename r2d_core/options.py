@@ -48,6 +48,7 @@ from traitlets.config import LoggingConfigurable
 from .errors import InvalidRequest
 
 __all__ = [
+    "ANNOTATION_KEYS_LABEL",
     "ANNOTATION_LABEL_PREFIX",
     "APPENDIX_SCOPE",
     "MAX_ANNOTATIONS",
@@ -75,6 +76,8 @@ OPTION_NAMES = (
 APPENDIX_SCOPE = "custom:repo2docker:appendix"
 #: image label prefix of annotations (after the service's own ``repo2docker-service.``)
 ANNOTATION_LABEL_PREFIX = "annotation."
+#: label field (after ``repo2docker-service.``) listing the annotation keys a build was given
+ANNOTATION_KEYS_LABEL = "annotation-keys"
 MAX_ANNOTATIONS = 32
 MAX_ANNOTATION_KEY = 100
 MAX_ANNOTATION_VALUE = 256
@@ -183,12 +186,21 @@ def options_from_labels(fields: Mapping[str, str]) -> dict[str, Any]:
 
 
 def annotations_from_labels(fields: Mapping[str, str]) -> dict[str, str]:
-    """The annotations recorded in an image's (or build container's) label fields."""
+    """The annotations recorded in an image's (or build container's) label fields: those the
+    :data:`ANNOTATION_KEYS_LABEL` field lists (a repository's Dockerfile may add labels under
+    the prefix itself); every one under the prefix for images labelled before it existed."""
+    listed: Any = None
+    if ANNOTATION_KEYS_LABEL in fields:
+        try:
+            listed = json.loads(fields[ANNOTATION_KEYS_LABEL])
+        except ValueError:
+            listed = []
+        listed = {k for k in listed if isinstance(k, str)} if isinstance(listed, list) else set()
     n = len(ANNOTATION_LABEL_PREFIX)
     return {
         key[n:]: value
         for key, value in sorted(fields.items())
-        if key.startswith(ANNOTATION_LABEL_PREFIX)
+        if key.startswith(ANNOTATION_LABEL_PREFIX) and (listed is None or key[n:] in listed)
     }
 
 

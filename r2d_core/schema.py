@@ -360,10 +360,45 @@ def parse_json_body(body: bytes | None, *, content_length: int | None = None) ->
     if json_depth_exceeds(body):
         raise InvalidRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers bad UTF-8 too (UnicodeDecodeError)
         raise InvalidRequest("the request body must be JSON") from None
+    where = _lone_surrogate(data)
+    if where is not None:
+        raise InvalidRequest(
+            f"{where or 'the request body'} holds a \\uD800-\\uDFFF escape without its pair: "
+            "that is no Unicode character",
+            **({"field": _field_name(where)} if where else {}),
+        )
+    return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string holding a lone UTF-16 surrogate (``""``: the body
+    itself), else None.
+
+    JSON may spell one (``"\\ud800"``) and Python's parser keeps it (a valid pair becomes one
+    character): a ``str`` no UTF-8 encoder takes, which would fail wherever a value is encoded
+    (an image name, an HTTP header, a Docker label) with a 500. The depth is bounded already."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    for key, item in items:
+        inner = f"{path}.{key}" if path else key
+        if _SURROGATE.search(key):
+            return path  # a key: its object is the place ("" for the body itself)
+        found = _lone_surrogate(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_name(path: str) -> str:

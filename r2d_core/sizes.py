@@ -9,7 +9,7 @@ from typing import Any
 
 from traitlets import Integer, TraitError
 
-__all__ = ["ByteSize", "env_bool", "env_value", "format_bytes", "parse_bytes"]
+__all__ = ["ByteSize", "check_settings", "env_bool", "env_value", "format_bytes", "parse_bytes"]
 
 _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -58,20 +58,47 @@ class ByteSize(Integer):  # type: ignore[type-arg]
         return parse_bytes(s)
 
 
-def env_value(name: str, parse: Any, fallback: Any) -> Any:
+def env_value(name: str, parse: Any, fallback: Any, *, expected: str | None = None) -> Any:
+    """The value of environment variable ``name`` read by ``parse`` (``int``, ``float``,
+    :func:`parse_bytes`, :func:`env_bool` or any function raising ValueError), ``fallback``
+    when it is unset or empty. A value ``parse`` refuses is an error naming the variable and
+    what it takes, not a silent fallback: an admin's typo must not quietly mean the default."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return fallback
     try:
-        return parse(raw)
+        return parse(raw.strip())
     except ValueError:
-        raise TraitError(f"environment variable {name}={raw!r} is not valid") from None
+        what = expected or _EXPECTED.get(parse, "another value")
+        raise TraitError(
+            f"environment variable {name}={raw[:100]!r} is not valid: expected {what} "
+            "(or unset it for the default)"
+        ) from None
+
+
+def check_settings(*configurables: Any) -> None:
+    """Read every ``config=True`` trait of each object now. traitlets computes a default (and
+    its environment fallback) at first use, which for most settings is the first build
+    request: a bad environment value must stop the service at start, not answer that
+    request with an error."""
+    for obj in configurables:
+        for name in obj.trait_names(config=True):
+            getattr(obj, name)
 
 
 def env_bool(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off``, any case; ValueError otherwise."""
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+_EXPECTED: dict[Any, str] = {
+    int: "a whole number, e.g. 2",
+    float: "a number, e.g. 3600 or 0.5",
+    parse_bytes: "a size in bytes, e.g. 5G, 500M or 1048576",
+    env_bool: "1/0, true/false, yes/no or on/off",
+}

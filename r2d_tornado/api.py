@@ -9,7 +9,7 @@ from r2d_core import __version__, pages
 from r2d_core.errors import Forbidden, InvalidRequest, NotFound
 from r2d_core.metrics import METRICS_SCOPE
 from r2d_core.metrics import REGISTRY as METRICS_REGISTRY
-from r2d_core.models import Build, Credentials
+from r2d_core.models import Credentials
 from r2d_core.scopes import ACTIONS, scope_for
 from r2d_core.validation import NAME_PATTERN, REF_PATTERN
 
@@ -163,18 +163,13 @@ def _guess_field(message: str) -> str:
 
 
 class BuildHandler(R2DHandler):
-    async def _build(self, build_id: str) -> Build:
-        build = self.manager.get_build(build_id)
-        await self.require("read", build.owner, hide=True)
-        return build
-
     @r2d_api
     async def get(self, build_id: str) -> None:
-        self.write_json(await self.build_json(await self._build(build_id)))
+        self.write_json(await self.build_json(await self.readable_build(build_id)))
 
     @r2d_api
     async def delete(self, build_id: str) -> None:
-        build = await self._build(build_id)
+        build = await self.readable_build(build_id)
         await self.require("build", build.owner)
         build = await self.manager.cancel(build_id, by=self.identity.name)
         self.write_json(await self.build_json(build))

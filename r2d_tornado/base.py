@@ -30,6 +30,7 @@ from tornado.log import app_log
 
 from r2d_core.errors import (
     Forbidden,
+    NotFound,
     R2DError,
     RateLimited,
     Unauthorized,
@@ -282,7 +283,8 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         """The JSON body, within the size and depth limits, valid against request ``schema``."""
         length = self.request.headers.get("Content-Length", "")
         data = parse_json_body(
-            self.request.body, content_length=int(length) if length.isdigit() else None
+            self.request.body,
+            content_length=int(length) if length.isascii() and length.isdigit() else None,
         )
         return validate_body(schema, data)
 
@@ -305,6 +307,15 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
 
     async def require(self, action: str, owner: str, hide: bool = False) -> None:
         await self.ctx.authorizer.check(self.permissions, action, owner, hide=hide)
+
+    async def readable_build(self, build_id: str) -> Build:
+        """Build ``build_id`` if the caller may read it; otherwise the very 404 an unknown id
+        gets (manager.get_build's), so an id of someone else's build says neither that it exists
+        nor whose it is."""
+        build = self.manager.get_build(build_id)
+        if not await self.can("read", build.owner):
+            raise NotFound(f"no build {build_id!r}")
+        return build
 
     async def readable_owners(self, requested: str | None = None) -> frozenset[str] | None:
         owners = await self.ctx.authorizer.owners(self.permissions, "read")

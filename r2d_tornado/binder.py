@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,6 +36,7 @@ from r2d_core.models import Build, BuildState
 from r2d_core.providers import ProviderSpec, RepoProviders
 
 from .base import R2DHandler, StreamingHandler
+from .streams import REPLAY_CHUNK
 
 __all__ = ["ROUTES", "BinderBuildHandler", "binder_event"]
 
@@ -63,6 +65,10 @@ def _providers(handler: R2DHandler) -> RepoProviders:
         providers = RepoProviders(parent=manager)
         manager._r2d_binder_providers = providers  # type: ignore[attr-defined]
     return providers
+
+
+#: a ``?user_id=`` that is a number (a longer one is out of range anyway)
+_ASCII_INT = re.compile(r"[0-9]{1,12}")
 
 
 class BinderBuildHandler(StreamingHandler):
@@ -179,7 +185,10 @@ class BinderBuildHandler(StreamingHandler):
                 options[name] = values[0]
         user_id = self.get_query_arguments("user_id", strip=False)
         if user_id:
-            options["user_id"] = int(user_id[0]) if user_id[0].isdigit() else user_id[0]
+            # ASCII digits only: str.isdigit() is True for '²' (int() then fails) and for other
+            # scripts' digits; anything else goes on as a string for the policy to refuse
+            value = user_id[0]
+            options["user_id"] = int(value) if _ASCII_INT.fullmatch(value) else value
         build_args = self._query_pairs("build_arg")
         if build_args:
             options["build_args"] = build_args
@@ -199,7 +208,10 @@ class BinderBuildHandler(StreamingHandler):
             # log lines, batched by phase into one event each (a newline after every line)
             batch: list[str] = []
             batch_phase = None
-            for line in log.lines(cursor):
+            # the replay in chunks of REPLAY_CHUNK, each sent before the next is read (as the
+            # API's event stream does): a client that does not read holds one chunk, not the log
+            replayed = log.read(cursor, REPLAY_CHUNK)
+            for line in replayed:
                 cursor = line.n + 1
                 phase = _PHASE_OF_LINE.get(line.phase, "building")
                 if batch and phase != batch_phase:
@@ -221,6 +233,8 @@ class BinderBuildHandler(StreamingHandler):
             if chunks and not await self._send("".join(chunks)):
                 return
             chunks = []
+            if replayed and cursor < log.total:
+                continue  # more of the replay
             try:
                 await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
             except asyncio.TimeoutError:

@@ -4,6 +4,7 @@ chunks, then live, resumable with ``Last-Event-ID``, and a final ``done`` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -24,8 +25,7 @@ class BuildLogsHandler(StreamingHandler):
     @r2d_api
     async def get(self, build_id: str) -> None:
         self.query("get /api/builds/{build_id}/logs")
-        build = self.manager.get_build(build_id)
-        await self.require("read", build.owner, hide=True)
+        build = await self.readable_build(build_id)
         since = self._since()
         with self.ctx.stream_slot(self.identity.name):
             if self.get_argument("format", "") == "text":
@@ -102,6 +102,9 @@ class BuildLogsHandler(StreamingHandler):
                     continue
             if not follow or (log.closed and cursor >= log.total):
                 break
-            await log.wait_for_change()
+            # text has no keepalive: wake up now and then to notice a client that went away (a
+            # waiting build writes no line that would), so its stream slot is freed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(log.wait_for_change(), self.ctx.keepalive_interval)
         if not self._finished:
             self.finish()

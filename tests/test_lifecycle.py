@@ -402,6 +402,10 @@ async def test_pruning_dangling_images_orphaned_containers_and_build_cache(
 async def test_old_builds_are_forgotten_with_their_containers(
     lifecycle_manager, git_server, dockerd
 ):
+    # build containers earlier tests left on the session's engine would be pruned too
+    left = dockerd.docker("ps", "-aq", "--filter", "name=^r2d-build-").stdout.split()
+    if left:
+        dockerd.docker("rm", "-f", *left)
     m = await lifecycle_manager("docker", max_build_age_days=1)
     assert isinstance(m.builder, DockerBuilder)
     done = await build(m, git_server, "aged", "v1")

@@ -19,6 +19,8 @@ async def quota_callers(request, docker_host, local_images, git_server):
         "\nc.LifecyclePolicy.max_images_per_owner = 1\nc.LifecyclePolicy.keep_versions = 1\n"
         "c.LifecyclePolicy.keep_failed_records = 7\n"
         "c.LifecyclePolicy.max_failed_record_days = 2.5\n"
+        "c.LifecyclePolicy.max_unused_days = 30\n"
+        "c.LifecyclePolicy.max_build_age_days = 45.5\n"
     )
     with running(hub):
         callers = Callers(hub)
@@ -49,10 +51,17 @@ async def test_api_info_shows_the_failed_record_retention(quota_callers):
     limits = r.json()["limits"]
     assert limits["keep_failed_records"] == 7
     assert limits["max_failed_record_days"] == 2.5
+    # how long an unused image and a finished build's log last: what users plan with
+    assert limits["max_unused_days"] == 30 and limits["max_build_age_days"] == 45.5
     assert limits["keep_versions"] == 1 and limits["max_images_per_owner"] == 1
     document = (await alice.request("GET", "api/openapi.json")).json()
     schema = document["components"]["schemas"]["Info"]["properties"]["limits"]
-    assert {"keep_failed_records", "max_failed_record_days"} <= set(schema["properties"])
+    assert {
+        "keep_failed_records",
+        "max_failed_record_days",
+        "max_unused_days",
+        "max_build_age_days",
+    } <= set(schema["properties"])
     jsonschema.validate(limits, schema)
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 from traitlets.config import Config
 
+from r2d_core import metrics
 from r2d_core.builders import DockerBuilder, LocalProcessBuilder
 from r2d_core.engine import DockerEngine
 from r2d_core.errors import Conflict, InvalidRequest, NotFound, Unavailable, UnknownRef
@@ -281,8 +282,11 @@ async def test_delete_image(make_manager, git_server, docker_host):
     await wait_done(build)
     with pytest.raises(NotFound):
         await m.delete_image("dora", "hello", tag="0" * 40)
+    deletes = metrics.IMAGE_DELETES.labels("image", "deleted")
+    before = deletes._value.get()
     result = await m.delete_image("dora", "hello")
     assert result == {"deleted": [build.image], "errors": []}
+    assert deletes._value.get() - before == 1  # counted in r2d_image_deletes_total
     assert await m.list_images(["dora"]) == []
     engine = DockerEngine(host=docker_host)
     try:

@@ -281,6 +281,40 @@ async def test_silent_registry_times_out():
             assert loop.time() - started < 3
 
 
+async def test_deadline_for_python_310_times_out_and_passes_other_cancels_on():
+    # the per-request deadline where asyncio.timeout is missing (Python 3.10)
+    from r2d_core.registry.client import _deadline_compat
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(asyncio.TimeoutError):
+        async with _deadline_compat(0.05):
+            await asyncio.sleep(5)
+    assert loop.time() - started < 2
+    async with _deadline_compat(5):
+        await asyncio.sleep(0)  # within the deadline: nothing raised, the timer is cancelled
+
+    async def block() -> None:
+        async with _deadline_compat(5):
+            await asyncio.sleep(5)
+
+    task = asyncio.ensure_future(block())
+    await asyncio.sleep(0.01)
+    task.cancel()  # a cancel from outside stays a cancel, not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_parsed_urls_kept_are_bounded_and_by_name_only():
+    async with RegistryClient("http://127.0.0.1:1", cache_size=3) as client:
+        for i in range(5):
+            url = client._absolute(f"/v2/r2d-alice-x{i}/manifests/v1")
+            assert str(url) == f"http://127.0.0.1:1/v2/r2d-alice-x{i}/manifests/v1"
+        client._absolute("/v2/r2d-alice-x/blobs/sha256:" + "0" * 64)
+        kept = client._urls.keys()
+        assert kept == [f"/v2/r2d-alice-x{i}/manifests/v1" for i in (2, 3, 4)]
+
+
 async def test_registry_stopped_mid_list():
     require_registry_binary()
     with RegistryServer("anonymous") as server:

@@ -103,6 +103,9 @@ def test_parse_retry_after():
     assert 100 < parse_retry_after(format_datetime(later, usegmt=True)) <= 120
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+    # digits of other scripts (str.isdigit() says yes, float() raises): not a number of seconds
+    for odd in ("\u00b2", "\u2460", "\u0663"):
+        assert parse_retry_after(odd) is None
 
 
 def test_auth_needs_both_credentials_and_hides_them():
@@ -329,6 +332,32 @@ async def test_invalid_names_never_reach_the_registry(mock):
         with pytest.raises(InvalidRequest):
             await c.image("a", "bad tag")
     assert not mock.calls
+
+
+async def test_cookies_from_the_registry_or_its_token_server_are_never_sent(mock):
+    # a registry, token server or object storage setting a cookie must not get it back later
+    # (nor another origin): the client keeps no cookies at all
+    scope = "repository:r2d-alice-x:pull"
+    cookie = {"Set-Cookie": "session=stolen; Path=/"}
+    mock.get(f"{REGISTRY}/v2/").mock(return_value=httpx.Response(200, json={}, headers=cookie))
+    mock.get(url__startswith=REALM).mock(
+        return_value=httpx.Response(200, json={"token": "t1"}, headers=cookie)
+    )
+    tags = mock.get(f"{REGISTRY}/v2/r2d-alice-x/tags/list").mock(
+        side_effect=[
+            unauthorized(scope),
+            httpx.Response(200, json={"name": "r2d-alice-x", "tags": ["v1"]}, headers=cookie),
+            httpx.Response(200, json={"name": "r2d-alice-x", "tags": ["v1"]}),
+        ]
+    )
+    async with client() as c:
+        await c.ping()
+        assert await c.tags("r2d-alice-x") == ["v1"]
+        assert await c.tags("r2d-alice-x") == ["v1"]
+    assert len(tags.calls) == 3
+    sent = [call.request for call in mock.calls]
+    assert len(sent) == 5  # ping, 401, token, tags, tags
+    assert all("cookie" not in request.headers for request in sent)
 
 
 # ---- pagination ----------------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def render() -> str:
         "process with no `R2D_*`, `JUPYTERHUB_*` or `DOCKER_*` environment variable; a setting's",
         "text names the variable that changes its default.",
         "",
+        "Settings that name an environment variable (`env R2D_...`) read it when the file does",
+        "not set them; an empty variable means the default. A value that does not parse",
+        "(`R2D_MAX_CONCURRENT_BUILDS=four`, `R2D_ALWAYS_PUSH=sometimes`) stops the service at",
+        "start with an error naming the variable and what it takes, never a silent default.",
+        "Switches take `1/0`, `true/false`, `yes/no` or `on/off`; sizes take bytes or `500M`, `5G`.",
+        "",
     ]
     for path in CLASSES:
         try:

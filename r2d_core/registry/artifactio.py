@@ -51,8 +51,8 @@ class ArtifactIO:
         response = await self._head_manifest(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        size = response.headers.get("Content-Length")
-        if not digest or not media_type or not (size or "").isdigit():
+        size = response.headers.get("Content-Length") or ""
+        if not digest or not media_type or not (size.isascii() and size.isdigit()):
             body = await self.raw_manifest(repository, reference)
             data = _json_object(body, "manifest")
             return str(data.get("mediaType") or media_type), _sha256(body), len(body)

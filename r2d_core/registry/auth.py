@@ -119,7 +119,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²": isdigit() alone takes it, float() not
         # clamped: 400 digits are float('inf'), which int() (the service's own Retry-After
         # header) and JSON cannot take; the registry is a remote server
         return min(float(value), _RETRY_AFTER_MAX)
