@@ -150,7 +150,8 @@ class HubGroups(LoggingConfigurable):
     ttl = Float(
         60.0,
         config=True,
-        help="Seconds a group's member list is trusted before asking the Hub again (default 60).",
+        help="""Seconds a group's member list is trusted before asking the Hub again (default 60;
+        the standalone service uses ``R2DService.permissions_ttl`` unless this is set).""",
     )
 
     timeout = Float(10.0, config=True, help="Timeout of Hub API calls in seconds (default 10).")

@@ -35,6 +35,7 @@ try:
     from r2d_core.engine import DockerEngine
     from r2d_core.lifecycle import LifecyclePolicy
     from r2d_core.manager import BuildManager
+    from r2d_core.options import BuildOptions
     from r2d_core.providers import RepoProviders
     from r2d_core.registry.config import Registry
     from r2d_core.scopes import Authorizer, HubGroups
@@ -109,6 +110,7 @@ class R2DService(Application):
     examples = "r2d-service --port 8585\nr2d-service generate-hub-config --mode external"
     classes = [
         BuildManager,
+        BuildOptions,
         DockerEngine,
         LocalProcessBuilder,
         DockerBuilder,
@@ -242,8 +244,14 @@ class R2DService(Application):
         if os.path.exists(self.config_file):
             self.load_config_file(self.config_file)
         self.manager = BuildManager(parent=self, log=self.log)
-        self.groups = HubGroups(parent=self, ttl=self.permissions_ttl, log=self.log)
-        self.hub_auth = HubOAuth(parent=self, cache_max_age=int(self.permissions_ttl), log=self.log)
+        # permissions_ttl is the default of both caches; c.HubGroups.ttl or c.HubOAuth.cache_max_age,
+        # when set, is the admin's word for that one (a keyword here would override the config)
+        ttl = {} if "ttl" in self.config.HubGroups else {"ttl": self.permissions_ttl}
+        self.groups = HubGroups(parent=self, log=self.log, **ttl)
+        max_age = {"cache_max_age": int(self.permissions_ttl)}
+        if "cache_max_age" in self.config.HubOAuth or "cache_max_age" in self.config.HubAuth:
+            max_age = {}
+        self.hub_auth = HubOAuth(parent=self, log=self.log, **max_age)
         self.context = R2DContext(
             manager=self.manager,
             authorizer=Authorizer(self.groups),

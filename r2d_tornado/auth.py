@@ -6,7 +6,10 @@ A thin tornado base for the shared handlers of :mod:`r2d_tornado.handlers` (as j
 
 from __future__ import annotations
 
+import os
+
 from tornado import web
+from traitlets import default
 
 from r2d_core.errors import Forbidden
 
@@ -18,11 +21,8 @@ from .lazyimport import lazy_modules
 # calls (it intersects scopes without a database). Loaded lazily, it costs nothing at the
 # service's start; in a process that has it already (the Hub, tests) nothing changes.
 with lazy_modules("jupyterhub.orm"):
-    from jupyterhub.services.auth import (
-        HubOAuth,
-        HubOAuthCallbackHandler,
-        HubOAuthenticated,
-    )
+    from jupyterhub.services.auth import HubOAuth as _HubOAuth
+    from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 
 try:
     # the very rule HubOAuth applies to cookies (navigations spared, scripted requests checked)
@@ -34,6 +34,18 @@ except ImportError:  # pragma: no cover - a JupyterHub that moved it: writes onl
 
 
 __all__ = ["HubOAuth", "HubOAuthCallbackHandler", "ServiceAuthBase"]
+
+
+class HubOAuth(_HubOAuth):
+    """jupyterhub's ``HubOAuth`` (configured as ``c.HubOAuth``, the same name), whose OAuth client
+    id falls back to JupyterHub's default for a service, ``service-<name>``: a managed service gets
+    ``JUPYTERHUB_CLIENT_ID`` from the Hub, an external one started by hand only needs
+    ``JUPYTERHUB_SERVICE_NAME`` (as the container image's entry point does)."""
+
+    @default("oauth_client_id")
+    def _default_client_id(self) -> str:
+        name = os.environ.get("JUPYTERHUB_SERVICE_NAME")
+        return os.environ.get("JUPYTERHUB_CLIENT_ID") or (f"service-{name}" if name else "")
 
 
 class ServiceAuthBase(HubOAuthenticated, web.RequestHandler):

@@ -100,7 +100,8 @@ def hub_config_snippet(
             "",
             f"# Start the service yourself at {url}, with JUPYTERHUB_API_TOKEN set to the token above",
             f"# (e.g. {secrets.token_hex(16)}), JUPYTERHUB_SERVICE_NAME={name},",
-            f"# JUPYTERHUB_SERVICE_PREFIX=/services/{name}/ and JUPYTERHUB_API_URL pointing at the Hub.",
+            f"# JUPYTERHUB_SERVICE_PREFIX=/services/{name}/, JUPYTERHUB_API_URL pointing at the Hub and",
+            f"# JUPYTERHUB_SERVICE_URL={url} (where it listens; 0.0.0.0 for every interface).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import os
+import sys
 import textwrap
+from collections.abc import Iterator
+from typing import Any
 
 CLASSES = [
     "r2d_tornado.app.R2DService",
@@ -41,13 +46,50 @@ def _own_traits(cls: type) -> dict:
     return traits
 
 
+#: environment variables that feed dynamic defaults: the reference shows the default without them
+_ENV_PREFIXES = ("R2D_", "JUPYTERHUB_", "DOCKER_")
+
+
+@contextlib.contextmanager
+def _clean_environment() -> Iterator[None]:
+    saved = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def default_text(cls: type, name: str, trait: Any) -> str:
+    """The default as an admin gets it. A ``@default`` method (an environment variable, a value
+    derived from another setting) is not what ``default_value_repr()`` shows (``0``, ``''``): it
+    is computed on a bare instance with none of the service's environment variables set. A value
+    that depends on this machine (a path of this Python or home) is named as computed."""
+    generator = cls._all_trait_default_generators.get(name)
+    if generator is None or getattr(generator, "__self__", None) is trait:
+        return f"default `{trait.default_value_repr()}`"
+    try:
+        with _clean_environment():
+            value = getattr(cls.__new__(cls), name)
+    except Exception:
+        return "default computed at start (see below)"
+    if isinstance(value, type):
+        value = f"{value.__module__}.{value.__qualname__}"
+    text = repr(value)
+    if any(p in text for p in (sys.prefix, sys.executable, os.path.expanduser("~"))):
+        return "default computed at start (see below)"
+    return f"default `{text}`"
+
+
 def render() -> str:
     out = [
         "# Configuration reference",
         "",
         "Every setting is a traitlets trait: set it in `r2d_service_config.py` (the service), in a",
         "`jupyterhub_config.d` file (the TLJH plugin), or on the command line as",
-        "`--Class.trait=value`. This page is generated from the code.",
+        "`--Class.trait=value`. This page is generated from the code. The defaults shown are those",
+        "of a process with no `R2D_*`, `JUPYTERHUB_*` or `DOCKER_*` environment variable.",
         "",
         "Settings that name an environment variable (`env R2D_...`) read it when the file does",
         "not set them; an empty variable means the default. A value that does not parse",
@@ -70,11 +112,11 @@ def render() -> str:
         if not traits:
             out += ["(no settings of its own)", ""]
         for name, trait in sorted(traits.items()):
-            default = trait.default_value_repr()
+            default = default_text(cls, name, trait)
             help_text = textwrap.dedent(trait.help or "").strip().replace("\n", " ")
             out += [
                 f"`{cls.__name__}.{name}`",
-                f": *{type(trait).__name__}*, default `{default}`. {help_text}",
+                f": *{type(trait).__name__}*, {default}. {help_text}",
                 "",
             ]
     return "\n".join(out) + "\n"
