@@ -73,6 +73,7 @@ class BuildManager(BuildManagerConfig):
         check_settings(
             self, self.engine, self.lifecycle, self.builder, self.registry, self.build_options
         )
+        self._started_at = time.time()
         self._builds: OrderedDict[str, Build] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> the task running/following it
         self._ready = False
@@ -459,7 +460,11 @@ class BuildManager(BuildManagerConfig):
     def _release(self, build: Build) -> None:
         """A build is done (``BuildRunner.on_done``): free its slot, start what waits."""
         outcome = build.state.value
-        metrics.BUILDS.labels(outcome).inc()
+        # counted by the process that saw it end: one found again after a restart that had
+        # ended before this process started (its container exited) is not counted again,
+        # which made rate(r2d_builds_total) spike at every restart
+        if not (build.recovered and build.finished and build.finished < self._started_at):
+            metrics.BUILDS.labels(outcome).inc()
         if build.started and build.finished and not build.recovered:
             metrics.BUILD_DURATION.labels(outcome).observe(max(0.0, build.finished - build.started))
         if not build.log.closed:

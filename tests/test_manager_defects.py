@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from traitlets.config import Config
 
+from r2d_core import metrics
 from r2d_core.builders import BuildProcess, LocalProcessBuilder, RecoveredBuild
 from r2d_core.engine import DockerEngine
 from r2d_core.errors import Unavailable
@@ -367,6 +368,7 @@ async def test_recovered_finished_builds_show_their_real_state_at_once(
     finally:
         await engine.close()
 
+    counted = {o: metrics.BUILDS.labels(o)._value.get() for o in ("built", "failed")}
     second = await make_manager("docker")
     # the very first listing, before any log is re-read (before: both "fetching", cancellable)
     states = {b.id: (b.state, b.done) for b in second.list_builds(["rec"])}
@@ -378,6 +380,8 @@ async def test_recovered_finished_builds_show_their_real_state_at_once(
     assert again_ok.state == BuildState.BUILT, again_ok.error  # before: failed, image missing
     assert again_bad.state == BuildState.FAILED and again_bad.error
     assert await second.list_images(["rec"]) == []
+    # the first process counted them when they ended; finding them again is no new build
+    assert {o: metrics.BUILDS.labels(o)._value.get() for o in counted} == counted
 
 
 @pytest.mark.registry
