@@ -10,8 +10,9 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from traitlets import Dict, Int, Unicode, default
+from traitlets import CaselessStrEnum, Dict, Float, Int, Unicode, default
 
+from . import aio
 from .builders import (
     Builder,
     BuildProcess,
@@ -20,11 +21,19 @@ from .builders import (
     fetch_bootstrap,
 )
 from .engine import DockerEngine
-from .errors import NotFound, UpstreamError
+from .errors import Misconfigured, NotFound, Unavailable, UpstreamError
 from .fetch import SPEC_ENV
 from .models import Build, build_labels, parse_labels, parse_time
+from .sizes import env_value
 
 __all__ = ["DockerBuilder"]
+
+
+def _pull_policy(raw: str) -> str:
+    policy = raw.lower()
+    if policy not in ("ifnotpresent", "always", "never"):
+        raise ValueError(raw)
+    return policy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,6 +106,36 @@ class DockerBuilder(Builder):
     def _default_image(self) -> str:
         return os.environ.get("R2D_REPO2DOCKER_IMAGE", "quay.io/jupyterhub/repo2docker:2026.4.0")
 
+    pull_policy = CaselessStrEnum(
+        ["ifnotpresent", "always", "never"],
+        "ifnotpresent",
+        config=True,
+        help="""When the service pulls :attr:`image` (anonymously, through the engine):
+        ``ifnotpresent`` (the default) before a build when the engine does not have it;
+        ``always`` before every build (a moving tag stays current; builds starting together
+        share one pull); ``never`` (pull it yourself: a build then fails saying so). The pull
+        is a line of the build's log. A private image: pull it on the engine yourself, with
+        ``never``. Env ``R2D_BUILDER_PULL_POLICY``.""",
+    )
+
+    @default("pull_policy")
+    def _default_pull_policy(self) -> str:
+        return str(
+            env_value(
+                "R2D_BUILDER_PULL_POLICY",
+                _pull_policy,
+                "ifnotpresent",
+                expected="ifnotpresent, always or never",
+            )
+        )
+
+    pull_timeout = Float(
+        600.0,
+        config=True,
+        help="""Seconds a pull of :attr:`image` may take before the build waiting for it fails
+        (default 600).""",
+    )
+
     python = Unicode(
         "python3",
         config=True,
@@ -141,12 +180,65 @@ class DockerBuilder(Builder):
         Default: none.""",
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pull_lock = asyncio.Lock()
+        #: pulls done: a build that waited for the lock while one ran does not pull again
+        self._pulls = 0
+
     def entry_point(self, command: list[str]) -> str | None:
         # the image's jupyter-repo2docker is repo2docker's console script; if the image's
         # `python` cannot import it, the fetch stage execs the command instead
         return self.repo2docker_entry if list(command) == ["jupyter-repo2docker"] else None
 
+    async def _ensure_image(self, build: Build) -> None:
+        """:attr:`image` on the engine as :attr:`pull_policy` says, or :class:`Misconfigured`
+        saying what to do. One pull at a time: builds waiting for it share it."""
+        policy = self.pull_policy
+        generation = self._pulls
+        async with self._pull_lock:
+            if policy == "always" and self._pulls != generation:
+                return  # pulled while this build waited for the lock
+            if policy != "always" and await self.engine.inspect_image(self.image) is not None:
+                return
+            if policy == "never":
+                raise Misconfigured(
+                    f"the builder image {self.image} is not on the Docker engine and "
+                    "c.DockerBuilder.pull_policy is 'never': pull it on the engine "
+                    f"(docker pull {self.image}), or set c.DockerBuilder.image"
+                )
+            build.log.append("fetching", f"Pulling the builder image {self.image}")
+            try:
+                async with aio.timeout(self.pull_timeout):
+                    await self._pull()
+            except asyncio.TimeoutError:
+                raise Misconfigured(
+                    f"pulling the builder image {self.image} took more than "
+                    f"{self.pull_timeout:g} s: pull it on the engine yourself, or raise "
+                    "c.DockerBuilder.pull_timeout"
+                ) from None
+            self._pulls += 1
+
+    async def _pull(self) -> None:
+        pulled = self.engine.pull_image(self.image)
+        try:
+            async for record in pulled:
+                if record.get("error"):
+                    raise Misconfigured(
+                        f"the builder image {self.image} could not be pulled: "
+                        f"{str(record['error'])[:300]} (pull it on the engine yourself with "
+                        "pull_policy 'never', or set c.DockerBuilder.image)"
+                    )
+        except Unavailable as e:
+            # a failed pull says nothing of the engine, which answered: not "unavailable"
+            raise Misconfigured(
+                f"the builder image {self.image} could not be pulled: {e}"
+            ) from None
+        finally:
+            await pulled.aclose()  # type: ignore[attr-defined]
+
     async def start(self, build: Build) -> BuildProcess:
+        await self._ensure_image(build)
         credentials = build.credentials
         spec = self.fetch_spec(
             build,

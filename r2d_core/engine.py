@@ -55,6 +55,18 @@ def docker_errors(what: str) -> Iterator[None]:
         raise
 
 
+def _split_reference(reference: str) -> tuple[str, str]:
+    """(name, tag or digest) of an image reference; the tag is "" when it names none (the
+    engine then pulls every tag: callers name one). A port in the host is not a tag."""
+    name, at, digest = reference.partition("@")
+    if at:
+        return name, digest
+    head, colon, tag = reference.rpartition(":")
+    if colon and "/" not in tag:
+        return head, tag
+    return reference, "latest"
+
+
 def tar_files(files: dict[str, tuple[bytes, int]]) -> bytes:
     """A tar archive of ``{path: (content, mode)}`` for ``put_archive``."""
     buf = io.BytesIO()
@@ -163,6 +175,28 @@ class DockerEngine(LoggingConfigurable):
                 "POST",
                 params={"tag": tag},
                 headers=headers,
+                timeout=self.client._resolve_long_running_timeout(None),
+            ) as response:
+                try:
+                    async for record in json_stream_stream(response):
+                        yield record
+                finally:
+                    response.close()
+
+    async def pull_image(self, reference: str) -> AsyncIterator[dict[str, Any]]:
+        """Pull ``reference`` (``repository:tag`` or ``repository@digest``) through the engine,
+        anonymously; yields its progress records (an ``error`` record is the engine's failure).
+        Closing the iterator closes the connection, which stops the engine's pull."""
+        from aiodocker.jsonstream import json_stream_stream
+
+        name, tag = _split_reference(reference)
+        params = {"fromImage": name, **({"tag": tag} if tag else {})}
+        with docker_errors(f"pull {reference}"):
+            async with self.client._query(
+                "images/create",
+                "POST",
+                params=params,
+                headers={"X-Registry-Auth": "placeholder"},
                 timeout=self.client._resolve_long_running_timeout(None),
             ) as response:
                 try:

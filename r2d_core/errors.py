@@ -16,6 +16,7 @@ messages are written for the person who has to act on them, and never contain cr
     │   └── QuotaExceeded   409  a new image would exceed the owner's image or byte limit
     ├── PayloadTooLarge     413  a request body over the documented limit
     ├── RateLimited         429  a registry asked us to slow down
+    ├── Misconfigured       503  the admin's setting keeps it from working (e.g. no builder image)
     └── Unavailable         503  Docker engine, git server or registry unreachable
         ├── UpstreamError   502  a peer answered, but not as the API says it should
         ├── InsufficientStorage 503  the engine's disk is too full for new builds
@@ -32,6 +33,7 @@ __all__ = [
     "Forbidden",
     "InsufficientStorage",
     "InvalidRequest",
+    "Misconfigured",
     "NotFound",
     "PayloadTooLarge",
     "QuotaExceeded",
@@ -116,6 +118,15 @@ class RateLimited(R2DError):
     def __init__(self, message: str, retry_after: float | None = None, **details: object) -> None:
         super().__init__(message, retry_after=retry_after, **details)
         self.retry_after = retry_after
+
+
+class Misconfigured(R2DError):
+    """What the admin set keeps a build from running (the builder image is missing and may not
+    be pulled, or cannot be): 503 like Unavailable, but it says nothing of the engine's health
+    (a build failing with it does not mark the engine unreachable)."""
+
+    status = 503
+    code = "misconfigured"
 
 
 class Unavailable(R2DError):

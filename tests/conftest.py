@@ -25,6 +25,10 @@ from tests.harness import (
 
 __all__: list[str] = []
 
+# The engine never pulls a builder image from anywhere but a loopback registry a test names
+# (DockerBuilder.pull_policy; services and subprocesses inherit this)
+os.environ.setdefault("R2D_BUILDER_PULL_POLICY", "never")
+
 
 def _engine_unavailable(reason: str) -> None:
     # On CI (CI=true) a missing engine is a broken setup and must fail loudly; on a developer's

@@ -477,7 +477,7 @@ def test_reference_help_texts_agree_with_the_code():
 
 
 def test_jupyterhub_tutorial_pulls_the_default_builder_image():
-    # the service never pulls it; a fresh engine without it fails every DockerBuilder build
+    # the pull command for an engine the service cannot pull for (pull_policy "never")
     from r2d_core.builders import DockerBuilder
 
     text = (DOCS / "tutorials" / "jupyterhub.md").read_text()

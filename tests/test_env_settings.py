@@ -48,6 +48,7 @@ SETTINGS = [
     (LifecyclePolicy, "keep_versions", "R2D_KEEP_VERSIONS", "three", "3", 3),
     (LifecyclePolicy, "min_free_bytes", "R2D_MIN_FREE_BYTES", "5 gigs", "5G", 5 * 1024**3),
     (LifecyclePolicy, "prune_dangling_images", "R2D_PRUNE_DANGLING_IMAGES", "maybe", "off", False),
+    (DockerBuilder, "pull_policy", "R2D_BUILDER_PULL_POLICY", "sometimes", "Always", "always"),
     (LocalProcessBuilder, "submodules", "R2D_SUBMODULES", "perhaps", "no", False),
     (LocalProcessBuilder, "in_process", "R2D_IN_PROCESS", "2", "ON", True),
 ]
