@@ -92,7 +92,12 @@ class BuildLogsHandler(StreamingHandler):
     async def _text(self, build: Build, cursor: int, follow: bool) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # no proxy buffering (nginx)
         log = build.log
+        # the headers at once: a queued build writes no line for minutes, and a proxy waiting
+        # that long for an answer's headers gives up (nginx: 504 after proxy_read_timeout)
+        if not await self._send(""):
+            return
         while not self._closed:
             lines = log.read(cursor, REPLAY_CHUNK)  # in bounded chunks, like the event stream
             if lines:

@@ -128,6 +128,35 @@ async def test_a_closed_text_log_stream_frees_its_slot_while_the_build_waits(cal
             await alice.request("DELETE", f"api/builds/{build['id']}")
 
 
+async def test_a_text_log_of_a_waiting_build_answers_its_headers_at_once(rhub, callers, git_server):
+    """A followed ``?format=text`` log sent its headers with its first line: for a queued build
+    that is minutes away, and a proxy in front that waits for the headers gives up first
+    (nginx: proxy_read_timeout). Asked of the service's own server (the standalone service's
+    port, the Hub's for the plugin): configurable-http-proxy itself holds an answer's headers
+    until its first body byte (node's http server)."""
+    import httpx
+
+    alice = await callers.token("alice")
+    builds = await _queue_behind_two(alice, git_server, "rt-head")
+    port = rhub.config.service_port if rhub.config.mode != "tljh" else rhub.hub_port
+    direct = f"http://127.0.0.1:{port}{httpx.URL(rhub.service_url).path}"
+    try:
+        async with httpx.AsyncClient(base_url=direct, headers=alice.headers) as client:
+            request = client.build_request(
+                "GET", f"api/builds/{builds[2]['id']}/logs", params={"format": "text"}
+            )
+            response = await asyncio.wait_for(client.send(request, stream=True), 15)
+            try:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/plain")
+                assert response.headers.get("x-accel-buffering") == "no"
+            finally:
+                await response.aclose()
+    finally:
+        for build in builds:
+            await alice.request("DELETE", f"api/builds/{build['id']}")
+
+
 async def test_query_numbers_are_ascii_digits_as_the_handler_reads_them(callers, git_server):
     """The query validator took what int() takes (" 1", Arabic-Indic digits) while the text log
     handler compared the raw argument with "0": ``follow=00`` passed as 0 and followed anyway
