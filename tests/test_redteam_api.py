@@ -323,6 +323,12 @@ async def test_a_repositorys_own_labels_neither_hide_its_image_nor_annotate_it(
     )
     callers = Callers(quota_hub)
     bob = await callers.token("bob")
+    # from an empty namespace: the engine is the session's, and other tests built bob's images
+    admin = await callers.token("admin1")
+    listed = await admin.request("GET", "api/images", params={"owner": "bob"})
+    for image in listed.json()["images"]:
+        d = await admin.request("DELETE", f"api/images/bob/{image['name']}")
+        assert d.status_code == 200, d.text
     try:
         r = await bob.request("POST", "api/builds", json={"repo": git_server.url(name)})
         assert r.status_code == 202, r.text
