@@ -695,6 +695,35 @@ async def test_older_builds_appends_the_next_page_until_there_is_none(ui, expect
     await page.close()
 
 
+async def test_a_refresh_while_an_older_page_loads_keeps_that_page(ui, expect, git_server):
+    """ "Older builds" pressed, then Refresh before that page arrived: the refresh's answer
+    replaced the list and the older page was gone (press again). The refresh now fetches the
+    pages asked for, the one in flight included."""
+    expected = await alice_builds_for_pages(ui, git_server, 4)
+    release = asyncio.Event()
+
+    async def slow_older(route: Any) -> None:
+        await release.wait()  # the older page arrives only after the refresh has started
+        await route.continue_()
+
+    page = await (await ui.context("alice")).new_page()
+    page.on("pageerror", lambda error: ui.page_errors.append(f"alice: {error}"))
+    await page.goto(ui.url("#/builds?owner=alice&limit=2"))
+    await page.locator(".r2d-view").wait_for()
+    rows = page.get_by_test_id("build-row")
+    await expect(rows).to_have_count(2)
+    await page.route(lambda url: "before=" in url and "/api/builds" in url, slow_older)
+    await page.get_by_test_id("older-builds").click()
+    await expect(page.get_by_test_id("older-builds")).to_have_text("Loading older builds…")
+    # (the refresh's own request for the second page waits for the release too)
+    await page.get_by_test_id("refresh-builds").click()
+    release.set()
+    await expect(rows).to_have_count(4)
+    ids = await rows.evaluate_all("rs => rs.map(r => r.dataset.buildId)")
+    assert ids == expected[:4]
+    await page.close()
+
+
 async def test_build_list_marks_a_build_whose_record_is_missing(ui, expect, git_server):
     """The list shows a build's ``record_error`` as text in its row (the API reports it for one
     build here: the suite's hubs have no registry), and no marker on the other rows."""

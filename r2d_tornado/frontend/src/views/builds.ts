@@ -351,6 +351,9 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     // button is disabled while it loads, and gone after the last page)
     const focused = focusedKey() === "older-builds";
     loadingOlder = true;
+    // counted now: a refresh starting while this page loads fetches it too, so the page the
+    // user asked for is not lost when the refresh's list replaces this answer
+    pages += 1;
     shown = "";
     draw();
     let page: BuildsPage;
@@ -359,6 +362,7 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     } catch (err) {
       if (!scope.alive) return;
       loadingOlder = false;
+      pages -= 1;
       flash(notices, "warning", "older-error", `Could not load older builds: ${errorMessage(err)}`);
       show();
       return;
@@ -366,13 +370,12 @@ export const buildsView: View = async (ctx, route, el, scope) => {
     if (!scope.alive) return;
     loadingOlder = false;
     if (mine !== seq) {
-      show(); // a refresh started meanwhile: its list counts (press the button again)
+      show(); // a refresh started meanwhile: its list (which has this page) counts
       return;
     }
     const before = builds.length;
     builds = appendPage(builds, page.builds);
     next = page.next;
-    pages += 1;
     show(focused && builds[before] ? `open-${builds[before].id}` : undefined);
   }
 
