@@ -163,40 +163,39 @@ class DockerEngine(LoggingConfigurable):
         makes the engine stop the push: aiodocker's own ``images.push(stream=True)`` leaves the
         response open until garbage collection, and the engine goes on pushing meanwhile.
         """
-        from aiodocker.jsonstream import json_stream_stream
         from aiodocker.utils import compose_auth_header
 
         headers = {"X-Registry-Auth": "placeholder"}  # anonymous pushes need some header
         if auth is not None:
             headers["X-Registry-Auth"] = compose_auth_header(auth, repository.partition("/")[0])
-        with docker_errors(f"push {repository}:{tag}"):
-            async with self.client._query(
-                f"images/{repository}/push",
-                "POST",
-                params={"tag": tag},
-                headers=headers,
-                timeout=self.client._resolve_long_running_timeout(None),
-            ) as response:
-                try:
-                    async for record in json_stream_stream(response):
-                        yield record
-                finally:
-                    response.close()
+        async for record in self._progress(
+            f"images/{repository}/push", {"tag": tag}, headers, f"push {repository}:{tag}"
+        ):
+            yield record
 
     async def pull_image(self, reference: str) -> AsyncIterator[dict[str, Any]]:
         """Pull ``reference`` (``repository:tag`` or ``repository@digest``) through the engine,
         anonymously; yields its progress records (an ``error`` record is the engine's failure).
         Closing the iterator closes the connection, which stops the engine's pull."""
-        from aiodocker.jsonstream import json_stream_stream
-
         name, tag = _split_reference(reference)
         params = {"fromImage": name, **({"tag": tag} if tag else {})}
-        with docker_errors(f"pull {reference}"):
+        headers = {"X-Registry-Auth": "placeholder"}
+        async for record in self._progress("images/create", params, headers, f"pull {reference}"):
+            yield record
+
+    async def _progress(
+        self, path: str, params: dict[str, str], headers: dict[str, str], what: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``POST path`` and the engine's progress records (a push, a pull); the connection is
+        closed when the iterator is (aiodocker's own streams leave it open until collected)."""
+        from aiodocker.jsonstream import json_stream_stream
+
+        with docker_errors(what):
             async with self.client._query(
-                "images/create",
+                path,
                 "POST",
                 params=params,
-                headers={"X-Registry-Auth": "placeholder"},
+                headers=headers,
                 timeout=self.client._resolve_long_running_timeout(None),
             ) as response:
                 try:

@@ -11,7 +11,7 @@ from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState
 from tests.harness import REPO2DOCKER_IMAGE
 from tests.registry_fixtures import serve_registry
-from tests.test_manager import make_config, wait_done
+from tests.test_manager import StartedManagers, make_config, wait_done
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -23,20 +23,16 @@ def builder_registry():
 
 @pytest.fixture
 async def pull_manager(docker_host, local_images, git_server):
-    managers: list[BuildManager] = []
+    started = StartedManagers()
 
     async def factory(image: str, policy: str) -> BuildManager:
         c: Config = make_config(docker_host, "docker")
         c.DockerBuilder.image = image
         c.DockerBuilder.pull_policy = policy
-        m = BuildManager(config=c)
-        await m.start()
-        managers.append(m)
-        return m
+        return await started.start(c)
 
     yield factory
-    for m in managers:
-        await m.stop()
+    await started.stop_all()
 
 
 def _published(dockerd, registry, tag: str) -> str:

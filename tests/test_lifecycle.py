@@ -24,7 +24,7 @@ from r2d_core.registry.artifacts_tags import is_artifact_tag, record_tag, referr
 from r2d_core.sizes import format_bytes, parse_bytes
 from tests.harness.registry import RegistryServer
 from tests.registry_fixtures import registry_config, require_registry_binary
-from tests.test_manager import make_config, messages, wait_done
+from tests.test_manager import StartedManagers, make_config, messages, wait_done
 
 
 # ---- pure rules ----------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_errors_map_to_their_statuses():
 
 @pytest.fixture
 async def lifecycle_manager(docker_host, local_images, git_server):
-    managers: list[BuildManager] = []
+    started = StartedManagers()
 
     async def factory(
         builder: str = "local", registry: RegistryServer | None = None, **policy: object
@@ -125,14 +125,10 @@ async def lifecycle_manager(docker_host, local_images, git_server):
         c.LifecyclePolicy.prune_interval = 0  # the tests run the periodic task's body themselves
         for key, value in policy.items():
             setattr(c.LifecyclePolicy, key, value)
-        m = BuildManager(config=c)
-        await m.start()
-        managers.append(m)
-        return m
+        return await started.start(c)
 
     yield factory
-    for m in managers:
-        await m.stop()
+    await started.stop_all()
 
 
 async def build(m: BuildManager, git_server, owner: str, ref: str, name: str = "img", **kw):

@@ -40,6 +40,23 @@ def make_config(docker_host: str, builder: str, **manager: object) -> Config:
     return c
 
 
+class StartedManagers:
+    """The managers a fixture starts from configs; :meth:`stop_all` at the fixture's end."""
+
+    def __init__(self) -> None:
+        self.managers: list[BuildManager] = []
+
+    async def start(self, config: Config) -> BuildManager:
+        m = BuildManager(config=config)
+        await m.start()
+        self.managers.append(m)
+        return m
+
+    async def stop_all(self) -> None:
+        for m in self.managers:
+            await m.stop()
+
+
 @pytest.fixture
 async def make_manager(docker_host, local_images, git_server):
     managers: list[BuildManager] = []

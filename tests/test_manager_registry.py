@@ -14,7 +14,7 @@ from r2d_core.errors import InvalidRequest
 from r2d_core.manager import BuildManager
 from r2d_core.models import BuildState
 from tests.registry_fixtures import registry_config, serve_registry
-from tests.test_manager import LOOPBACK_GIT, wait_done
+from tests.test_manager import LOOPBACK_GIT, StartedManagers, wait_done
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -26,20 +26,16 @@ def registry(request):
 
 @pytest.fixture
 async def registry_manager(registry, docker_host, local_images, git_server):
-    managers = []
+    started = StartedManagers()
 
     async def factory(**registry_traits) -> BuildManager:
         c = registry_config(docker_host, registry, image_cache_ttl=0)
         for key, value in registry_traits.items():
             setattr(c.Registry, key, value)
-        m = BuildManager(config=c)
-        await m.start()
-        managers.append(m)
-        return m
+        return await started.start(c)
 
     yield factory
-    for m in managers:
-        await m.stop()
+    await started.stop_all()
 
 
 @pytest.mark.parametrize("registry", ["anonymous", "htpasswd", "token"], indirect=True)
