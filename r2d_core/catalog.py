@@ -59,6 +59,8 @@ class ImageCatalog:
         self._images: dict[str, ImageVersion] = {}
         self._images_at = 0.0
         self._images_lock = asyncio.Lock()
+        #: when the listing that made the index began (monotonic): see _load_images
+        self._listing_began = -1.0
         self._image_warnings: list[str] = []
         self._all_groups: list[ImageGroup] = []
         self._images_loaded = False
@@ -162,8 +164,13 @@ class ImageCatalog:
             self.log.warning("Refreshing the image index failed: %s", e)
 
     async def _load_images(self, force: bool) -> None:
+        asked = time.monotonic()
         async with self._images_lock:
             if not force and time.monotonic() - self._images_at < self.settings.image_cache_ttl:
+                return
+            if force and self._listing_began >= asked:
+                # a listing that began after this caller asked is as fresh as its own would
+                # be: forced refreshes asked together (a burst of deletes) share one
                 return
             listed_at = time.monotonic()
             summaries = await self._engine_call(self.engine.list_images())
@@ -202,6 +209,7 @@ class ImageCatalog:
                     images[tag] = version  # built while the engine was being listed
             self._added = [a for a in self._added if a[0] >= listed_at]
             self._images = images
+            self._listing_began = listed_at  # (a failed listing sets nothing: callers retry)
             self._all_groups = self._build_groups(images)
             self._images_loaded = True
             self._image_warnings = warnings

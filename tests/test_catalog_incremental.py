@@ -253,3 +253,27 @@ async def test_credentials_reach_the_build_container_without_a_copy_before_its_s
         await m.builder.forget(build)
     finally:
         server.stop()
+
+
+async def test_forced_refreshes_asked_together_share_one_listing(
+    make_manager,  # noqa: F811 - the fixture imported above
+):
+    """A burst of deletes (each forces the index up to date, before and after) listed every
+    image of the engine once per caller, one after another under the index lock: the callers
+    waiting for the lock are served by a listing that began after they asked."""
+    m = await make_manager()
+    calls = 0
+    real = m.catalog.engine.list_images
+
+    async def counted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)  # a listing takes a while: the others queue on the lock
+        return await real(*args, **kwargs)
+
+    m.catalog.engine.list_images = counted
+    await asyncio.gather(*(m.catalog.refresh(force=True) for _ in range(20)))
+    assert 1 <= calls <= 2, calls  # the first caller's, and one for those who asked during it
+    calls = 0
+    await m.catalog.refresh(force=True)  # asked after: a listing of its own
+    assert calls == 1
