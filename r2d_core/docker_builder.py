@@ -191,22 +191,36 @@ class DockerBuilder(Builder):
         # `python` cannot import it, the fetch stage execs the command instead
         return self.repo2docker_entry if list(command) == ["jupyter-repo2docker"] else None
 
-    async def _ensure_image(self, build: Build) -> None:
-        """:attr:`image` on the engine as :attr:`pull_policy` says, or :class:`Misconfigured`
-        saying what to do. One pull at a time: builds waiting for it share it."""
-        policy = self.pull_policy
-        generation = self._pulls
-        async with self._pull_lock:
-            if policy == "always" and self._pulls != generation:
-                return  # pulled while this build waited for the lock
-            if policy != "always" and await self.engine.inspect_image(self.image) is not None:
-                return
-            if policy == "never":
+    async def _create(self, build: Build, config: dict[str, Any]) -> str:
+        """The build container, :attr:`image` pulled first as :attr:`pull_policy` says: with
+        ``ifnotpresent`` only when the engine answers that it has no such image (no request
+        more for a build whose image is there)."""
+        name = f"r2d-build-{build.id}"
+        if self.pull_policy == "always":
+            await self._pull_shared(build, again=True)
+        try:
+            return await self.engine.create_container(config, name=name)
+        except NotFound:
+            if await self.engine.inspect_image(self.image) is not None:
+                raise  # not the image that is missing
+            if self.pull_policy == "never":
                 raise Misconfigured(
                     f"the builder image {self.image} is not on the Docker engine and "
                     "c.DockerBuilder.pull_policy is 'never': pull it on the engine "
                     f"(docker pull {self.image}), or set c.DockerBuilder.image"
-                )
+                ) from None
+        await self._pull_shared(build, again=False)
+        return await self.engine.create_container(config, name=name)
+
+    async def _pull_shared(self, build: Build, *, again: bool) -> None:
+        """Pull :attr:`image` (``again``: even when the engine has it), or :class:`Misconfigured`
+        saying what to do. One pull at a time; builds that waited for one do not pull again."""
+        generation = self._pulls
+        async with self._pull_lock:
+            if self._pulls != generation:
+                return  # pulled while this build waited for the lock
+            if not again and await self.engine.inspect_image(self.image) is not None:
+                return
             build.log.append("fetching", f"Pulling the builder image {self.image}")
             try:
                 async with aio.timeout(self.pull_timeout):
@@ -238,7 +252,6 @@ class DockerBuilder(Builder):
             await pulled.aclose()  # type: ignore[attr-defined]
 
     async def start(self, build: Build) -> BuildProcess:
-        await self._ensure_image(build)
         credentials = build.credentials
         spec = self.fetch_spec(
             build,
@@ -278,7 +291,7 @@ class DockerBuilder(Builder):
             # credentials: on stdin, closed after the one write (not in Env, Cmd, Labels, files)
             **({"OpenStdin": True, "StdinOnce": True} if credentials is not None else {}),
         }
-        container_id = await self.engine.create_container(config, name=f"r2d-build-{build.id}")
+        container_id = await self._create(build, config)
         try:
             steps = [self.engine.start_container(container_id)]
             if credentials is not None:  # at once: the fetch stage waits for them
