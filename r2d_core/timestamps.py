@@ -23,12 +23,13 @@ _RFC3339 = re.compile(
 def parse_rfc3339(text: str) -> datetime:
     """``text`` as a datetime: aware when it names an offset (``Z`` is UTC), else naive.
 
-    The fraction is cut to microseconds, as Python 3.11 does. Anything else is
-    left to ``datetime.fromisoformat``. Raises ValueError for what neither understands.
+    The fraction is cut to microseconds, as Python 3.11 does. Nothing is left to
+    ``datetime.fromisoformat``, whose other forms differ between versions (3.11 takes
+    ``07:00:00.Z``, 3.10 does not). Raises ValueError for anything else.
     """
     m = _RFC3339.fullmatch(text)
     if m is None:
-        return datetime.fromisoformat(text)
+        raise ValueError(f"not an RFC 3339 time: {text[:64]!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     fraction, zulu, sign, off_h, off_m = m.groups()[6:]
     tz: timezone | None = None

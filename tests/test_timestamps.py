@@ -53,7 +53,9 @@ def test_rfc3339_as_go_and_docker_write_it(text, expected):
 @pytest.mark.parametrize(
     "text",
     ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-26T25:00:00Z", "2026-11-26T07:00:00+24:00",
-     "2026-11-26T07:00:00+01:60", "2026-11-26T07:00:00.Z", "\uff12\uff10\uff12\uff16-11-26T07:00:00Z"],
+     "2026-11-26T07:00:00+01:60", "2026-11-26T07:00:00.Z", "\uff12\uff10\uff12\uff16-11-26T07:00:00Z",
+     # forms fromisoformat takes on one version and not the other: refused on both
+     "2026-11-26", "20261126T070000Z", "2026-11-26T07:00Z", "2026-11-26T07:00:00+01"],
 )  # fmt: skip
 def test_not_a_time_is_a_value_error(text):
     with pytest.raises(ValueError):
