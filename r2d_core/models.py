@@ -19,6 +19,7 @@ from .options import (
     options_digest,
     options_from_labels,
 )
+from .timestamps import parse_rfc3339
 
 __all__ = [
     "ACTIVE_STATES",
@@ -72,9 +73,8 @@ def parse_time(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        # Docker gives nanoseconds ("2026-11-26T07:00:00.123456789Z"); Python takes microseconds.
-        value = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
-        return datetime.fromisoformat(value).timestamp()
+        # Docker gives nanoseconds, trailing zeros dropped ("2026-11-26T07:00:00.1234Z")
+        return parse_rfc3339(value).timestamp()
     except ValueError:
         return None
 

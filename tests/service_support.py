@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from r2d_core import aio
 from tests.harness import REPO2DOCKER_IMAGE, repo2docker_config
 from tests.harness.hub import Hub, HubConfig, login, xsrf_headers
 
@@ -172,7 +173,7 @@ class Callers:
 
 async def wait_build(caller: Caller, build_id: str, timeout: float = 120) -> dict[str, Any]:
     """Follow the event stream to its ``done`` event and return the final build."""
-    async with asyncio.timeout(timeout):
+    async with aio.timeout(timeout):
         while True:
             async with caller.client.stream(
                 "GET", f"api/builds/{build_id}/logs", headers=caller.headers, timeout=timeout

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from traitlets.config import Config
 
-from r2d_core import metrics
+from r2d_core import aio, metrics
 from r2d_core.builders import BuildProcess, LocalProcessBuilder, RecoveredBuild
 from r2d_core.engine import DockerEngine
 from r2d_core.errors import Unavailable
@@ -118,7 +118,7 @@ async def test_unexpected_exception_reading_a_recovered_log_releases_the_build(m
 
 # ---- cancel of a push -------------------------------------------------------------------------
 async def _wait_pushing(build: Build, proxy: SlowProxy, start: int, at_least: int = 20_000) -> None:
-    async with asyncio.timeout(120):
+    async with aio.timeout(120):
         while not (build.state == BuildState.PUSHING and proxy.uploaded >= start + at_least):
             assert not build.done, (build.state, build.error, build.push_error)
             await asyncio.sleep(0.05)

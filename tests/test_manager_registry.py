@@ -9,6 +9,7 @@ import contextlib
 import pytest
 from traitlets.config import Config
 
+from r2d_core import aio
 from r2d_core.engine import DockerEngine
 from r2d_core.errors import InvalidRequest
 from r2d_core.manager import BuildManager
@@ -210,7 +211,7 @@ async def test_registry_stopped_mid_push(registry, docker_host, local_images, gi
                 repo=git_server.url("hello"), ref="main", owner="mid", name="midpush", push=True
             )
         ).build
-        async with asyncio.timeout(120):
+        async with aio.timeout(120):
             while not (build.state == BuildState.PUSHING and proxy.uploaded > 100_000):
                 assert not build.done, (build.state, build.error, build.push_error)
                 await asyncio.sleep(0.05)

@@ -6,12 +6,12 @@ dataclasses, tuples) and safe to share between callers out of the client's diges
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import UpstreamError
+from ..timestamps import parse_rfc3339
 from .untrusted import loads
 
 __all__ = [
@@ -44,7 +44,6 @@ _SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 #: refused or down-converted. Order does not matter to registries, but keep the modern ones first.
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 #: label text one image may have (ours take a few kB, at most ~30 kB with a long appendix):
 #: summaries are cached per digest, so a registry serving 4 MiB of labels per tag would
 #: otherwise fill memory through the cache; above this an image has no labels (it is not ours)
@@ -54,16 +53,14 @@ MAX_LABEL_BYTES = 64 * 1024
 def parse_created(value: Any) -> datetime | None:
     """Parse an RFC 3339 ``created`` time as Go writes it (nanoseconds, ``Z``) into an aware datetime.
 
-    ``datetime.fromisoformat`` takes at most microseconds, so extra digits are cut; anything
-    unparsable gives None rather than failing a whole listing over one odd image.
+    Extra digits are cut to microseconds (:func:`~r2d_core.timestamps.parse_rfc3339`, the same on
+    Python 3.10); anything unparsable gives None rather than failing a whole listing over one odd
+    image.
     """
     if not isinstance(value, str) or not value:
         return None
-    text = _FRACTION.sub(r"\1", value.strip())
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
     try:
-        created = datetime.fromisoformat(text)
+        created = parse_rfc3339(value.strip())
     except ValueError:
         return None
     if created.tzinfo is None:
