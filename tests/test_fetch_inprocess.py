@@ -166,10 +166,11 @@ async def test_a_real_build_runs_repo2docker_in_the_fetch_stages_process(
             path = Path(f"/proc/{process.proc.pid}/cmdline")
             while process.proc.returncode is None:
                 try:
-                    argv = path.read_bytes().split(b"\0")
+                    argv = [a.decode() for a in path.read_bytes().split(b"\0") if a]
                 except OSError:
                     return
-                seen.append([a.decode() for a in argv if a])
+                if argv:  # (an exiting process's cmdline reads empty)
+                    seen.append(argv)
                 await asyncio.sleep(0.02)
 
         watchers.append(asyncio.ensure_future(watch()))
