@@ -157,7 +157,9 @@ def _code_text(*folders: str) -> str:
 
 
 def test_docs_name_only_environment_variables_that_exist():
+    # the product's variables, and the developer tools' (noxfile.py, ./dev) for testing.md
     code = _code_text("r2d_core", "r2d_tornado", "r2d_tljh", "deploy")
+    code += "\n" + (ROOT / "noxfile.py").read_text() + (ROOT / "dev").read_text()
     harness = _code_text("tests/harness")
     missing = set()
     for page in _pages():
