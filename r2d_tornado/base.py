@@ -75,20 +75,21 @@ class R2DContext:
     keepalive_interval: float = 15.0
     #: event streams (build logs, BinderHub endpoint) one caller may hold open at once
     max_streams_per_user: int = 20
-    #: open event streams by caller name
-    streams: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: open event streams by caller (kind, name): a user and a service of one name are two
+    streams: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
-    def stream_slot(self, who: str) -> Iterator[None]:
-        """Hold one of ``who``'s slots for a long request, or raise :class:`RateLimited` (429).
+    def stream_slot(self, caller: Identity) -> Iterator[None]:
+        """Hold one of ``caller``'s slots for a long request, or raise :class:`RateLimited` (429).
 
         An event stream holds a connection (a file descriptor of the service, or of the Hub
         itself in TLJH) for as long as the build runs, and a submission for as long as its ref
         lookup on a (possibly slow, hostile) git server takes: without a cap, one user could
         hold thousands and leave no descriptor for anyone else."""
+        who = (caller.kind, caller.name)
         if self.max_streams_per_user and self.streams.get(who, 0) >= self.max_streams_per_user:
             raise RateLimited(
-                f"{who} has {self.max_streams_per_user} event streams or build submissions in "
+                f"{caller.name} has {self.max_streams_per_user} event streams or build submissions in "
                 "progress already; close one (another tab?) or wait, and try again",
                 retry_after=5,
                 limit=self.max_streams_per_user,
@@ -198,7 +199,7 @@ class R2DHandler(ScrubbedSummary, web.RequestHandler):
         this request is finished, or raise :class:`RateLimited`."""
         if self._slots is None:
             self._slots = contextlib.ExitStack()
-        self._slots.enter_context(self.ctx.stream_slot(self.identity.name))
+        self._slots.enter_context(self.ctx.stream_slot(self.identity))
 
     def on_finish(self) -> None:
         if self._slots is not None:

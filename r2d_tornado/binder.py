@@ -135,7 +135,7 @@ class BinderBuildHandler(StreamingHandler):
         except Forbidden as e:
             raise Forbidden(f"You may not build images here: {e}") from None
         # a stream slot before the build is queued: a refused stream queues nothing
-        with self.ctx.stream_slot(identity.name):
+        with self.ctx.stream_slot(identity):
             await self._submit_and_follow(owner, spec)
 
     async def _submit_and_follow(self, owner: str, spec: ProviderSpec) -> None:

@@ -27,7 +27,7 @@ class BuildLogsHandler(StreamingHandler):
         query = self.query("get /api/builds/{build_id}/logs")
         build = await self.readable_build(build_id)
         since = self._since()
-        with self.ctx.stream_slot(self.identity.name):
+        with self.ctx.stream_slot(self.identity):
             # the validated values, not the raw arguments ("00" is 0 for both)
             if query.get("format") == "text":
                 await self._text(build, since, query.get("follow", 1) != 0)
