@@ -402,9 +402,12 @@ def _lone_surrogate(value: Any, path: str = "") -> str | None:
 
 
 def _field_name(path: str) -> str:
-    # the top-level field, but options and annotations name their entry (options.subdir)
+    # the top-level field, but options and annotations name their entry (options.subdir); an
+    # annotation is one level deep and its key may hold dots itself (annotations.tljh.mem_limit)
     parts = path.split(".")
-    if parts[0] in ("options", "annotations") and len(parts) > 1:
+    if parts[0] == "annotations" and len(parts) > 1:
+        return path
+    if parts[0] == "options" and len(parts) > 1:
         return ".".join(parts[:2])
     return parts[0]
 

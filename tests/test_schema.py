@@ -49,6 +49,9 @@ def test_the_document_publishes_the_schemas_the_handlers_validate_against():
         ({"repo": 7}, "repo"),
         ({"repo": "x" * 2049}, "repo"),
         ({}, "repo"),
+        # an annotation key may hold dots (spawner hooks read "tljh.mem_limit"): the whole key
+        ({"repo": "x", "annotations": {"tljh.mem_limit": "9" * 300}}, "annotations.tljh.mem_limit"),
+        ({"repo": "x", "annotations": {"a": 1}}, "annotations.a"),
     ],
 )
 def test_invalid_bodies_name_the_field(body, field):
