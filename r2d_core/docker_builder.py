@@ -21,7 +21,7 @@ from .builders import (
     fetch_bootstrap,
 )
 from .engine import DockerEngine
-from .errors import Misconfigured, NotFound, Unavailable, UpstreamError
+from .errors import Misconfigured, NotFound, UpstreamError
 from .fetch import SPEC_ENV
 from .models import Build, build_labels, parse_labels, parse_time
 from .sizes import env_value
@@ -243,8 +243,9 @@ class DockerBuilder(Builder):
                         f"{str(record['error'])[:300]} (pull it on the engine yourself with "
                         "pull_policy 'never', or set c.DockerBuilder.image)"
                     )
-        except Unavailable as e:
-            # a failed pull says nothing of the engine, which answered: not "unavailable"
+        except (UpstreamError, NotFound) as e:
+            # the engine answered (it could not pull: no such image, a registry it cannot
+            # reach): not "unavailable"; an engine that does not answer stays Unavailable
             raise Misconfigured(
                 f"the builder image {self.image} could not be pulled: {e}"
             ) from None

@@ -94,6 +94,19 @@ async def test_a_pull_that_fails_fails_the_build_not_the_engine(pull_manager, do
     assert m.ready
 
 
+async def test_an_image_the_registry_does_not_have_fails_the_build_not_the_engine(
+    pull_manager, builder_registry, git_server
+):
+    # the registry answers (manifest unknown): the engine's 404 is the image's, not the engine's
+    image = f"{builder_registry.url.removeprefix('http://')}/r2d-builders/nothing:here"
+    m = await pull_manager(image, "ifnotpresent")
+    build = (await m.submit(repo=git_server.url("hello"), owner="pully", name="nothing")).build
+    await wait_done(build)
+    assert build.state == BuildState.FAILED
+    assert f"the builder image {image} could not be pulled" in (build.error or "")
+    assert m.ready, m._last_error
+
+
 async def test_always_pulls_again(pull_manager, dockerd, builder_registry, git_server):
     image = _published(dockerd, builder_registry, "always")
     dockerd.docker("pull", image)  # present already: "always" pulls anyway
