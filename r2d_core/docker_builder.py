@@ -24,16 +24,13 @@ from .engine import DockerEngine
 from .errors import Misconfigured, NotFound, UpstreamError
 from .fetch import SPEC_ENV
 from .models import Build, build_labels, parse_labels, parse_time
-from .sizes import env_value
+from .sizes import env_choice
 
 __all__ = ["DockerBuilder"]
 
 
-def _pull_policy(raw: str) -> str:
-    policy = raw.lower()
-    if policy not in ("ifnotpresent", "always", "never"):
-        raise ValueError(raw)
-    return policy
+#: DockerBuilder.pull_policy's values, the default first
+PULL_POLICIES = ("ifnotpresent", "always", "never")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,8 +104,8 @@ class DockerBuilder(Builder):
         return os.environ.get("R2D_REPO2DOCKER_IMAGE", "quay.io/jupyterhub/repo2docker:2026.4.0")
 
     pull_policy = CaselessStrEnum(
-        ["ifnotpresent", "always", "never"],
-        "ifnotpresent",
+        PULL_POLICIES,
+        PULL_POLICIES[0],
         config=True,
         help="""When the service pulls :attr:`image` (anonymously, through the engine):
         ``ifnotpresent`` (the default) before a build when the engine does not have it;
@@ -120,14 +117,7 @@ class DockerBuilder(Builder):
 
     @default("pull_policy")
     def _default_pull_policy(self) -> str:
-        return str(
-            env_value(
-                "R2D_BUILDER_PULL_POLICY",
-                _pull_policy,
-                "ifnotpresent",
-                expected="ifnotpresent, always or never",
-            )
-        )
+        return env_choice("R2D_BUILDER_PULL_POLICY", PULL_POLICIES, PULL_POLICIES[0])
 
     pull_timeout = Float(
         600.0,

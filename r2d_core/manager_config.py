@@ -24,17 +24,10 @@ from .naming import DEFAULT_IMAGE_NAME_TEMPLATE, validate_template
 from .netpolicy import parse_networks
 from .options import BuildOptions
 from .registry.config import Registry
-from .sizes import env_bool, env_value, parse_bytes
+from .sizes import env_bool, env_choice, env_value, parse_bytes
 from .validation import DEFAULT_ALLOWED_REPO_PATTERNS, check_allowed_pattern
 
 __all__ = ["BuildManagerConfig"]
-
-
-def _builder_kind(raw: str) -> str:
-    kind = raw.lower()
-    if kind not in ("local", "docker"):
-        raise ValueError(raw)
-    return kind
 
 
 class BuildManagerConfig(LoggingConfigurable):
@@ -54,7 +47,7 @@ class BuildManagerConfig(LoggingConfigurable):
     def _default_builder_class(self) -> type[Builder]:
         from .builders import DockerBuilder
 
-        kind = env_value("R2D_BUILDER", _builder_kind, "local", expected="local or docker")
+        kind = env_choice("R2D_BUILDER", ("local", "docker"), "local")
         return DockerBuilder if kind == "docker" else LocalProcessBuilder
 
     image_prefix = Unicode(
@@ -221,8 +214,9 @@ class BuildManagerConfig(LoggingConfigurable):
     max_log_bytes = Int(
         config=True,
         help="""Memory one build's log may hold, in bytes (default 4194304 = 4 MiB; env
-        R2D_MAX_LOG_BYTES, bytes or a size such as 8M). A longer log keeps its first quarter (the head) and its end (the tail)
-        with a marker line between them that says how many lines and bytes were omitted. Each line
+        R2D_MAX_LOG_BYTES, bytes or a size such as 8M). A longer log keeps its first quarter (the
+        head) and its end (the tail) with a marker line between them that says how many lines
+        and bytes were omitted. Each line
         is charged its text plus ~150 bytes of bookkeeping, so 4 MiB keeps ~15,000 lines of
         typical length: the whole log of almost every repo2docker build.""",
     )
@@ -234,8 +228,8 @@ class BuildManagerConfig(LoggingConfigurable):
     max_total_log_bytes = Int(
         config=True,
         help="""Memory the logs of all remembered builds may hold together, in bytes (default
-        268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES, e.g. 1G; 0 = no limit beyond max_log_bytes per
-        build). When over, the oldest finished builds' logs are cut down to a shorter head and tail
+        268435456 = 256 MiB; env R2D_MAX_TOTAL_LOG_BYTES, e.g. 1G; 0 = no limit beyond
+        max_log_bytes per build). When over, the oldest finished builds' logs are cut down to a shorter head and tail
         first (512 KiB, sparing the newest quarter of finished builds; then 32 KiB), running
         builds' logs last.""",
     )

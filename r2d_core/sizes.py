@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from traitlets import Integer, TraitError
 
-__all__ = ["ByteSize", "check_settings", "env_bool", "env_value", "format_bytes", "parse_bytes"]
+__all__ = [
+    "ByteSize",
+    "check_settings",
+    "env_bool",
+    "env_choice",
+    "env_value",
+    "format_bytes",
+    "parse_bytes",
+]
 
 _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -74,6 +83,20 @@ def env_value(name: str, parse: Any, fallback: Any, *, expected: str | None = No
             f"environment variable {name}={raw[:100]!r} is not valid: expected {what} "
             "(or unset it for the default)"
         ) from None
+
+
+def env_choice(name: str, choices: Sequence[str], fallback: str) -> str:
+    """One of ``choices`` (lower case; the variable's value in any case) from environment
+    variable ``name``, ``fallback`` when it is unset or empty; an error naming them otherwise."""
+
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(raw)
+        return value
+
+    expected = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+    return str(env_value(name, parse, fallback, expected=expected))
 
 
 def check_settings(*configurables: Any) -> None:

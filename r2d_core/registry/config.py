@@ -21,11 +21,15 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import InvalidRequest
 from ..netpolicy import parse_networks
+from ..sizes import env_choice
 from .auth import RegistryAuth
 from .client import RegistryClient, reference_host, validate_registry_url
 from .dockerconfig import credentials_from_docker_config, default_docker_config_path
 
 __all__ = ["Registry"]
+
+#: Registry.http_pool's values, the default first
+_HTTP_POOLS = ("aiohttp", "httpx")
 
 
 def _checked_url(value: str, where: str) -> str:
@@ -192,8 +196,8 @@ class Registry(LoggingConfigurable):
         return proposal["value"]
 
     http_pool = CaselessStrEnum(
-        ["aiohttp", "httpx"],
-        "aiohttp",
+        _HTTP_POOLS,
+        _HTTP_POOLS[0],
         config=True,
         help="""Connection pool under the registry client's httpx requests: ``aiohttp`` (the
         default; ~2.5x less CPU per request, which is most of a listing's cost on a nearby
@@ -203,10 +207,7 @@ class Registry(LoggingConfigurable):
 
     @default("http_pool")
     def _default_http_pool(self) -> str:
-        value = os.environ.get("R2D_REGISTRY_HTTP_POOL", "").strip().lower() or "aiohttp"
-        if value not in ("aiohttp", "httpx"):
-            raise TraitError(f"env R2D_REGISTRY_HTTP_POOL={value!r}: use aiohttp or httpx")
-        return value
+        return env_choice("R2D_REGISTRY_HTTP_POOL", _HTTP_POOLS, _HTTP_POOLS[0])
 
     listing_ttl = Float(
         5.0,
