@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 from .errors import Conflict, NotFound, R2DError, Unavailable, UpstreamError
 from .logs import LineSplitter
 from .models import LABEL_PREFIX
+from .naming import parse_reference
 
 __all__ = ["DockerEngine", "docker_errors", "tar_files"]
 
@@ -53,18 +54,6 @@ def docker_errors(what: str) -> Iterator[None]:
                 f"Docker engine connection failed while trying to {what}: {e!r}"
             ) from None
         raise
-
-
-def _split_reference(reference: str) -> tuple[str, str]:
-    """(name, tag or digest) of an image reference; the tag is "" when it names none (the
-    engine then pulls every tag: callers name one). A port in the host is not a tag."""
-    name, at, digest = reference.partition("@")
-    if at:
-        return name, digest
-    head, colon, tag = reference.rpartition(":")
-    if colon and "/" not in tag:
-        return head, tag
-    return reference, "latest"
 
 
 def tar_files(files: dict[str, tuple[bytes, int]]) -> bytes:
@@ -177,8 +166,9 @@ class DockerEngine(LoggingConfigurable):
         """Pull ``reference`` (``repository:tag`` or ``repository@digest``) through the engine,
         anonymously; yields its progress records (an ``error`` record is the engine's failure).
         Closing the iterator closes the connection, which stops the engine's pull."""
-        name, tag = _split_reference(reference)
-        params = {"fromImage": name, **({"tag": tag} if tag else {})}
+        parsed = parse_reference(reference)
+        # one tag (without one, the engine would pull every tag of the repository)
+        params = {"fromImage": parsed.repository, "tag": parsed.digest or parsed.tag or "latest"}
         headers = {"X-Registry-Auth": "placeholder"}
         async for record in self._progress("images/create", params, headers, f"pull {reference}"):
             yield record

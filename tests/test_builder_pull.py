@@ -45,6 +45,16 @@ def _published(dockerd, registry, tag: str) -> str:
     return image
 
 
+async def _fails_sparing_the_engine(m: BuildManager, git_server, name: str, error: str) -> None:
+    """A build of ``m`` fails with ``error`` in its message, and the engine is not marked
+    unavailable (it answered: the image is the problem)."""
+    build = (await m.submit(repo=git_server.url("hello"), owner="pully", name=name)).build
+    await wait_done(build)
+    assert build.state == BuildState.FAILED
+    assert error in (build.error or "")
+    assert m.ready, m._last_error
+
+
 def _present(dockerd, image: str) -> bool:
     return dockerd.docker("image", "inspect", image, check=False).returncode == 0
 
@@ -73,12 +83,10 @@ async def test_never_fails_the_build_saying_what_to_do(
 ):
     image = _published(dockerd, builder_registry, "never")
     m = await pull_manager(image, "never")
-    build = (await m.submit(repo=git_server.url("hello"), owner="pully", name="never")).build
-    await wait_done(build)
-    assert build.state == BuildState.FAILED
-    assert "pull_policy is 'never': pull it on the engine" in (build.error or "")
+    await _fails_sparing_the_engine(
+        m, git_server, "never", "pull_policy is 'never': pull it on the engine"
+    )
     assert not _present(dockerd, image)  # nothing was pulled
-    assert m.ready, m._last_error  # the engine is fine: not marked unavailable
 
 
 async def test_a_pull_that_fails_fails_the_build_not_the_engine(pull_manager, dockerd, git_server):
@@ -87,11 +95,9 @@ async def test_a_pull_that_fails_fails_the_build_not_the_engine(pull_manager, do
 
     image = f"127.0.0.1:{free_port()}/r2d-builders/repo2docker:gone"
     m = await pull_manager(image, "ifnotpresent")
-    build = (await m.submit(repo=git_server.url("hello"), owner="pully", name="gone")).build
-    await wait_done(build)
-    assert build.state == BuildState.FAILED
-    assert f"the builder image {image} could not be pulled" in (build.error or "")
-    assert m.ready
+    await _fails_sparing_the_engine(
+        m, git_server, "gone", f"the builder image {image} could not be pulled"
+    )
 
 
 async def test_an_image_the_registry_does_not_have_fails_the_build_not_the_engine(
@@ -100,11 +106,9 @@ async def test_an_image_the_registry_does_not_have_fails_the_build_not_the_engin
     # the registry answers (manifest unknown): the engine's 404 is the image's, not the engine's
     image = f"{builder_registry.url.removeprefix('http://')}/r2d-builders/nothing:here"
     m = await pull_manager(image, "ifnotpresent")
-    build = (await m.submit(repo=git_server.url("hello"), owner="pully", name="nothing")).build
-    await wait_done(build)
-    assert build.state == BuildState.FAILED
-    assert f"the builder image {image} could not be pulled" in (build.error or "")
-    assert m.ready, m._last_error
+    await _fails_sparing_the_engine(
+        m, git_server, "nothing", f"the builder image {image} could not be pulled"
+    )
 
 
 async def test_always_pulls_again(pull_manager, dockerd, builder_registry, git_server):
