@@ -53,6 +53,7 @@ __all__ = [
     "git_environment",
     "header_key",
     "resolve_submodule_url",
+    "tree_bytes",
 ]
 
 #: submodules nested deeper than this fail the build
@@ -478,8 +479,14 @@ def check_links(root: str) -> None:
 
 def _store_size(repo: str) -> int:
     """Bytes in ``repo``'s git object store (where a download lands, packs included)."""
+    return tree_bytes(os.path.join(repo, ".git", "objects"))
+
+
+def tree_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` while git writes there (the service's clone for a short
+    sha uses it too)."""
     total = 0
-    for root, _dirs, files in os.walk(os.path.join(repo, ".git", "objects")):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(root, name)).st_size

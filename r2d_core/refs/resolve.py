@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import tempfile
 
@@ -13,6 +12,7 @@ import httpx
 
 from .. import aio
 from ..errors import InvalidRequest, RefTimeout, Unavailable, UnknownRef
+from ..gitfetch import tree_bytes
 from ..models import Credentials
 from ..netpolicy import NetPolicy, NetPolicyError
 from ..urls import RepoURL, URLError, parse_repo_url
@@ -158,25 +158,13 @@ MAX_CLONE_BYTES = 256 * 1024 * 1024
 _CLONE_POLL = 0.25
 
 
-def _tree_bytes(path: str) -> int:
-    """Bytes of the files under ``path`` (git renames and removes files meanwhile)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
 async def _short_sha_from_clone(
     url: RepoURL,
     ref: str,
     credentials: Credentials | None,
     policy: NetPolicy,
-    max_bytes: int | None = None,
 ) -> str | None:
-    if max_bytes is None:
-        max_bytes = MAX_CLONE_BYTES
+    max_bytes = MAX_CLONE_BYTES
     addresses = await policy.resolve_checked(url.host, url.effective_port)
     env = _pinned_git_env(url, credentials, addresses)
     tmp = await asyncio.to_thread(tempfile.mkdtemp, prefix="r2d-resolve-")
@@ -205,7 +193,7 @@ async def _short_sha_from_clone(
         try:
             while not clone.done():
                 await asyncio.wait({clone}, timeout=_CLONE_POLL)
-                if not clone.done() and await asyncio.to_thread(_tree_bytes, tmp) > max_bytes:
+                if not clone.done() and await asyncio.to_thread(tree_bytes, tmp) > max_bytes:
                     raise too_large
             clone.result()
         finally:
@@ -213,7 +201,7 @@ async def _short_sha_from_clone(
                 clone.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await clone
-        if await asyncio.to_thread(_tree_bytes, tmp) > max_bytes:
+        if await asyncio.to_thread(tree_bytes, tmp) > max_bytes:
             raise too_large
         try:
             out = await _run_git(
@@ -241,7 +229,8 @@ async def resolve_ref(
 
     Branches, tags (annotated ones peeled) and ``HEAD`` come from the ref advertisement. A short
     sha that no advertised ref starts with is looked up in a bare clone of the commits only
-    (at most :data:`MAX_CLONE_BYTES`) in a temporary directory, removed afterwards. A full sha is taken as it is (repo2docker checks it out).
+    (at most :data:`MAX_CLONE_BYTES`) in a temporary directory, removed afterwards. A full sha
+    is taken as it is (repo2docker checks it out).
     ``timeout`` bounds each of the two steps; ``policy`` decides which addresses may be reached.
     """
     if _FULL_SHA.match(ref):
