@@ -8,7 +8,6 @@ import contextlib
 import json
 from typing import Any
 
-from r2d_core.errors import InvalidRequest
 from r2d_core.models import Build
 
 from .base import StreamingHandler, r2d_api
@@ -26,22 +25,15 @@ class BuildLogsHandler(StreamingHandler):
     async def get(self, build_id: str) -> None:
         query = self.query("get /api/builds/{build_id}/logs")
         build = await self.readable_build(build_id)
-        since = self._since()
+        # validated (whole numbers from 0): a resuming EventSource's Last-Event-ID wins
+        last = query.get("Last-Event-ID")
+        since = last + 1 if last is not None else query.get("since", 0)
         with self.ctx.stream_slot(self.identity):
             # the validated values, not the raw arguments ("00" is 0 for both)
             if query.get("format") == "text":
                 await self._text(build, since, query.get("follow", 1) != 0)
             else:
                 await self._events(build, since)
-
-    def _since(self) -> int:
-        last = self.request.headers.get("Last-Event-ID")
-        try:
-            if last is not None and last.strip():
-                return int(last) + 1
-            return max(0, int(self.get_argument("since", "0")))
-        except ValueError:
-            raise InvalidRequest("Last-Event-ID and since must be line numbers") from None
 
     async def _events(self, build: Build, cursor: int) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
