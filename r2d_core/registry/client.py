@@ -218,12 +218,14 @@ class RegistryClient(Listing, ArtifactIO):
         services). A call that follows redirects starts at the registry's own origin, so any of
         its requests elsewhere is a hop; token requests are built by the auth flow without the
         mark (their realm has its own rule, see auth.py)."""
-        if not request.extensions.get("r2d_redirects") or _origin(request.url) == self._origin:
+        if not request.extensions.get("r2d_redirects"):
             return
-        host = request.url.host
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        origin = _origin(request.url)
+        if origin == self._origin:
+            return
+        _scheme, host, port = origin
         try:
-            await self._redirect_policy.resolve_checked(host, port)
+            await self._redirect_policy.resolve_checked(host, port or 80)  # (http/https: set)
         except NetPolicyError as e:
             why = "an internal network" if isinstance(e, AddressRefused) else "no address"
             raise Refused(
